@@ -1,0 +1,107 @@
+"""
+awx-connection: hold OAuth partner connections to Airwallex accounts.
+
+General layout: every implementation lives in a private module (``_x.py``)
+with one job its name tells; this file pulls together the public API. Two
+public sub-namespaces are toolboxes of their own: :mod:`awx_connection.stores`
+(where connections live) and :mod:`awx_connection.testing` (a fake Airwallex,
+a manual clock and pytest fixtures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._authorize import AuthorizationRequest
+from ._clock import Clock, SystemClock
+from ._config import Config, Endpoints, Environment, TimingPolicy
+from ._connection import Connection
+from ._errors import (
+    AuthorizationError,
+    AwxConnectionError,
+    CallbackError,
+    ConfigurationError,
+    ConnectionExpiredError,
+    ConnectionInvalidatedError,
+    ConnectionNotFoundError,
+    ConnectionRevokedError,
+    ConnectionUnusableError,
+    IllegalTransitionError,
+    InvalidClientError,
+    InvalidGrantError,
+    MalformedResponseError,
+    NetworkError,
+    ProviderError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    StateExpiredError,
+    StoreError,
+    UnknownStateError,
+    VersionConflictError,
+)
+from ._events import ConnectionEvent, EventCallback, Subscription, SubscriptionOverflowError
+from ._manager import ConnectionManager
+from ._secrets import Secret
+from ._states import TRANSITIONS, ConnectionState, Transition, Trigger, mermaid
+from ._store import Store
+
+__all__ = [
+    "TRANSITIONS",
+    "AuthorizationError",
+    "AuthorizationRequest",
+    "AwxConnectionError",
+    "CallbackError",
+    "Clock",
+    "Config",
+    "ConfigurationError",
+    "Connection",
+    "ConnectionEvent",
+    "ConnectionExpiredError",
+    "ConnectionInvalidatedError",
+    "ConnectionManager",
+    "ConnectionNotFoundError",
+    "ConnectionRevokedError",
+    "ConnectionState",
+    "ConnectionUnusableError",
+    "Endpoints",
+    "Environment",
+    "EventCallback",
+    "IllegalTransitionError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "MalformedResponseError",
+    "NetworkError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "Secret",
+    "StateExpiredError",
+    "Store",
+    "StoreError",
+    "Subscription",
+    "SubscriptionOverflowError",
+    "SystemClock",
+    "TimingPolicy",
+    "Transition",
+    "Trigger",
+    "UnknownStateError",
+    "VersionConflictError",
+    "mermaid",
+]
+
+# Show public names as awx_connection.X in reprs and docs, like httpx does.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("awx_connection._"):
+        with contextlib.suppress(AttributeError, TypeError):
+            _obj.__module__ = "awx_connection"
+del _name, _obj
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("awx-connection")
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

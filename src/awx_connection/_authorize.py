@@ -1,0 +1,192 @@
+"""
+The authorize step: ``state``, PKCE, the authorize URL, and callback parsing.
+
+``state`` is 32 random bytes from :mod:`secrets`. Only its SHA-256 is
+stored, so the store can look a callback up by hash; the comparison of the
+hashes is constant-time. PKCE uses S256 (RFC 7636) with an 86-character
+verifier.
+
+:func:`parse_callback` treats the redirect as hostile input: bounded size,
+each parameter at most once, exactly one of ``code`` and ``error``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import final
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import attrs
+
+from ._errors import CallbackError, ConfigurationError
+from ._secrets import Secret
+
+__all__ = [
+    "AuthorizationRequest",
+    "Callback",
+    "authorize_url",
+    "new_pkce_pair",
+    "new_state",
+    "parse_callback",
+    "state_hash",
+]
+
+#: Longest callback URL or query we parse; real ones are a few hundred bytes.
+MAX_CALLBACK_CHARS = 8 * 1024
+#: Longest provider error text we keep in a reason.
+_MAX_ERROR_CHARS = 200
+
+
+@final
+@attrs.frozen
+class AuthorizationRequest:
+    """
+    What :meth:`~awx_connection.ConnectionManager.begin_authorization` returns.
+
+    Send the customer's browser to ``url``. ``state`` is in the URL and
+    nowhere else; the library keeps only its hash.
+    """
+
+    connection_id: str
+    url: str = attrs.field(repr=False)  # carries state and the PKCE challenge
+    expires_at: float
+
+
+@final
+@attrs.frozen
+class Callback:
+    """A parsed redirect: ``state`` plus either a ``code`` or an ``error``."""
+
+    state: Secret
+    code: Secret | None
+    error: str | None
+    error_description: str | None
+
+
+def new_state() -> Secret:
+    """A fresh, unguessable ``state`` value."""
+    return Secret(secrets.token_urlsafe(32))
+
+
+def state_hash(state: Secret) -> str:
+    """The hex SHA-256 of *state*, the form in which it is stored."""
+    return hashlib.sha256(state.reveal().encode()).hexdigest()
+
+
+def new_pkce_pair() -> tuple[Secret, str]:
+    """A PKCE ``(code_verifier, code_challenge)`` pair, method S256."""
+    verifier = secrets.token_urlsafe(64)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return Secret(verifier), challenge
+
+
+def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
+    """
+    Validate scope names.
+
+    Raises:
+        ConfigurationError: No scopes, or a scope is empty or has whitespace.
+    """
+    if isinstance(scopes, str):
+        msg = "scopes must be a sequence of scope names, not one string"
+        raise ConfigurationError(msg)
+    if not scopes:
+        msg = "no scopes: pass scopes= or set Config.default_scopes"
+        raise ConfigurationError(msg)
+    for scope in scopes:
+        if not isinstance(scope, str) or not scope or any(c.isspace() for c in scope):
+            msg = f"invalid scope {scope!r}"
+            raise ConfigurationError(msg)
+    return tuple(scopes)
+
+
+def authorize_url(
+    base: str,
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+    state: Secret,
+    sign_up: bool,
+    code_challenge: str | None,
+) -> str:
+    """Build the authorize URL; scopes are space-joined (``+`` once encoded)."""
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": " ".join(scopes),
+        "state": state.reveal(),
+    }
+    if sign_up:
+        params["sign_up"] = "true"
+    if code_challenge is not None:
+        params["code_challenge"] = code_challenge
+        params["code_challenge_method"] = "S256"
+    separator = "&" if urlsplit(base).query else "?"
+    return f"{base}{separator}{urlencode(params)}"
+
+
+def _clean(text: str) -> str:
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    return printable[:_MAX_ERROR_CHARS]
+
+
+def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callback:
+    """
+    Parse the redirect back from Airwallex.
+
+    Args:
+        callback: The full redirect URL, its query string, or the already
+            parsed query parameters (as a web framework gives them).
+
+    Raises:
+        CallbackError: The input is oversized, repeats a parameter, lacks
+            ``state``, or has both or neither of ``code`` and ``error``.
+    """
+    if isinstance(callback, str):
+        if len(callback) > MAX_CALLBACK_CHARS:
+            msg = f"callback is longer than {MAX_CALLBACK_CHARS} characters"
+            raise CallbackError(msg)
+        query = urlsplit(callback).query if "?" in callback or "://" in callback else callback
+        raw: Mapping[str, Sequence[str]] = parse_qs(query, keep_blank_values=True)
+    else:
+        raw = {k: [v] if isinstance(v, str) else list(v) for k, v in callback.items()}
+        if sum(len(k) + sum(len(x) for x in v) for k, v in raw.items()) > MAX_CALLBACK_CHARS:
+            msg = f"callback is longer than {MAX_CALLBACK_CHARS} characters"
+            raise CallbackError(msg)
+    params: dict[str, str] = {}
+    for name in ("state", "code", "error", "error_description"):
+        values = raw.get(name, [])
+        if len(values) > 1:
+            msg = f"callback parameter {name!r} appears {len(values)} times"
+            raise CallbackError(msg)
+        if values:
+            if not isinstance(values[0], str):
+                msg = f"callback parameter {name!r} is not a string"
+                raise CallbackError(msg)
+            params[name] = values[0]
+    state = params.get("state", "")
+    if not state:
+        msg = "callback has no 'state' parameter"
+        raise CallbackError(msg)
+    code = params.get("code")
+    error = params.get("error")
+    if (code is None) == (error is None):
+        msg = "callback must carry exactly one of 'code' and 'error'"
+        raise CallbackError(msg)
+    if code is not None and not code:
+        msg = "callback has an empty 'code'"
+        raise CallbackError(msg)
+    return Callback(
+        state=Secret(state),
+        code=None if code is None else Secret(code),
+        error=None if error is None else (_clean(error) or "unknown_error"),
+        error_description=None
+        if params.get("error_description") is None
+        else _clean(params["error_description"]),
+    )

@@ -1,0 +1,250 @@
+"""
+Configuration: where Airwallex is, who we are, and how patient to be.
+
+Three values, composed into :class:`Config`:
+
+* :class:`Endpoints`: the authorize, token and API URLs. The two
+  :class:`Environment` presets follow Airwallex's docs; every URL can be
+  overridden because Airwallex is moving sandbox hosts from ``demo`` to
+  ``sandbox``, and because tests and proxies need their own.
+* the client credentials and the redirect URI registered with Airwallex;
+* :class:`TimingPolicy`: every duration the library uses, in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, final
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._errors import ConfigurationError
+from ._secrets import Secret
+
+__all__ = ["Config", "Endpoints", "Environment", "TimingPolicy"]
+
+
+class Environment(enum.Enum):
+    """The two Airwallex environments."""
+
+    PRODUCTION = "production"
+    SANDBOX = "sandbox"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(name: str, url: str, *, allow_insecure: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"{name} must be an absolute http(s) URL, got {url!r}"
+        raise ConfigurationError(msg)
+    if parts.scheme == "http" and not (allow_insecure or _is_loopback(parts.hostname)):
+        msg = (
+            f"{name} {url!r} is not HTTPS; tokens would travel in clear text. "
+            "Use HTTPS, a loopback address, or allow_insecure=True."
+        )
+        raise ConfigurationError(msg)
+
+
+@final
+@attrs.frozen
+class Endpoints:
+    """
+    The three URLs the library talks to.
+
+    Plain ``http://`` is refused unless the host is a loopback address (the
+    fake provider) or *allow_insecure* is set.
+    """
+
+    authorize_url: str
+    token_url: str
+    api_base_url: str
+    allow_insecure: bool = attrs.field(default=False, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("authorize_url", "token_url", "api_base_url"):
+            _check_url(name, getattr(self, name), allow_insecure=self.allow_insecure)
+
+    @classmethod
+    def for_environment(cls, environment: Environment) -> Endpoints:
+        """The documented hosts of *environment*."""
+        if environment is Environment.PRODUCTION:
+            return cls(
+                authorize_url="https://airwallex.com/oauth/authorize",
+                token_url="https://api.airwallex.com/oauth/token",
+                api_base_url="https://api.airwallex.com",
+            )
+        return cls(
+            authorize_url="https://demo.airwallex.com/oauth/authorize",
+            token_url="https://api-demo.airwallex.com/oauth/token",
+            api_base_url="https://api-demo.airwallex.com",
+        )
+
+    @classmethod
+    def from_base_url(cls, base_url: str, *, allow_insecure: bool = False) -> Endpoints:
+        """All three URLs on one host, as the fake provider serves them."""
+        base = base_url.rstrip("/")
+        return cls(
+            authorize_url=f"{base}/oauth/authorize",
+            token_url=f"{base}/oauth/token",
+            api_base_url=base,
+            allow_insecure=allow_insecure,
+        )
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        msg = f"TimingPolicy.{attribute.name} must be > 0, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        msg = f"TimingPolicy.{attribute.name} must be >= 0, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TimingPolicy:
+    """
+    Every duration and limit the library uses, in seconds unless named otherwise.
+
+    The refresh skew is relative to the token's lifetime,
+    ``min(skew_max, skew_ratio * lifetime)``: 60 s for Airwallex's 5-minute
+    tokens, and never larger than the token itself (a fixed 15-minute margin
+    would refresh on every call; see anchors.md pain point 9).
+    """
+
+    #: Upper bound of the refresh skew.
+    skew_max: float = attrs.field(default=60.0, validator=_non_negative)
+    #: Fraction of the access token's lifetime used as skew.
+    skew_ratio: float = attrs.field(default=0.2, validator=_non_negative)
+    #: How long an authorize URL's ``state`` stays usable.
+    state_ttl: float = attrs.field(default=600.0, validator=_positive)
+    #: Total timeout of one HTTP request to Airwallex.
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Attempts per token-endpoint operation (first try included).
+    max_attempts: int = attrs.field(default=4, validator=_positive)
+    #: First backoff delay; doubles per attempt, full jitter.
+    backoff_base: float = attrs.field(default=0.25, validator=_non_negative)
+    #: Largest backoff delay.
+    backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
+    #: How long the provider keeps the previous refresh token valid.
+    grace: float = attrs.field(default=60.0, validator=_positive)
+    #: Safety margin: retries of an unanswered rotation stop this long before
+    #: the grace window closes, to absorb clock skew and request latency.
+    grace_margin: float = attrs.field(default=15.0, validator=_non_negative)
+    #: Access-token lifetime assumed when the response has no ``expires_in``.
+    default_access_ttl: float = attrs.field(default=300.0, validator=_positive)
+    #: Refresh-token lifetime assumed when the response has no
+    #: ``refresh_token_expires_in`` (the shorter of the documented 60/90 days).
+    default_refresh_ttl: float = attrs.field(default=60 * 86400.0, validator=_positive)
+    #: Largest token-endpoint response body read, in bytes.
+    max_response_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.grace_margin >= self.grace:
+            msg = "TimingPolicy.grace_margin must be smaller than grace"
+            raise ConfigurationError(msg)
+        if self.skew_ratio >= 1:
+            msg = "TimingPolicy.skew_ratio must be below 1"
+            raise ConfigurationError(msg)
+
+    def skew(self, lifetime: float) -> float:
+        """The refresh skew for a token that lives *lifetime* seconds."""
+        return min(self.skew_max, self.skew_ratio * lifetime)
+
+    def backoff(self, attempt: int) -> float:
+        """Upper bound of the delay before retry number *attempt* (1-based)."""
+        return float(min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+
+
+def _scopes(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _to_secret(value: str | Secret) -> Secret:
+    return value if isinstance(value, Secret) else Secret(value)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Config:
+    """
+    What a :class:`~awx_connection.ConnectionManager` needs to know.
+
+    ``client_secret`` may be given as a plain string; it is wrapped in a
+    :class:`~awx_connection.Secret` at once, so it never shows in a repr.
+    """
+
+    client_id: str
+    client_secret: Secret = attrs.field(converter=_to_secret)
+    redirect_uri: str
+    endpoints: Endpoints = attrs.field(
+        factory=lambda: Endpoints.for_environment(Environment.SANDBOX)
+    )
+    timing: TimingPolicy = attrs.field(factory=TimingPolicy)
+    #: Scopes requested when ``begin_authorization()`` is given none.
+    default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_scopes)
+    #: Use PKCE (S256) unless ``begin_authorization(pkce=...)`` says otherwise.
+    pkce: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not self.client_id:
+            msg = "client_id is empty"
+            raise ConfigurationError(msg)
+        if not self.client_secret:
+            msg = "client_secret is empty"
+            raise ConfigurationError(msg)
+        _check_url("redirect_uri", self.redirect_uri, allow_insecure=True)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """
+        Read ``AWX_CLIENT_ID``, ``AWX_CLIENT_SECRET``, ``AWX_REDIRECT_URI``,
+        ``AWX_ENVIRONMENT`` (``production`` or ``sandbox``, the default), an
+        optional ``AWX_BASE_URL`` that puts every endpoint on one host, and
+        optional space-separated ``AWX_SCOPES``.
+
+        Raises:
+            ConfigurationError: A variable is missing or invalid.
+        """
+        env = os.environ if environ is None else environ
+        missing = [
+            name
+            for name in ("AWX_CLIENT_ID", "AWX_CLIENT_SECRET", "AWX_REDIRECT_URI")
+            if not env.get(name)
+        ]
+        if missing:
+            msg = f"missing environment variables: {', '.join(missing)}"
+            raise ConfigurationError(msg)
+        try:
+            environment = Environment(env.get("AWX_ENVIRONMENT", "sandbox"))
+        except ValueError:
+            msg = "AWX_ENVIRONMENT must be 'production' or 'sandbox'"
+            raise ConfigurationError(msg) from None
+        base = env.get("AWX_BASE_URL")
+        endpoints = (
+            Endpoints.from_base_url(base) if base else Endpoints.for_environment(environment)
+        )
+        return cls(
+            client_id=env["AWX_CLIENT_ID"],
+            client_secret=env["AWX_CLIENT_SECRET"],
+            redirect_uri=env["AWX_REDIRECT_URI"],
+            endpoints=endpoints,
+            default_scopes=tuple(env.get("AWX_SCOPES", "").split()),
+        )

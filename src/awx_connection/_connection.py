@@ -1,0 +1,100 @@
+"""
+One connection: the public snapshot, and the live object the manager drives.
+
+:class:`Connection` is what users see: a frozen view of a record without
+any secret. ``_Live`` is the manager's per-connection holder: the latest
+record, the lock that serializes its transitions, the single in-flight
+refresh, and two fields precomputed for the ``access_token()`` hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import final
+
+import attrs
+
+from ._config import TimingPolicy
+from ._records import ConnectionRecord
+from ._states import ConnectionState
+from ._tokens import TokenSet
+
+__all__ = ["Connection"]
+
+
+@final
+@attrs.frozen
+class Connection:
+    """
+    A snapshot of one partner connection, safe to log and to show.
+
+    It holds no token; use :meth:`ConnectionManager.access_token` or
+    :meth:`ConnectionManager.request` for those.
+    """
+
+    id: str
+    state: ConnectionState
+    #: Why the connection is in this state (the last transition's reason).
+    reason: str
+    #: The Airwallex account, known once the connection was activated.
+    account_id: str | None
+    #: Your own key for this connection (for example your customer's id).
+    external_id: str | None
+    scopes: tuple[str, ...]
+    access_expires_at: float | None
+    refresh_expires_at: float | None
+    #: Rotations so far (0 right after the code exchange).
+    token_generation: int | None
+    version: int
+    #: Sequence number of the latest event.
+    sequence: int
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_record(cls, record: ConnectionRecord) -> Connection:
+        """The public view of *record*."""
+        tokens = record.tokens
+        return cls(
+            id=record.id,
+            state=record.state,
+            reason=record.reason,
+            account_id=record.account_id,
+            external_id=record.external_id,
+            scopes=record.scopes,
+            access_expires_at=None if tokens is None else tokens.access_expires_at,
+            refresh_expires_at=None if tokens is None else tokens.refresh_expires_at,
+            token_generation=None if tokens is None else tokens.generation,
+            version=record.version,
+            sequence=record.sequence,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+
+@final
+@attrs.define(eq=False)
+class _Live:
+    """The manager's holder for one connection in this process."""
+
+    record: ConnectionRecord = attrs.field(on_setattr=lambda self, _a, v: self._derive(v))
+    lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
+    refresh_task: asyncio.Task[TokenSet] | None = None
+    #: Until when ``token`` may be handed out without refreshing.
+    fresh_until: float = float("-inf")
+    #: The revealed access token while ``active``, else ``None``.
+    token: str | None = None
+    timing: TimingPolicy | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._derive(self.record)
+
+    def _derive(self, record: ConnectionRecord) -> ConnectionRecord:
+        tokens = record.tokens
+        if record.state is ConnectionState.ACTIVE and tokens is not None and self.timing:
+            self.fresh_until = tokens.access_expires_at - self.timing.skew(tokens.access_lifetime)
+            self.token = tokens.access_token.reveal()
+        else:
+            self.fresh_until = float("-inf")
+            self.token = None
+        return record

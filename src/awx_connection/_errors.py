@@ -1,0 +1,219 @@
+"""
+Every error the library raises, as one tree.
+
+    AwxConnectionError
+    ├── ConfigurationError           bad settings, at construction time
+    ├── ConnectionNotFoundError      no connection with that id
+    ├── IllegalTransitionError       a trigger the current state does not allow
+    ├── AuthorizationError           the redirect back could not be accepted
+    │   ├── CallbackError            malformed callback (no code, no state, ...)
+    │   ├── UnknownStateError        unknown or already used ``state``
+    │   └── StateExpiredError        ``state`` past its lifetime
+    ├── ConnectionUnusableError      the connection holds no usable tokens
+    │   ├── ConnectionRevokedError
+    │   ├── ConnectionInvalidatedError
+    │   └── ConnectionExpiredError
+    ├── ProviderError                the token endpoint failed or said no
+    │   ├── InvalidGrantError        code or refresh token rejected
+    │   ├── InvalidClientError       client id/secret rejected
+    │   ├── RateLimitedError         429 (``concurrent`` for overlapping refreshes)
+    │   ├── ProviderUnavailableError 5xx
+    │   ├── MalformedResponseError   not JSON, missing fields, absurd values
+    │   └── NetworkError             connection failed or response lost
+    └── StoreError                   the store failed
+        └── VersionConflictError     a compare-and-swap lost to a newer write
+
+No message ever contains a token, a code, a verifier, ``state`` or the
+client secret: errors carry HTTP status and provider code only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._states import ConnectionState, Trigger
+
+__all__ = [
+    "AuthorizationError",
+    "AwxConnectionError",
+    "CallbackError",
+    "ConfigurationError",
+    "ConnectionExpiredError",
+    "ConnectionInvalidatedError",
+    "ConnectionNotFoundError",
+    "ConnectionRevokedError",
+    "ConnectionUnusableError",
+    "IllegalTransitionError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "MalformedResponseError",
+    "NetworkError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "StateExpiredError",
+    "StoreError",
+    "UnknownStateError",
+    "VersionConflictError",
+]
+
+
+class AwxConnectionError(Exception):
+    """Base class of every error raised by awx-connection."""
+
+
+class ConfigurationError(AwxConnectionError, ValueError):
+    """A setting is missing or invalid."""
+
+
+class ConnectionNotFoundError(AwxConnectionError, LookupError):
+    """No connection has this id."""
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        super().__init__(f"no connection {connection_id!r}")
+
+
+class IllegalTransitionError(AwxConnectionError):
+    """The connection's current state does not allow this trigger."""
+
+    def __init__(self, connection_id: str, trigger: Trigger, state: ConnectionState) -> None:
+        self.connection_id = connection_id
+        self.trigger = trigger
+        self.state = state
+        super().__init__(
+            f"connection {connection_id!r}: trigger {trigger.value!r} "
+            f"is not allowed in state {state.value!r}"
+        )
+
+
+class AuthorizationError(AwxConnectionError):
+    """The redirect back from Airwallex could not be accepted; nothing changed."""
+
+
+class CallbackError(AuthorizationError, ValueError):
+    """The callback URL or parameters are malformed."""
+
+
+class UnknownStateError(AuthorizationError):
+    """No pending authorization has this ``state``: it is forged, replayed or already used."""
+
+
+class StateExpiredError(AuthorizationError):
+    """The ``state`` belongs to an authorization that expired; begin a new one."""
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        super().__init__(
+            f"connection {connection_id!r}: the authorization request expired; "
+            "call reauthorize() for a new URL"
+        )
+
+
+class ConnectionUnusableError(AwxConnectionError):
+    """The connection has no usable tokens in its current state."""
+
+    def __init__(
+        self, connection_id: str, state: ConnectionState, reason: str | None = None
+    ) -> None:
+        self.connection_id = connection_id
+        self.state = state
+        self.reason = reason
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"connection {connection_id!r} is {state.value}{detail}")
+
+
+class ConnectionRevokedError(ConnectionUnusableError):
+    """The customer disconnected or the provider revoked the tokens: ask them to reconnect."""
+
+
+class ConnectionInvalidatedError(ConnectionUnusableError):
+    """A rotation could not be completed safely: ask the customer to reconnect."""
+
+
+class ConnectionExpiredError(ConnectionUnusableError):
+    """The refresh token aged out: ask the customer to reconnect."""
+
+
+class ProviderError(AwxConnectionError):
+    """
+    The token endpoint failed or refused.
+
+    Attributes:
+        status: The HTTP status, or ``None`` when no response arrived.
+        code: The provider's error code (``invalid_grant``...), when it sent one.
+        maybe_processed: Whether the provider may have acted on the request
+            (for a refresh: may have rotated the token). Decides whether a
+            retry must stay inside the grace window.
+    """
+
+    #: Whether a retry of the same request can succeed.
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        maybe_processed: bool = False,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.maybe_processed = maybe_processed
+        super().__init__(message)
+
+
+class InvalidGrantError(ProviderError):
+    """The code or refresh token was rejected (``invalid_grant``)."""
+
+
+class InvalidClientError(ProviderError):
+    """The client id or secret was rejected (``invalid_client``)."""
+
+
+class RateLimitedError(ProviderError):
+    """HTTP 429. ``concurrent`` is true for "Concurrent token refresh is not allowed"."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status: int = 429, code: str | None, concurrent: bool
+    ) -> None:
+        self.concurrent = concurrent
+        super().__init__(message, status=status, code=code, maybe_processed=False)
+
+
+class ProviderUnavailableError(ProviderError):
+    """HTTP 5xx. Only 503 is taken as "certainly not processed"."""
+
+    retryable = True
+
+
+class MalformedResponseError(ProviderError):
+    """The response is not what the protocol promises (body, fields or size)."""
+
+    retryable = True
+
+
+class NetworkError(ProviderError):
+    """The request failed on the network, or its response was lost or timed out."""
+
+    retryable = True
+
+
+class StoreError(AwxConnectionError):
+    """The store failed to read or write."""
+
+
+class VersionConflictError(StoreError):
+    """A compare-and-swap write lost: another writer stored a newer version first."""
+
+    def __init__(self, connection_id: str, expected: int, actual: int | None) -> None:
+        self.connection_id = connection_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"connection {connection_id!r}: expected version {expected}, store has {actual}"
+        )

@@ -1,0 +1,268 @@
+"""
+Lifecycle events and the in-process subscriber bus.
+
+Every transition produces exactly one :class:`ConnectionEvent`, numbered per
+connection (1, 2, 3, ... with no gaps), persisted with the connection, then
+published on the :class:`EventBus`.
+
+Delivery rules, and why:
+
+* Synchronous callbacks run inline, in publication order. They must be quick.
+* Each asynchronous callback and each ``async for`` subscription gets its own
+  FIFO queue and worker, so a slow subscriber never stalls a transition or
+  another subscriber, and still sees events in order.
+* A subscriber that raises is logged and isolated: the others still get the
+  event and the transition stands.
+* A subscription queue is bounded. A consumer that falls more than
+  ``maxsize`` events behind is closed with :class:`SubscriptionOverflowError`
+  rather than silently losing events or growing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Self, final
+
+import attrs
+
+from ._errors import AwxConnectionError
+from ._states import ConnectionState, Trigger
+
+__all__ = [
+    "ConnectionEvent",
+    "EventBus",
+    "EventCallback",
+    "Subscription",
+    "SubscriptionOverflowError",
+]
+
+_log = logging.getLogger("awx_connection.events")
+
+
+@final
+@attrs.frozen
+class ConnectionEvent:
+    """
+    One transition of one connection.
+
+    ``source`` is ``None`` only for the ``begin`` event that creates a
+    connection. ``account_id`` is the Airwallex account once known.
+    Carries no secret of any kind.
+    """
+
+    connection_id: str
+    sequence: int
+    trigger: Trigger
+    source: ConnectionState | None
+    dest: ConnectionState
+    reason: str
+    at: float
+    account_id: str | None = None
+    external_id: str | None = None
+
+
+#: A subscriber callback: plain function or coroutine function.
+EventCallback = Callable[[ConnectionEvent], Awaitable[None] | None]
+
+
+class SubscriptionOverflowError(AwxConnectionError):
+    """A subscriber fell too far behind; its subscription was closed."""
+
+
+def _matcher(
+    triggers: Collection[Trigger] | None, states: Collection[ConnectionState] | None
+) -> Callable[[ConnectionEvent], bool]:
+    wanted_triggers = frozenset(triggers) if triggers is not None else None
+    wanted_states = frozenset(states) if states is not None else None
+
+    def matches(event: ConnectionEvent) -> bool:
+        if wanted_triggers is not None and event.trigger not in wanted_triggers:
+            return False
+        return wanted_states is None or event.dest in wanted_states
+
+    return matches
+
+
+@final
+@attrs.define(eq=False)
+class Subscription:
+    """
+    A live subscription, returned by :meth:`EventBus.subscribe` and
+    :meth:`EventBus.stream`.
+
+    Use it as a context manager, or call :meth:`unsubscribe`. A stream
+    subscription is also an async iterator of events.
+    """
+
+    _bus: EventBus
+    _matches: Callable[[ConnectionEvent], bool]
+    _callback: EventCallback | None
+    _queue: asyncio.Queue[ConnectionEvent | None] | None = None
+    _worker: asyncio.Task[None] | None = None
+    _overflowed: bool = False
+    _closed: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether the subscription still receives events."""
+        return not self._closed
+
+    def unsubscribe(self) -> None:
+        """Stop receiving events. Idempotent; queued events are still delivered."""
+        if self._closed:
+            return
+        self._closed = True
+        self._bus._remove(self)
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unsubscribe()
+
+    def __aiter__(self) -> AsyncIterator[ConnectionEvent]:
+        if self._callback is not None:
+            msg = "a callback subscription is not iterable; use EventBus.stream()"
+            raise TypeError(msg)
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ConnectionEvent]:
+        assert self._queue is not None
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                if self._overflowed:
+                    msg = "subscriber fell behind; events were dropped and the stream closed"
+                    raise SubscriptionOverflowError(msg)
+                return
+            yield event
+
+    def _offer(self, event: ConnectionEvent) -> None:
+        if not self._matches(event):
+            return
+        if self._queue is None:
+            assert self._callback is not None
+            self._bus._call_sync(self._callback, event)
+            return
+        if self._queue.qsize() >= (self._queue.maxsize or 1 << 62) - 1:
+            # Keep one slot for the closing sentinel so the consumer learns why.
+            self._overflowed = True
+            self.unsubscribe()
+            return
+        self._queue.put_nowait(event)
+        if self._callback is not None and self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run_async_callback(), name="awx-connection-subscriber"
+            )
+
+    async def _run_async_callback(self) -> None:
+        assert self._queue is not None
+        assert self._callback is not None
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            try:
+                result = self._callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _log.exception(
+                    "event subscriber %r raised; other subscribers are unaffected",
+                    self._callback,
+                    extra={"connection_id": event.connection_id, "trigger": event.trigger.value},
+                )
+
+
+@final
+@attrs.define(eq=False)
+class EventBus:
+    """
+    Fan-out of :class:`ConnectionEvent` to in-process subscribers.
+
+    The manager owns one; reach it through
+    :meth:`~awx_connection.ConnectionManager.subscribe` and
+    :meth:`~awx_connection.ConnectionManager.events`.
+    """
+
+    _subscriptions: list[Subscription] = attrs.Factory(list)
+    #: Events published so far (a cheap statistic).
+    published: int = 0
+
+    def subscribe(
+        self,
+        callback: EventCallback,
+        *,
+        triggers: Collection[Trigger] | None = None,
+        states: Collection[ConnectionState] | None = None,
+        maxsize: int = 10_000,
+    ) -> Subscription:
+        """
+        Call *callback* for each matching event.
+
+        Args:
+            callback: A function or coroutine function taking the event.
+            triggers: Only events of these triggers (default: all).
+            states: Only events that enter these states (default: all).
+            maxsize: Queue bound for an async callback.
+        """
+        is_async = inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        sub = Subscription(
+            self,
+            _matcher(triggers, states),
+            callback,
+            asyncio.Queue(maxsize=maxsize + 1) if is_async else None,
+        )
+        self._subscriptions.append(sub)
+        return sub
+
+    def stream(
+        self,
+        *,
+        triggers: Collection[Trigger] | None = None,
+        states: Collection[ConnectionState] | None = None,
+        maxsize: int = 10_000,
+    ) -> Subscription:
+        """Subscribe for ``async for event in subscription``."""
+        sub = Subscription(
+            self, _matcher(triggers, states), None, asyncio.Queue(maxsize=maxsize + 1)
+        )
+        self._subscriptions.append(sub)
+        return sub
+
+    def publish(self, event: ConnectionEvent) -> None:
+        """Hand *event* to every subscriber; never raises because of a subscriber."""
+        self.published += 1
+        for sub in tuple(self._subscriptions):
+            sub._offer(event)
+
+    async def aclose(self) -> None:
+        """Close every subscription and let async callbacks drain their queues."""
+        workers = [sub._worker for sub in self._subscriptions if sub._worker is not None]
+        for sub in tuple(self._subscriptions):
+            sub.unsubscribe()
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def _remove(self, sub: Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscriptions.remove(sub)
+
+    @staticmethod
+    def _call_sync(callback: EventCallback, event: ConnectionEvent) -> None:
+        try:
+            callback(event)
+        except Exception:
+            _log.exception(
+                "event subscriber %r raised; other subscribers are unaffected",
+                callback,
+                extra={"connection_id": event.connection_id, "trigger": event.trigger.value},
+            )

@@ -1,0 +1,841 @@
+"""
+Many connections: the API a partner platform embeds.
+
+:class:`ConnectionManager` ties the pieces together:
+
+* the authorize step (:meth:`~ConnectionManager.begin_authorization`,
+  :meth:`~ConnectionManager.complete_authorization`), with the code exchange
+  as the action of the ``authorized`` state;
+* tokens that are always valid (:meth:`~ConnectionManager.access_token`),
+  with **single-flight** refresh: one in-flight rotation per connection that
+  every concurrent caller awaits, so a thousand callers at expiry make one
+  POST;
+* **crash-safe rotation**: before each refresh POST a journal is written
+  with the connection (state ``refreshing``). A lost response is retried
+  with the *same* refresh token only while the provider's grace window
+  surely holds; past it the connection becomes ``invalidated`` instead of
+  presenting a token that could burn it;
+* authorized requests (:meth:`~ConnectionManager.request`) that refresh
+  once and retry once on a 401;
+* every transition persisted by compare-and-swap together with its event,
+  then published to subscribers.
+
+Locking: each connection has one ``asyncio.Lock``; every transition and
+every action (exchange, refresh) runs under it, so transitions of one
+connection never interleave. The hot path (a fresh cached token) takes no
+lock at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Self, final
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import attrs
+
+from ._authorize import (
+    AuthorizationRequest,
+    authorize_url,
+    check_scopes,
+    new_pkce_pair,
+    new_state,
+    parse_callback,
+    state_hash,
+)
+from ._clock import Clock, SystemClock
+from ._config import Config
+from ._connection import Connection, _Live
+from ._errors import (
+    ConnectionExpiredError,
+    ConnectionInvalidatedError,
+    ConnectionNotFoundError,
+    ConnectionRevokedError,
+    ConnectionUnusableError,
+    IllegalTransitionError,
+    InvalidGrantError,
+    ProviderError,
+    StateExpiredError,
+    UnknownStateError,
+)
+from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
+from ._machine import advance
+from ._records import ConnectionRecord, PendingAuthorization, RotationJournal
+from ._secrets import Secret
+from ._states import ConnectionState, Trigger
+from ._store import Store
+from ._tokens import TokenSet
+from ._transport import Transport
+from .stores import MemoryStore
+
+__all__ = ["ConnectionManager"]
+
+_log = logging.getLogger("awx_connection")
+
+_S = ConnectionState
+_T = Trigger
+
+_UNUSABLE: dict[ConnectionState, type[ConnectionUnusableError]] = {
+    _S.REVOKED: ConnectionRevokedError,
+    _S.INVALIDATED: ConnectionInvalidatedError,
+    _S.EXPIRED: ConnectionExpiredError,
+}
+
+
+def _unusable(record: ConnectionRecord) -> ConnectionUnusableError:
+    cls = _UNUSABLE.get(record.state, ConnectionUnusableError)
+    return cls(record.id, record.state, record.reason)
+
+
+def _new_connection_id() -> str:
+    return "conn_" + secrets.token_hex(12)
+
+
+@final
+@attrs.define(eq=False)
+class ConnectionManager:
+    """
+    Holds many Airwallex partner connections for one OAuth client.
+
+    Use it as an async context manager (or call :meth:`open` and
+    :meth:`aclose`)::
+
+        async with ConnectionManager(config, store=SQLiteStore("awx.db")) as awx:
+            request = await awx.begin_authorization(scopes=["account_details:read"])
+            ...  # redirect the customer to request.url
+            connection = await awx.complete_authorization(callback_url)
+            token = await awx.access_token(connection.id)
+
+    Args:
+        config: Client credentials, endpoints and timing.
+        store: Where connections live; an in-memory store by default. The
+            manager opens it and closes it.
+        clock: Time source; share a :class:`~awx_connection.testing.ManualClock`
+            with the fake provider in tests.
+        session: An :class:`aiohttp.ClientSession` to share; by default the
+            manager creates and closes its own.
+    """
+
+    config: Config
+    store: Store = attrs.field(factory=MemoryStore, kw_only=True)
+    clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
+    _transport: Transport = attrs.field(init=False)
+    _session: aiohttp.ClientSession | None = attrs.field(
+        default=None, kw_only=True, alias="session"
+    )
+    _bus: EventBus = attrs.field(factory=EventBus, init=False)
+    _live: dict[str, _Live] = attrs.field(factory=dict, init=False)
+    _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._transport = Transport(self.config, session=self._session)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store (creating its schema). Idempotent."""
+        await self.store.open()
+
+    async def aclose(self) -> None:
+        """
+        Stop in-flight refreshes, close subscriptions, the transport and the
+        store. Idempotent.
+
+        A refresh cancelled here leaves its journal in the store; the next
+        process to use the connection resumes it inside the grace window.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for task in tuple(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._bus.aclose()
+        await self._transport.aclose()
+        await self.store.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- events -------------------------------------------------------------
+
+    def subscribe(
+        self,
+        callback: EventCallback,
+        *,
+        triggers: Collection[Trigger] | None = None,
+        states: Collection[ConnectionState] | None = None,
+    ) -> Subscription:
+        """
+        Call *callback* (sync or async) for every matching lifecycle event.
+
+        Events of one connection reach each subscriber in sequence order. A
+        callback that raises is logged; other subscribers and the transition
+        are unaffected.
+        """
+        return self._bus.subscribe(callback, triggers=triggers, states=states)
+
+    def events(
+        self,
+        *,
+        triggers: Collection[Trigger] | None = None,
+        states: Collection[ConnectionState] | None = None,
+        maxsize: int = 10_000,
+    ) -> Subscription:
+        """Subscribe for ``async for event in manager.events(...)``."""
+        return self._bus.stream(triggers=triggers, states=states, maxsize=maxsize)
+
+    async def history(self, connection_id: str) -> list[ConnectionEvent]:
+        """Every stored event of *connection_id*, in order."""
+        await self._get_live(connection_id)
+        return await self.store.read_events(connection_id)
+
+    # -- reading ------------------------------------------------------------
+
+    async def get(self, connection_id: str) -> Connection:
+        """
+        The current snapshot of *connection_id*.
+
+        Raises:
+            ConnectionNotFoundError: No such connection.
+        """
+        live = await self._get_live(connection_id)
+        return Connection.from_record(live.record)
+
+    async def connections(
+        self,
+        *,
+        states: Collection[ConnectionState] | None = None,
+        external_id: str | None = None,
+        account_id: str | None = None,
+    ) -> list[Connection]:
+        """Snapshots of every stored connection matching all filters."""
+        records = await self.store.list_connections(
+            states=states, external_id=external_id, account_id=account_id
+        )
+        return [Connection.from_record(r) for r in records]
+
+    # -- authorization ------------------------------------------------------
+
+    async def begin_authorization(
+        self,
+        *,
+        scopes: Sequence[str] | None = None,
+        sign_up: bool = False,
+        pkce: bool | None = None,
+        external_id: str | None = None,
+    ) -> AuthorizationRequest:
+        """
+        Create a ``pending`` connection and the URL to send the customer to.
+
+        Args:
+            scopes: Scopes to request; ``Config.default_scopes`` when omitted.
+            sign_up: Add ``sign_up=true``: Airwallex lets a new customer
+                create an account first, then authorize, in one flow.
+            pkce: Use PKCE (S256); ``Config.pkce`` when omitted.
+            external_id: Your key for this connection (e.g. a customer id).
+
+        Raises:
+            ConfigurationError: No or invalid scopes.
+        """
+        chosen = check_scopes(self.config.default_scopes if scopes is None else scopes)
+        now = self.clock.now()
+        connection_id = _new_connection_id()
+        auth, url = self._new_authorization(chosen, sign_up=sign_up, pkce=pkce, now=now)
+        reason = "authorization started" + (" with sign-up" if sign_up else "")
+        record = ConnectionRecord(
+            id=connection_id,
+            state=_S.PENDING,
+            version=1,
+            sequence=1,
+            created_at=now,
+            updated_at=now,
+            reason=reason,
+            scopes=chosen,
+            external_id=external_id,
+            authorization=auth,
+        )
+        event = ConnectionEvent(
+            connection_id=connection_id,
+            sequence=1,
+            trigger=_T.BEGIN,
+            source=None,
+            dest=_S.PENDING,
+            reason=reason,
+            at=now,
+            external_id=external_id,
+        )
+        await self.store.insert(record, event)
+        self._live[connection_id] = _Live(record, timing=self.config.timing)
+        self._publish(event)
+        return AuthorizationRequest(connection_id, url, auth.expires_at)
+
+    async def reauthorize(
+        self,
+        connection_id: str,
+        *,
+        scopes: Sequence[str] | None = None,
+        sign_up: bool = False,
+        pkce: bool | None = None,
+    ) -> AuthorizationRequest:
+        """
+        Move a finished (revoked, invalidated, expired, denied, failed) or
+        still pending connection back to ``pending`` with a new authorize URL.
+        The old tokens are dropped; the connection keeps its id and history.
+
+        Raises:
+            IllegalTransitionError: The connection is active, refreshing or authorized.
+        """
+        live = await self._get_live(connection_id)
+        async with live.lock:
+            record = live.record
+            chosen = check_scopes(record.scopes if scopes is None else scopes)
+            auth, url = self._new_authorization(
+                chosen, sign_up=sign_up, pkce=pkce, now=self.clock.now()
+            )
+            await self._transition(
+                live,
+                _T.REAUTHORIZE,
+                f"reauthorization started (was {record.state.value})",
+                authorization=auth,
+                scopes=chosen,
+                tokens=None,
+                code=None,
+                journal=None,
+            )
+        return AuthorizationRequest(connection_id, url, auth.expires_at)
+
+    def _new_authorization(
+        self, scopes: tuple[str, ...], *, sign_up: bool, pkce: bool | None, now: float
+    ) -> tuple[PendingAuthorization, str]:
+        state = new_state()
+        use_pkce = self.config.pkce if pkce is None else pkce
+        verifier, challenge = new_pkce_pair() if use_pkce else (None, None)
+        auth = PendingAuthorization(
+            state_hash=state_hash(state),
+            expires_at=now + self.config.timing.state_ttl,
+            redirect_uri=self.config.redirect_uri,
+            sign_up=sign_up,
+            code_verifier=verifier,
+        )
+        url = authorize_url(
+            self.config.endpoints.authorize_url,
+            client_id=self.config.client_id,
+            redirect_uri=self.config.redirect_uri,
+            scopes=scopes,
+            state=state,
+            sign_up=sign_up,
+            code_challenge=challenge,
+        )
+        return auth, url
+
+    async def complete_authorization(
+        self, callback: str | Mapping[str, str | Sequence[str]]
+    ) -> Connection:
+        """
+        Accept the redirect back from Airwallex and, for a code, exchange it.
+
+        Args:
+            callback: The full redirect URL, its query string, or its query
+                parameters as your web framework parsed them.
+
+        Returns:
+            The connection: ``active`` after a successful exchange, ``denied``
+            when the customer declined, ``failed`` when the provider rejected
+            the code.
+
+        Raises:
+            CallbackError: Malformed callback; nothing changed.
+            UnknownStateError: Forged, replayed or already used ``state``; nothing changed.
+            StateExpiredError: The authorization expired; nothing changed.
+            ProviderError: The exchange failed transiently after retries; the
+                connection stays ``authorized`` and :meth:`exchange` retries.
+        """
+        parsed = parse_callback(callback)
+        digest = state_hash(parsed.state)
+        record = await self.store.find_by_state_hash(digest)
+        if record is None:
+            msg = "no pending authorization has this state (unknown, replayed or already used)"
+            raise UnknownStateError(msg)
+        live = self._adopt(record)
+        async with live.lock:
+            current = live.record
+            auth = current.authorization
+            if current.state is not _S.PENDING or auth is None or auth.state_hash is None:
+                msg = "no pending authorization has this state (unknown, replayed or already used)"
+                raise UnknownStateError(msg)
+            if not secrets.compare_digest(auth.state_hash, digest):
+                msg = "no pending authorization has this state (unknown, replayed or already used)"
+                raise UnknownStateError(msg)
+            if self.clock.now() >= auth.expires_at:
+                raise StateExpiredError(current.id)
+            if parsed.error is not None:
+                detail = f": {parsed.error_description}" if parsed.error_description else ""
+                await self._transition(
+                    live,
+                    _T.DENIED,
+                    f"{parsed.error}{detail}",
+                    authorization=None,
+                )
+                return Connection.from_record(live.record)
+            await self._transition(
+                live,
+                _T.CODE_RECEIVED,
+                "authorization code received",
+                authorization=attrs.evolve(auth, state_hash=None),
+                code=parsed.code,
+            )
+            await self._exchange(live)
+            return Connection.from_record(live.record)
+
+    async def exchange(self, connection_id: str) -> Connection:
+        """
+        Retry the code exchange of an ``authorized`` connection (after a
+        transient failure of :meth:`complete_authorization`).
+
+        Raises:
+            IllegalTransitionError: The connection is not ``authorized``.
+        """
+        live = await self._get_live(connection_id)
+        async with live.lock:
+            if live.record.state is not _S.AUTHORIZED:
+                raise IllegalTransitionError(connection_id, _T.EXCHANGED, live.record.state)
+            await self._exchange(live)
+            return Connection.from_record(live.record)
+
+    async def _exchange(self, live: _Live) -> None:
+        """The action of ``authorized``: exchange the code, then fetch the account."""
+        record = live.record
+        auth = record.authorization
+        assert record.code is not None
+        assert auth is not None
+        timing = self.config.timing
+        for attempt in range(1, timing.max_attempts + 1):
+            try:
+                tokens = await self._transport.exchange_code(
+                    record.code,
+                    redirect_uri=auth.redirect_uri,
+                    code_verifier=auth.code_verifier,
+                    now=self.clock.now(),
+                )
+            except ProviderError as exc:
+                if exc.retryable and attempt < timing.max_attempts:
+                    await self._backoff(attempt)
+                    continue
+                if exc.retryable:
+                    _log.warning(
+                        "connection %s: code exchange failed after %d attempts: %s",
+                        record.id,
+                        attempt,
+                        exc,
+                        extra={"connection_id": record.id, "state": record.state.value},
+                    )
+                    raise
+                await self._transition(
+                    live,
+                    _T.EXCHANGE_REJECTED,
+                    f"code exchange rejected ({exc.code or exc.status})",
+                    code=None,
+                    authorization=None,
+                )
+                return
+            break
+        account_id = await self._fetch_account_id(record.id, tokens.access_token)
+        await self._transition(
+            live,
+            _T.EXCHANGED,
+            "tokens received",
+            tokens=tokens,
+            code=None,
+            authorization=None,
+            account_id=account_id or record.account_id,
+        )
+
+    async def _fetch_account_id(self, connection_id: str, access_token: Secret) -> str | None:
+        """``GET /api/v1/account/``, best effort: a failure is logged, not fatal."""
+        try:
+            account = await self._transport.fetch_account(access_token)
+        except ProviderError as exc:
+            _log.warning(
+                "connection %s: could not fetch the account (%s); will retry after a refresh",
+                connection_id,
+                exc,
+                extra={"connection_id": connection_id},
+            )
+            return None
+        account_id: str = account["id"]
+        return account_id
+
+    # -- tokens ---------------------------------------------------------------
+
+    async def access_token(self, connection_id: str) -> str:
+        """
+        A valid access token for *connection_id*, refreshing if needed.
+
+        The token stays valid for at least the refresh skew
+        (``min(60 s, 20 %)`` of its lifetime by default). Concurrent callers
+        share one refresh.
+
+        Raises:
+            ConnectionNotFoundError: No such connection.
+            ConnectionUnusableError: The connection is not active (its
+                subclass tells revoked, invalidated or expired apart).
+            ProviderError: The refresh failed transiently and the current
+                token is too close to expiry to hand out.
+        """
+        live = self._live.get(connection_id)
+        if live is not None and live.fresh_until > self.clock.now():
+            return live.token  # type: ignore[return-value]  # set whenever fresh_until is finite
+        live = live or await self._get_live(connection_id)
+        tokens = await self._fresh_tokens(live, stale_generation=None)
+        return tokens.access_token.reveal()
+
+    async def refresh(self, connection_id: str) -> Connection:
+        """
+        Rotate the tokens of *connection_id* now, whatever their expiry.
+
+        Joins a refresh already in flight instead of starting a second one.
+        """
+        live = await self._get_live(connection_id)
+        tokens = live.record.tokens
+        stale = tokens.generation if tokens is not None else None
+        await self._fresh_tokens(live, stale_generation=stale)
+        return Connection.from_record(live.record)
+
+    async def revoke(
+        self, connection_id: str, reason: str = "disconnected by the partner"
+    ) -> Connection:
+        """
+        Mark an ``active`` or ``refreshing`` connection ``revoked`` (your
+        customer disconnected, or a webhook said so). Waits for an in-flight
+        refresh to finish first.
+        """
+        live = await self._get_live(connection_id)
+        async with live.lock:
+            await self._transition(live, _T.REVOKE, reason, journal=None)
+        return Connection.from_record(live.record)
+
+    async def _fresh_tokens(self, live: _Live, *, stale_generation: int | None) -> TokenSet:
+        """
+        Single-flight: join the connection's in-flight refresh or start one.
+
+        With *stale_generation*, tokens of that generation or older are not
+        good enough (a 401 proved them dead): a joined flight that returns
+        them is followed by one of our own.
+        """
+        while True:
+            task = live.refresh_task
+            joined = task is not None
+            if task is None:
+                task = asyncio.get_running_loop().create_task(
+                    self._refresh_flight(live, stale_generation),
+                    name=f"awx-connection-refresh-{live.record.id}",
+                )
+                live.refresh_task = task
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: self._flight_done(live, t))
+            # shield: a caller that gives up (timeout, cancel) must not abort
+            # the refresh that every other caller is waiting for.
+            tokens = await asyncio.shield(task)
+            if not joined or stale_generation is None or tokens.generation > stale_generation:
+                return tokens
+
+    def _flight_done(self, live: _Live, task: asyncio.Task[TokenSet]) -> None:
+        self._tasks.discard(task)
+        if live.refresh_task is task:
+            live.refresh_task = None
+        if not task.cancelled():
+            task.exception()  # mark retrieved: callers that gave up still saw it logged
+
+    def _needs_refresh(self, record: ConnectionRecord, stale_generation: int | None) -> bool:
+        tokens = record.tokens
+        if record.state is not _S.ACTIVE or tokens is None:
+            return True
+        if stale_generation is not None and tokens.generation <= stale_generation:
+            return True
+        skew = self.config.timing.skew(tokens.access_lifetime)
+        return self.clock.now() >= tokens.access_expires_at - skew
+
+    async def _refresh_flight(self, live: _Live, stale_generation: int | None) -> TokenSet:
+        async with live.lock:
+            record = live.record
+            if not self._needs_refresh(record, stale_generation):
+                assert record.tokens is not None
+                return record.tokens
+            if record.state in (_S.PENDING, _S.AUTHORIZED) or record.tokens is None:
+                raise _unusable(record)
+            if record.state not in (_S.ACTIVE, _S.REFRESHING):
+                raise _unusable(record)
+            return await self._rotate(live)
+
+    async def _rotate(self, live: _Live) -> TokenSet:
+        """
+        The action of ``refreshing``: present the refresh token until the
+        provider answers, the grace window closes, or attempts run out.
+        """
+        timing = self.config.timing
+        connection_id = live.record.id
+        for attempt in range(1, timing.max_attempts + 1):
+            record = live.record
+            tokens = record.tokens
+            assert tokens is not None
+            now = self.clock.now()
+            if record.state is _S.ACTIVE:
+                if now >= tokens.refresh_expires_at:
+                    await self._transition(live, _T.EXPIRE, "the refresh token aged out")
+                    raise _unusable(live.record)
+                journal = RotationJournal(
+                    generation=tokens.generation, started_at=now, attempts=1, unsafe_since=now
+                )
+                await self._transition(
+                    live,
+                    _T.REFRESH_STARTED,
+                    f"rotating refresh token generation {tokens.generation}",
+                    journal=journal,
+                )
+            else:
+                journal = record.journal or RotationJournal(tokens.generation, now)
+                if (
+                    journal.unsafe_since is not None
+                    and now >= journal.unsafe_since + timing.grace - timing.grace_margin
+                ):
+                    await self._transition(
+                        live,
+                        _T.INVALIDATE,
+                        "the rotation went unanswered past the grace window; "
+                        "the old refresh token was not presented again",
+                        journal=None,
+                    )
+                    raise _unusable(live.record)
+                # Persist "in flight" before sending: a crash mid-request
+                # leaves a deadline behind for whoever resumes.
+                journal = attrs.evolve(
+                    journal,
+                    attempts=journal.attempts + 1,
+                    unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
+                )
+                await self._save(live, journal=journal)
+            unsafe_from_this_attempt = journal.unsafe_since == now and (
+                record.journal is None or record.journal.unsafe_since is None
+            )
+            try:
+                new_tokens = await self._transport.refresh(
+                    tokens.refresh_token, generation=tokens.generation + 1, now=now
+                )
+            except InvalidGrantError:
+                return await self._after_invalid_grant(live, tokens)
+            except ProviderError as exc:
+                if not exc.maybe_processed and unsafe_from_this_attempt:
+                    # This attempt alone made the token unsafe, and it
+                    # certainly did not reach the provider: undo that.
+                    journal = attrs.evolve(journal, unsafe_since=None)
+                    await self._save(live, journal=journal)
+                retry = exc.retryable and attempt < timing.max_attempts
+                _log.warning(
+                    "connection %s: refresh attempt %d failed: %s%s",
+                    connection_id,
+                    attempt,
+                    exc,
+                    "; retrying" if retry else "",
+                    extra={"connection_id": connection_id, "state": live.record.state.value},
+                )
+                if retry:
+                    await self._backoff(attempt)
+                    continue
+                if journal.unsafe_since is None:
+                    await self._transition(
+                        live,
+                        _T.REFRESH_ABORTED,
+                        f"refresh failed, tokens unchanged ({exc.code or exc.status or 'network'})",
+                        journal=None,
+                    )
+                raise
+            else:
+                account_id = record.account_id
+                if account_id is None:
+                    account_id = await self._fetch_account_id(
+                        connection_id, new_tokens.access_token
+                    )
+                await self._transition(
+                    live,
+                    _T.REFRESHED,
+                    f"rotated to generation {new_tokens.generation}",
+                    tokens=new_tokens,
+                    journal=None,
+                    account_id=account_id,
+                )
+                return new_tokens
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _after_invalid_grant(self, live: _Live, presented: TokenSet) -> TokenSet:
+        """
+        Re-read the store before believing ``invalid_grant``: if another
+        process rotated meanwhile, adopt its tokens; otherwise revoke.
+        """
+        stored = await self.store.get(live.record.id)
+        if (
+            stored is not None
+            and stored.state is _S.ACTIVE
+            and stored.tokens is not None
+            and stored.tokens.generation > presented.generation
+        ):
+            _log.info(
+                "connection %s: another writer rotated first; adopting its tokens",
+                stored.id,
+                extra={"connection_id": stored.id},
+            )
+            live.record = stored
+            return stored.tokens
+        await self._transition(
+            live,
+            _T.REVOKE,
+            "the provider rejected the refresh token (invalid_grant)",
+            journal=None,
+        )
+        raise _unusable(live.record)
+
+    # -- authorized requests ------------------------------------------------
+
+    def _resolve(self, url: str) -> str:
+        base = self.config.endpoints.api_base_url
+        absolute = urljoin(base + "/", url.lstrip("/")) if "://" not in url else url
+        if urlsplit(absolute)[:2] != urlsplit(base)[:2]:
+            msg = f"refusing to send a connection's bearer token to another host: {url!r}"
+            raise ValueError(msg)
+        return absolute
+
+    async def request(
+        self, connection_id: str, method: str, url: str, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        """
+        Call the Airwallex API on behalf of *connection_id*.
+
+        *url* is a path (``/api/v1/account/``) or a URL on the configured API
+        host; a bearer token is never sent to any other host. On a 401 the
+        connection is refreshed once and the request retried once; a second
+        401 marks it ``revoked``. Use the response as ``async with`` or call
+        ``release()``. Other keyword arguments go to aiohttp.
+
+        Raises:
+            ConnectionRevokedError: The provider rejected the refresh, or
+                answered 401 again right after one.
+        """
+        target = self._resolve(url)
+        live = await self._get_live(connection_id)
+        headers = dict(kwargs.pop("headers", None) or {})
+        token = await self.access_token(connection_id)
+        generation = live.record.tokens.generation if live.record.tokens else None
+        headers["Authorization"] = f"Bearer {token}"
+        response = await self._transport.session.request(method, target, headers=headers, **kwargs)
+        if response.status != 401:
+            return response
+        response.release()
+        tokens = await self._fresh_tokens(live, stale_generation=generation)
+        headers["Authorization"] = f"Bearer {tokens.access_token.reveal()}"
+        response = await self._transport.session.request(method, target, headers=headers, **kwargs)
+        if response.status != 401:
+            return response
+        response.release()
+        async with live.lock:
+            if live.record.state in (_S.ACTIVE, _S.REFRESHING):
+                await self._transition(
+                    live, _T.REVOKE, "the API answered 401 right after a refresh", journal=None
+                )
+        raise _unusable(live.record)
+
+    # -- internals ----------------------------------------------------------
+
+    def _adopt(self, record: ConnectionRecord) -> _Live:
+        """The live holder for *record*, creating it from the store's copy if new."""
+        live = self._live.get(record.id)
+        if live is None:
+            live = _Live(record, timing=self.config.timing)
+            self._live[record.id] = live
+        elif record.version > live.record.version:
+            live.record = record
+        return live
+
+    async def _get_live(self, connection_id: str) -> _Live:
+        live = self._live.get(connection_id)
+        if live is not None:
+            return live
+        record = await self.store.get(connection_id)
+        if record is None:
+            raise ConnectionNotFoundError(connection_id)
+        return self._adopt(record)
+
+    async def _save(self, live: _Live, **changes: Any) -> None:
+        """Persist a change that is not a transition (no event)."""
+        record = live.record
+        new = attrs.evolve(
+            record, version=record.version + 1, updated_at=self.clock.now(), **changes
+        )
+        await self.store.update(new, expected_version=record.version, event=None)
+        live.record = new
+
+    async def _transition(
+        self, live: _Live, trigger: Trigger, reason: str, **changes: Any
+    ) -> ConnectionEvent:
+        """
+        Fire *trigger*: validate through the machine, write record and event
+        by compare-and-swap, then update memory and publish. The caller holds
+        ``live.lock``.
+        """
+        record = live.record
+        dest = await advance(record.id, record.state, trigger)
+        now = self.clock.now()
+        new = attrs.evolve(
+            record,
+            state=dest,
+            version=record.version + 1,
+            sequence=record.sequence + 1,
+            updated_at=now,
+            reason=reason,
+            **changes,
+        )
+        event = ConnectionEvent(
+            connection_id=record.id,
+            sequence=new.sequence,
+            trigger=trigger,
+            source=record.state,
+            dest=dest,
+            reason=reason,
+            at=now,
+            account_id=new.account_id,
+            external_id=new.external_id,
+        )
+        await self.store.update(new, expected_version=record.version, event=event)
+        live.record = new
+        self._publish(event)
+        return event
+
+    def _publish(self, event: ConnectionEvent) -> None:
+        _log.info(
+            "connection %s: %s -> %s (%s)",
+            event.connection_id,
+            event.source.value if event.source else "-",
+            event.dest.value,
+            event.reason,
+            extra={
+                "connection_id": event.connection_id,
+                "trigger": event.trigger.value,
+                "state": event.dest.value,
+                "sequence": event.sequence,
+            },
+        )
+        self._bus.publish(event)
+
+    async def _backoff(self, attempt: int) -> None:
+        """Exponential backoff with full jitter."""
+        await asyncio.sleep(random.uniform(0, self.config.timing.backoff(attempt)))

@@ -1,0 +1,259 @@
+"""
+What is stored about a connection, and its JSON form.
+
+:class:`ConnectionRecord` is an immutable snapshot. Every change produces a
+new record with ``version + 1``, written by compare-and-swap, so a writer
+holding an old snapshot can never overwrite a newer one.
+
+:func:`dump_record` / :func:`load_record` convert to and from plain JSON
+types for the stores. Loading is strict: a row that does not decode raises
+:class:`~awx_connection.StoreError` naming the connection, never a bare
+``KeyError`` and never a silent reset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, final
+
+import attrs
+
+from ._errors import StoreError
+from ._events import ConnectionEvent
+from ._secrets import Secret
+from ._states import ConnectionState, Trigger
+from ._tokens import TokenSet
+
+__all__ = [
+    "ConnectionRecord",
+    "PendingAuthorization",
+    "RotationJournal",
+    "dump_event",
+    "dump_record",
+    "load_event",
+    "load_record",
+]
+
+
+@final
+@attrs.frozen
+class PendingAuthorization:
+    """
+    An authorize URL handed out and not yet answered.
+
+    Only the SHA-256 of ``state`` is kept: the raw value exists in the URL and
+    nowhere else, so a leaked row cannot be used to forge a callback.
+    """
+
+    #: ``None`` once the callback arrived: a ``state`` works once.
+    state_hash: str | None
+    expires_at: float
+    redirect_uri: str
+    sign_up: bool = False
+    code_verifier: Secret | None = None
+
+
+@final
+@attrs.frozen
+class RotationJournal:
+    """
+    A refresh that was started and whose outcome is not yet stored.
+
+    It is written *before* each POST, so a crash at any point leaves it
+    behind for the next process to resume.
+
+    ``unsafe_since`` is when the refresh token of ``generation`` was first
+    sent in an attempt whose outcome is unknown (in flight, lost response,
+    timeout, 5xx other than 503, unreadable 200). From then on the provider
+    may have rotated, so the token is only safe to present until
+    ``unsafe_since + grace - margin``. ``None`` means every attempt so far
+    certainly did not reach the provider (connection refused, 503, 429), so no
+    deadline applies and a provider outage cannot burn the connection.
+    """
+
+    generation: int
+    started_at: float
+    attempts: int = 0
+    unsafe_since: float | None = None
+
+
+@final
+@attrs.frozen
+class ConnectionRecord:
+    """An immutable snapshot of one connection, as stored."""
+
+    id: str
+    state: ConnectionState
+    version: int
+    #: The sequence number of the connection's latest event.
+    sequence: int
+    created_at: float
+    updated_at: float
+    reason: str
+    scopes: tuple[str, ...] = ()
+    external_id: str | None = None
+    account_id: str | None = None
+    authorization: PendingAuthorization | None = None
+    #: The authorization code, held only while ``authorized``.
+    code: Secret | None = None
+    tokens: TokenSet | None = None
+    journal: RotationJournal | None = None
+
+
+def _secret(value: Secret | None) -> str | None:
+    return None if value is None else value.reveal()
+
+
+def dump_record(record: ConnectionRecord) -> dict[str, Any]:
+    """The record as JSON-ready data, secrets included (stores encrypt them)."""
+    auth = record.authorization
+    tokens = record.tokens
+    journal = record.journal
+    return {
+        "id": record.id,
+        "state": record.state.value,
+        "version": record.version,
+        "sequence": record.sequence,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "reason": record.reason,
+        "scopes": list(record.scopes),
+        "external_id": record.external_id,
+        "account_id": record.account_id,
+        "authorization": None
+        if auth is None
+        else {
+            "state_hash": auth.state_hash,
+            "expires_at": auth.expires_at,
+            "redirect_uri": auth.redirect_uri,
+            "sign_up": auth.sign_up,
+            "code_verifier": _secret(auth.code_verifier),
+        },
+        "code": _secret(record.code),
+        "tokens": None
+        if tokens is None
+        else {
+            "access_token": tokens.access_token.reveal(),
+            "refresh_token": tokens.refresh_token.reveal(),
+            "access_expires_at": tokens.access_expires_at,
+            "refresh_expires_at": tokens.refresh_expires_at,
+            "issued_at": tokens.issued_at,
+            "generation": tokens.generation,
+            "scope": list(tokens.scope),
+        },
+        "journal": None
+        if journal is None
+        else {
+            "generation": journal.generation,
+            "started_at": journal.started_at,
+            "attempts": journal.attempts,
+            "unsafe_since": journal.unsafe_since,
+        },
+    }
+
+
+def _opt_secret(value: object) -> Secret | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("secret is not a string")
+    return Secret(value)
+
+
+def load_record(data: dict[str, Any]) -> ConnectionRecord:
+    """
+    Rebuild a record from :func:`dump_record` output.
+
+    Raises:
+        StoreError: The data does not describe a valid record.
+    """
+    connection_id = str(data.get("id", "?"))
+    try:
+        auth = data["authorization"]
+        tokens = data["tokens"]
+        journal = data["journal"]
+        return ConnectionRecord(
+            id=data["id"],
+            state=ConnectionState(data["state"]),
+            version=int(data["version"]),
+            sequence=int(data["sequence"]),
+            created_at=float(data["created_at"]),
+            updated_at=float(data["updated_at"]),
+            reason=str(data["reason"]),
+            scopes=tuple(data["scopes"]),
+            external_id=data["external_id"],
+            account_id=data["account_id"],
+            authorization=None
+            if auth is None
+            else PendingAuthorization(
+                state_hash=auth["state_hash"],
+                expires_at=float(auth["expires_at"]),
+                redirect_uri=auth["redirect_uri"],
+                sign_up=bool(auth["sign_up"]),
+                code_verifier=_opt_secret(auth["code_verifier"]),
+            ),
+            code=_opt_secret(data["code"]),
+            tokens=None
+            if tokens is None
+            else TokenSet(
+                access_token=Secret(tokens["access_token"]),
+                refresh_token=Secret(tokens["refresh_token"]),
+                access_expires_at=float(tokens["access_expires_at"]),
+                refresh_expires_at=float(tokens["refresh_expires_at"]),
+                issued_at=float(tokens["issued_at"]),
+                generation=int(tokens["generation"]),
+                scope=tuple(tokens["scope"]),
+            ),
+            journal=None
+            if journal is None
+            else RotationJournal(
+                generation=int(journal["generation"]),
+                started_at=float(journal["started_at"]),
+                attempts=int(journal["attempts"]),
+                unsafe_since=None
+                if journal["unsafe_since"] is None
+                else float(journal["unsafe_since"]),
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"connection {connection_id!r}: stored record is corrupt ({type(exc).__name__})"
+        raise StoreError(msg) from None
+
+
+def dump_event(event: ConnectionEvent) -> dict[str, Any]:
+    """The event as JSON-ready data."""
+    return {
+        "connection_id": event.connection_id,
+        "sequence": event.sequence,
+        "trigger": event.trigger.value,
+        "source": None if event.source is None else event.source.value,
+        "dest": event.dest.value,
+        "reason": event.reason,
+        "at": event.at,
+        "account_id": event.account_id,
+        "external_id": event.external_id,
+    }
+
+
+def load_event(data: dict[str, Any]) -> ConnectionEvent:
+    """
+    Rebuild an event from :func:`dump_event` output.
+
+    Raises:
+        StoreError: The data does not describe a valid event.
+    """
+    try:
+        source = data["source"]
+        return ConnectionEvent(
+            connection_id=data["connection_id"],
+            sequence=int(data["sequence"]),
+            trigger=Trigger(data["trigger"]),
+            source=None if source is None else ConnectionState(source),
+            dest=ConnectionState(data["dest"]),
+            reason=str(data["reason"]),
+            at=float(data["at"]),
+            account_id=data["account_id"],
+            external_id=data["external_id"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"stored event is corrupt ({type(exc).__name__})"
+        raise StoreError(msg) from None

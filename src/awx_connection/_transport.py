@@ -1,0 +1,243 @@
+"""
+The aiohttp transport: code exchange, refresh, and the account call.
+
+Each method makes exactly one HTTP request and turns every outcome into a
+value or a typed error (:mod:`awx_connection._errors`); retries and state
+belong to the manager. The classification that matters most is
+``maybe_processed``: could the provider have acted on the request? A refresh
+that may have been processed may have rotated the token, so its retry must
+stay inside the grace window.
+
+=====================================  ===============================  ===============
+outcome                                error                            maybe_processed
+=====================================  ===============================  ===============
+200 with a valid token body            (a :class:`TokenSet`)            n/a
+200 with a bad body, or too large      MalformedResponseError           yes
+400 ``invalid_grant``                  InvalidGrantError                no
+401 / ``invalid_client``               InvalidClientError               no
+429                                    RateLimitedError                 no
+503                                    ProviderUnavailableError         no
+500, 502, 504 and other 5xx            ProviderUnavailableError         yes
+connection refused / DNS failure       NetworkError                     no
+timeout, disconnect, broken payload    NetworkError                     yes
+=====================================  ===============================  ===============
+
+Error messages carry status and provider code, and the provider's message
+with every secret we sent scrubbed out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, final
+
+import aiohttp
+import attrs
+import orjson
+
+from ._config import Config
+from ._errors import (
+    InvalidClientError,
+    InvalidGrantError,
+    MalformedResponseError,
+    NetworkError,
+    ProviderError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from ._secrets import Secret
+from ._tokens import TokenSet, parse_token_response
+
+__all__ = ["Transport"]
+
+_log = logging.getLogger("awx_connection.transport")
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_MAX_MESSAGE_CHARS = 200
+
+
+def _scrub(text: str, secrets: Iterable[Secret]) -> str:
+    for secret in secrets:
+        raw = secret.reveal()
+        if raw:
+            text = text.replace(raw, "********")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text[:_MAX_MESSAGE_CHARS]
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    """Pull ``(code, message)`` out of an RFC 6749 or an Airwallex error body."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, ""
+    if not isinstance(data, dict):
+        return None, ""
+    code = data.get("error") or data.get("code")
+    message = data.get("error_description") or data.get("message") or ""
+    if not isinstance(message, str):
+        message = ""
+    if not isinstance(code, str) or not code:
+        head, sep, _ = message.partition(":")
+        code = head.strip() if sep and head.strip().isidentifier() else None
+    return code, message
+
+
+@final
+@attrs.define(eq=False)
+class Transport:
+    """
+    One aiohttp session talking to the Airwallex token endpoint and API.
+
+    Pass your own :class:`aiohttp.ClientSession` to share a connection pool;
+    otherwise the transport creates one and closes it in :meth:`aclose`.
+    """
+
+    config: Config
+    _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
+    _owns_session: bool = attrs.field(default=False, init=False)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session, created on first use."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timing.request_timeout),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+            self._owns_session = True
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if the transport created it. Idempotent."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+        self._owns_session = False
+
+    async def exchange_code(
+        self,
+        code: Secret,
+        *,
+        redirect_uri: str,
+        code_verifier: Secret | None,
+        now: float,
+    ) -> TokenSet:
+        """Exchange an authorization code for generation-0 tokens."""
+        body: dict[str, str] = {
+            "grant_type": "authorization_code",
+            "client_id": self.config.client_id,
+            "client_secret": self.config.client_secret.reveal(),
+            "code": code.reveal(),
+            "redirect_uri": redirect_uri,
+        }
+        sent = [code, self.config.client_secret]
+        if code_verifier is not None:
+            body["code_verifier"] = code_verifier.reveal()
+            sent.append(code_verifier)
+        payload = await self._post_token(body, sent)
+        return parse_token_response(payload, now=now, timing=self.config.timing, generation=0)
+
+    async def refresh(self, refresh_token: Secret, *, generation: int, now: float) -> TokenSet:
+        """Rotate *refresh_token*; the new pair gets *generation*."""
+        body = {
+            "grant_type": "refresh_token",
+            "client_id": self.config.client_id,
+            "client_secret": self.config.client_secret.reveal(),
+            "refresh_token": refresh_token.reveal(),
+        }
+        payload = await self._post_token(body, [refresh_token, self.config.client_secret])
+        return parse_token_response(
+            payload, now=now, timing=self.config.timing, generation=generation
+        )
+
+    async def fetch_account(self, access_token: Secret) -> dict[str, Any]:
+        """
+        ``GET /api/v1/account/`` for the connected account.
+
+        Raises:
+            ProviderError: Any answer but a 200 with a JSON object that has a
+                string ``id``.
+        """
+        url = f"{self.config.endpoints.api_base_url}/api/v1/account/"
+        headers = {"Authorization": f"Bearer {access_token.reveal()}", "Accept": "application/json"}
+        try:
+            async with self.session.get(url, headers=headers) as response:
+                body = await self._read_bounded(response)
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            msg = f"account request failed: {type(exc).__name__}"
+            raise NetworkError(msg, maybe_processed=True) from None
+        if status != 200:
+            code, _ = _error_fields(body)
+            msg = f"account request answered {status} ({code or 'no code'})"
+            raise ProviderError(msg, status=status, code=code)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            msg = "account response is not an object with a string 'id'"
+            raise MalformedResponseError(msg, status=status)
+        return data
+
+    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self.config.timing.max_response_bytes
+        if (response.content_length or 0) > limit:
+            msg = f"response body is larger than {limit} bytes"
+            raise MalformedResponseError(
+                msg, status=response.status, maybe_processed=200 <= response.status < 300
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(16 * 1024):
+            size += len(chunk)
+            if size > limit:
+                msg = f"response body is larger than {limit} bytes"
+                raise MalformedResponseError(
+                    msg, status=response.status, maybe_processed=200 <= response.status < 300
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _post_token(self, body: dict[str, str], sent: list[Secret]) -> object:
+        url = self.config.endpoints.token_url
+        grant = body["grant_type"]
+        try:
+            async with self.session.post(
+                url, data=orjson.dumps(body), headers=_JSON_HEADERS
+            ) as response:
+                status = response.status
+                raw = await self._read_bounded(response)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Never reached the server: the token is certainly untouched.
+            msg = f"token endpoint unreachable ({type(exc).__name__})"
+            raise NetworkError(msg, maybe_processed=False) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            msg = f"token request lost: {type(exc).__name__}; the provider may have processed it"
+            raise NetworkError(msg, maybe_processed=True) from None
+        _log.debug("token endpoint answered %s to %s", status, grant)
+        if 200 <= status < 300:
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                msg = f"token endpoint answered {status} with a body that is not JSON"
+                raise MalformedResponseError(msg, status=status, maybe_processed=True) from None
+        code, message = _error_fields(raw)
+        text = _scrub(message, sent)
+        detail = f"token endpoint answered {status} ({code or 'no code'})" + (
+            f": {text}" if text else ""
+        )
+        if status == 429:
+            concurrent = "concurrent" in message.lower()
+            raise RateLimitedError(detail, status=status, code=code, concurrent=concurrent)
+        if status >= 500:
+            raise ProviderUnavailableError(
+                detail, status=status, code=code, maybe_processed=status != 503
+            )
+        if code == "invalid_grant":
+            raise InvalidGrantError(detail, status=status, code=code)
+        if code == "invalid_client" or status == 401:
+            raise InvalidClientError(detail, status=status, code=code)
+        raise ProviderError(detail, status=status, code=code)

@@ -1,0 +1,24 @@
+"""
+Test doubles for code that uses awx_connection.
+
+:class:`FakeAirwallex` is a local Airwallex OAuth provider (authorize, token
+endpoint with rotation, grace window and reuse detection, a small API, fault
+injection) on a real socket. Share a :class:`ManualClock` between it and the
+library under test to move time without sleeping.
+
+This is a public namespace, so it only re-exports; the implementation lives in
+the private ``_fake*`` modules.
+"""
+
+from .._clock import ManualClock
+from ._fake import FakeAirwallex
+from ._fake_types import FakeCounters, FakeProviderError, Fault, FaultKind
+
+__all__ = [
+    "FakeAirwallex",
+    "FakeCounters",
+    "FakeProviderError",
+    "Fault",
+    "FaultKind",
+    "ManualClock",
+]

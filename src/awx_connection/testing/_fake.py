@@ -1,0 +1,361 @@
+"""
+:class:`FakeAirwallex`: a local Airwallex OAuth provider on a real socket.
+
+The fake is three layers, one module each:
+
+* ``_fake_types``: the values tests hand in or read out (:class:`Fault`,
+  :class:`FaultKind`, :class:`FakeCounters`, :class:`FakeProviderError`);
+* ``_fake_state``: the provider's memory and rules, synchronous and I/O-free;
+* ``_fake_app``: the aiohttp handlers that put those rules on HTTP.
+
+This module is the public face: configuration, the server's lifecycle, and
+the "user" actions (consent, refusal, disconnect) that a test performs
+without a browser. It serves over a real TCP socket rather than a mocked
+session on purpose: the library's transport, timeouts, connection pool and
+dropped-connection handling are all part of what the tests must exercise.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from typing import TYPE_CHECKING, Self, final
+
+from aiohttp import web
+
+from .._clock import SystemClock
+from ._fake_app import build_app
+from ._fake_state import AUTHORIZE_PATH, FakeState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+
+    from .._clock import Clock
+    from ._fake_types import FakeCounters, Fault
+
+__all__ = ["FakeAirwallex"]
+
+#: How long aclose() lets in-flight requests (say, a long DELAY) finish.
+_SHUTDOWN_TIMEOUT = 0.5
+
+
+@final
+class FakeAirwallex:
+    """
+    A fake Airwallex OAuth provider: authorize, token endpoint, API, admin.
+
+    It enforces the rules of DESIGN.md section 1 exactly: access tokens live
+    ``access_token_ttl``; every refresh rotates the refresh token; the
+    previous refresh token keeps working for ``grace`` seconds (and only
+    re-issues, never extends that window); any older token invalidates the
+    whole connection; two overlapping refreshes of one token get 429. All
+    time is read from *clock*, so share a
+    :class:`~awx_connection.testing.ManualClock` with the library under test
+    and ``advance()`` it instead of sleeping.
+
+    Use it as an async context manager::
+
+        async with FakeAirwallex(clock=ManualClock()) as fake:
+            redirect = fake.approve(authorize_url)
+            ...
+
+    Args:
+        clock: Where time comes from (default: the system clock).
+        client_id: The one registered client.
+        client_secret: Its secret; by default a fresh random one.
+        redirect_uris: The whitelisted redirect URIs (exact match).
+        access_token_ttl: Seconds an access token lives.
+        refresh_token_ttl: Seconds a refresh token lives from its issuance.
+        grace: Seconds the previous refresh token stays usable.
+        code_ttl: Seconds an authorization code can be exchanged.
+        send_expires_in: ``False`` omits ``expires_in`` and
+            ``refresh_token_expires_in`` from token responses, to test the
+            library's fallbacks.
+        host: Interface to listen on.
+        port: Port to listen on; 0 picks a free one.
+    """
+
+    __slots__ = ("_host", "_port", "_runner", "_state")
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        client_id: str = "fake-client-id",
+        client_secret: str | None = None,
+        redirect_uris: Iterable[str] = ("http://127.0.0.1/callback",),
+        access_token_ttl: float = 300.0,
+        refresh_token_ttl: float = 90 * 86400.0,
+        grace: float = 60.0,
+        code_ttl: float = 600.0,
+        send_expires_in: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        for name, value in (
+            ("access_token_ttl", access_token_ttl),
+            ("refresh_token_ttl", refresh_token_ttl),
+            ("code_ttl", code_ttl),
+        ):
+            if not value > 0:
+                msg = f"{name} must be positive, got {value!r}"
+                raise ValueError(msg)
+        if not grace >= 0:
+            msg = f"grace must not be negative, got {grace!r}"
+            raise ValueError(msg)
+        self._state = FakeState(
+            clock=SystemClock() if clock is None else clock,
+            client_id=client_id,
+            client_secret=(
+                "fake_cs_" + secrets.token_urlsafe(24) if client_secret is None else client_secret
+            ),
+            redirect_uris=set(),
+            access_token_ttl=access_token_ttl,
+            refresh_token_ttl=refresh_token_ttl,
+            grace=grace,
+            code_ttl=code_ttl,
+            send_expires_in=send_expires_in,
+        )
+        for uri in redirect_uris:
+            self._state.register_redirect_uri(uri)
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        # Never the client secret: reprs end up in logs and test reports.
+        where = self.base_url if self._runner is not None else "not started"
+        return f"<FakeAirwallex client_id={self.client_id!r} {where}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_runner", None) is not None:
+            warnings.warn(
+                f"{self!r} was never closed; use 'async with' or await aclose()",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    # -- configuration (read-only after construction) ----------------------------
+
+    @property
+    def client_id(self) -> str:
+        """The registered client's id."""
+        return self._state.client_id
+
+    @property
+    def client_secret(self) -> str:
+        """The registered client's secret."""
+        return self._state.client_secret
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every deadline is read from."""
+        return self._state.clock
+
+    @property
+    def grace(self) -> float:
+        """Seconds the previous refresh token stays usable after a rotation."""
+        return self._state.grace
+
+    @property
+    def access_token_ttl(self) -> float:
+        """Seconds an access token lives."""
+        return self._state.access_token_ttl
+
+    @property
+    def refresh_token_ttl(self) -> float:
+        """Seconds a refresh token lives from its issuance."""
+        return self._state.refresh_token_ttl
+
+    @property
+    def counters(self) -> FakeCounters:
+        """What the fake has seen and done; live, updated in place."""
+        return self._state.counters
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        """
+        Return an aiohttp application serving this fake's state.
+
+        :meth:`start` serves one of these; call it yourself to mount the fake
+        in your own server or ``aiohttp.test_utils.TestServer``. Every app made
+        shares the same accounts, tokens, faults and counters.
+        """
+        return build_app(self._state)
+
+    async def start(self) -> None:
+        """
+        Listen on ``host:port``.
+
+        Raises:
+            RuntimeError: the fake is already running.
+        """
+        if self._runner is not None:
+            msg = f"{self!r} is already started"
+            raise RuntimeError(msg)
+        runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def aclose(self) -> None:
+        """
+        Stop listening and close every connection; safe to call twice.
+        """
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def base_url(self) -> str:
+        """
+        ``http://host:port`` of the running server; use as every host of the library's config.
+
+        Raises:
+            RuntimeError: the fake is not started.
+        """
+        if self._runner is None or not self._runner.addresses:
+            msg = "FakeAirwallex is not started; use 'async with' or await start()"
+            raise RuntimeError(msg)
+        port = self._runner.addresses[0][1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{port}"
+
+    @property
+    def authorize_url(self) -> str:
+        """The authorize endpoint (what the user's browser is sent to)."""
+        return self.base_url + AUTHORIZE_PATH
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint."""
+        return self.base_url + "/oauth/token"
+
+    # -- setup -----------------------------------------------------------------------
+
+    def register_redirect_uri(self, uri: str) -> None:
+        """
+        Whitelist one more redirect URI (compared exactly, as Airwallex does).
+
+        Raises:
+            ValueError: *uri* is not an absolute http(s) URL or has a fragment.
+        """
+        self._state.register_redirect_uri(uri)
+
+    def create_account(
+        self, account_id: str | None = None, *, business_name: str = "Fake Pty Ltd"
+    ) -> str:
+        """
+        Create an Airwallex account a user can connect, and return its id.
+
+        Raises:
+            ValueError: *account_id* already exists.
+        """
+        return self._state.create_account(account_id, business_name)
+
+    def inject(self, fault: Fault) -> None:
+        """
+        Queue *fault* (FIFO) for the next matching token requests.
+        """
+        self._state.inject(fault)
+
+    def clear_faults(self) -> None:
+        """
+        Drop every queued fault, applied or not.
+        """
+        self._state.clear_faults()
+
+    # -- the user ----------------------------------------------------------------------
+
+    def approve(self, authorize_url: str, *, account_id: str | None = None) -> str:
+        """
+        Simulate the user consenting, without a browser; return the redirect URL.
+
+        The URL's query is validated exactly as ``GET /oauth/authorize``
+        validates it; then a single-use code is issued and the redirect back
+        (``redirect_uri?code=...&state=...``) is returned for the test to feed
+        to the library's callback handling.
+
+        Args:
+            authorize_url: The URL the library built.
+            account_id: Which account the user connects. ``None`` means a
+                new account when the URL says ``sign_up=true``, else one
+                default account (created on first use), so repeated approvals
+                reconnect the same customer.
+
+        Raises:
+            FakeProviderError: The URL is invalid, or *account_id* is unknown.
+        """
+        request = self._state.parse_authorize_url(authorize_url)
+        return self._state.approve(request, account_id)
+
+    def deny(
+        self,
+        authorize_url: str,
+        *,
+        error: str = "access_denied",
+        description: str = "The user denied the request",
+    ) -> str:
+        """
+        Simulate the user refusing; return the redirect carrying ``error``.
+
+        Raises:
+            FakeProviderError: The URL is invalid (no redirect would happen).
+        """
+        request = self._state.parse_authorize_url(authorize_url)
+        return self._state.deny(request, error, description)
+
+    def disconnect(self, account_id: str) -> int:
+        """
+        Simulate the user unlinking the app in the Airwallex web app.
+
+        Every grant of the account is revoked: its refresh tokens get
+        ``invalid_grant`` and its access tokens 401, at once. Codes not yet
+        exchanged die too.
+
+        Returns:
+            How many active grants were revoked.
+
+        Raises:
+            FakeProviderError: *account_id* is unknown.
+        """
+        return self._state.disconnect(account_id)
+
+    # -- assertions --------------------------------------------------------------------
+
+    def issued_secrets(self) -> frozenset[str]:
+        """
+        Every code, access token and refresh token ever issued, plus the client secret.
+
+        Tests grep logs, reprs and exceptions for these: none may appear.
+        """
+        return self._state.issued_secrets()
+
+    def grant_status(self, refresh_or_access_token: str) -> str:
+        """
+        Return ``"active"``, ``"revoked"``, ``"invalidated"`` or ``"unknown"``.
+
+        This is the status of the connection the token belongs to, not of the
+        token itself: a rotated-away refresh token of a live connection is
+        still ``"active"``.
+        """
+        return self._state.grant_status(refresh_or_access_token)
