@@ -46,7 +46,6 @@ from ._states import TRANSITIONS, ConnectionState, Transition, Trigger, mermaid
 from ._store import Store
 
 __all__ = [
-    "TRANSITIONS",
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
@@ -81,6 +80,7 @@ __all__ = [
     "Subscription",
     "SubscriptionOverflowError",
     "SystemClock",
+    "TRANSITIONS",
     "TimingPolicy",
     "Transition",
     "Trigger",

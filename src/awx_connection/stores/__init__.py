@@ -22,7 +22,7 @@ from ._sqlite import SQLiteStore
 if TYPE_CHECKING:
     from .._store import Store
 
-__all__ = ["MemoryStore", "open_store", "SQLiteStore"]
+__all__ = ["MemoryStore", "SQLiteStore", "open_store"]
 
 _SQLITE_PREFIX = "sqlite:///"
 

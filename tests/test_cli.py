@@ -1,0 +1,118 @@
+"""The ``awx-connection`` command, run as users run it: in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from awx_connection import ConnectionState, mermaid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_diagram_prints_every_state() -> None:
+    """`awx-connection diagram` prints the generated Mermaid diagram."""
+    code, out, _ = await run(sys.executable, "-m", "awx_connection", "diagram")
+    assert 0 == code
+    assert mermaid() == out
+    for state in ConnectionState:
+        assert state.value in out
+
+
+async def test_help_lists_commands() -> None:
+    """--help names every command."""
+    code, out, _ = await run(sys.executable, "-m", "awx_connection", "--help")
+    assert 0 == code
+    for command in ("demo", "fake-server", "diagram"):
+        assert command in out
+
+
+async def test_unknown_command_is_a_usage_error() -> None:
+    """An unknown command exits 2, argparse's usage error."""
+    code, _, err = await run(sys.executable, "-m", "awx_connection", "frobnicate")
+    assert 2 == code
+    assert "invalid choice" in err
+
+
+@pytest.mark.slow
+async def test_demo_prints_the_lifecycle_in_order() -> None:
+    """The demo walks pending..revoked, recovers a lost response, exits 0 in < 10 s."""
+    started = time.monotonic()
+    code, out, err = await run(sys.executable, "-m", "awx_connection", "demo")
+    elapsed = time.monotonic() - started
+    assert 0 == code, err
+    assert elapsed < 10
+    arrivals = [line.split("-> ")[1].split()[0] for line in out.splitlines() if "event #" in line]
+    assert [
+        "pending",
+        "authorized",
+        "active",
+        "refreshing",
+        "active",
+        "refreshing",
+        "active",
+        "refreshing",
+        "revoked",
+    ] == arrivals
+    assert "reuse violations=0" in out
+    assert "grace re-issues=1" in out
+    assert "state=********" in out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+async def test_fake_server_serves_until_terminated() -> None:
+    """`awx-connection fake-server --port N` answers on 127.0.0.1 and stops on SIGTERM."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "awx_connection",
+        "fake-server",
+        "--port",
+        str(port),
+        "--manual-clock",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 15)
+        assert f"http://127.0.0.1:{port}" in line.decode()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{port}/_fake/clock/advance", json={"seconds": 5}
+            ) as response:
+                assert 200 == response.status
+            async with http.get(f"http://127.0.0.1:{port}/_fake/counters") as response:
+                assert 0 == (await response.json())["token_requests"]
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 15)
+    assert 0 == process.returncode

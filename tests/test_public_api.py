@@ -1,0 +1,90 @@
+"""The public surface: exactly these names, sorted, importable, typed."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import awx_connection
+import awx_connection.stores
+import awx_connection.testing
+
+EXPECTED = {
+    "TRANSITIONS",
+    "AuthorizationError",
+    "AuthorizationRequest",
+    "AwxConnectionError",
+    "CallbackError",
+    "Clock",
+    "Config",
+    "ConfigurationError",
+    "Connection",
+    "ConnectionEvent",
+    "ConnectionExpiredError",
+    "ConnectionInvalidatedError",
+    "ConnectionManager",
+    "ConnectionNotFoundError",
+    "ConnectionRevokedError",
+    "ConnectionState",
+    "ConnectionUnusableError",
+    "Endpoints",
+    "Environment",
+    "EventCallback",
+    "IllegalTransitionError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "MalformedResponseError",
+    "NetworkError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "Secret",
+    "StateExpiredError",
+    "Store",
+    "StoreError",
+    "Subscription",
+    "SubscriptionOverflowError",
+    "SystemClock",
+    "TimingPolicy",
+    "Transition",
+    "Trigger",
+    "UnknownStateError",
+    "VersionConflictError",
+    "mermaid",
+}
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    """__all__ lists exactly the intended names, each importable."""
+    assert EXPECTED == set(awx_connection.__all__)
+    for name in awx_connection.__all__:
+        assert getattr(awx_connection, name) is not None
+
+
+def test_all_is_sorted() -> None:
+    """Every public __all__ is in plain sorted() order, so diffs stay small."""
+    for module in (awx_connection, awx_connection.stores, awx_connection.testing):
+        assert sorted(module.__all__) == list(module.__all__), module.__name__
+
+
+def test_public_classes_show_the_public_module() -> None:
+    """Reprs and docs say awx_connection.X, not the private module."""
+    assert "awx_connection" == awx_connection.ConnectionManager.__module__
+    assert "awx_connection" == awx_connection.ConnectionState.__module__
+
+
+def test_every_error_is_an_awx_connection_error() -> None:
+    """One base class catches everything the library raises."""
+    errors = [getattr(awx_connection, n) for n in awx_connection.__all__ if n.endswith("Error")]
+    for cls in errors:
+        assert issubclass(cls, awx_connection.AwxConnectionError), cls
+
+
+def test_version_matches_metadata() -> None:
+    """__version__ comes from the installed metadata."""
+    assert version("awx-connection") == awx_connection.__version__
+
+
+def test_package_is_typed() -> None:
+    """py.typed ships, so users' type checkers read our annotations."""
+    assert (Path(awx_connection.__file__).parent / "py.typed").exists()
