@@ -26,14 +26,17 @@ runs inside ``authorized`` and ``refreshing``, under the same lock.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, final
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
-from transitions.extensions.asyncio import AsyncMachine
+from transitions.extensions.asyncio import AsyncEventData, AsyncMachine
 
 from ._errors import IllegalTransitionError
 from ._states import TRANSITIONS, ConnectionState, Trigger
+
+if TYPE_CHECKING:
+    from transitions.core import Callback
 
 __all__ = ["MACHINE", "advance", "allowed_triggers"]
 
@@ -46,6 +49,15 @@ class _Machine(AsyncMachine):
         # and swallows CancelledError. We serialize ourselves, so just run it.
         result: bool = await self._process_async(func, model)
         return result
+
+    async def callbacks(  # type: ignore[override]  # as in AsyncMachine's own stub
+        self, funcs: Iterable[Callback], event_data: AsyncEventData
+    ) -> None:
+        # Stock: wraps every list, even an empty one, in partials for
+        # await_all. Same semantics, in order, without the detour; most
+        # lists in our table are empty, so this halves the cost of a trigger.
+        for func in funcs:
+            await self.callback(func, event_data)  # type: ignore[arg-type]  # stub too narrow
 
     @staticmethod
     async def await_all(

@@ -39,7 +39,8 @@ class MemoryStore:
     _records: dict[str, ConnectionRecord] = attrs.field(factory=dict, init=False)
     #: ``state`` hash -> id of the connection whose pending authorization has it.
     _by_state_hash: dict[str, str] = attrs.field(factory=dict, init=False)
-    _events: dict[str, list[ConnectionEvent]] = attrs.field(factory=dict, init=False)
+    #: Per connection, events keyed by sequence (insertion-ordered, O(1) duplicate check).
+    _events: dict[str, dict[int, ConnectionEvent]] = attrs.field(factory=dict, init=False)
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -91,7 +92,7 @@ class MemoryStore:
         self._check_state_hash("insert", record)
         self._records[record.id] = record
         self._index(None, record)
-        self._events[record.id] = [event]
+        self._events[record.id] = {event.sequence: event}
 
     async def update(
         self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
@@ -115,7 +116,7 @@ class MemoryStore:
             raise VersionConflictError(record.id, expected_version, actual)
         self._check_state_hash("update", record)
         events = self._events[record.id]
-        if event is not None and any(e.sequence == event.sequence for e in events):
+        if event is not None and event.sequence in events:
             msg = (
                 f"memory store: update of connection {record.id!r} failed: "
                 f"event sequence {event.sequence} exists"
@@ -124,12 +125,12 @@ class MemoryStore:
         self._records[record.id] = record
         self._index(current, record)
         if event is not None:
-            events.append(event)
+            events[event.sequence] = event
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
-        events = self._events.get(connection_id, [])
-        return sorted((e for e in events if e.sequence > after), key=lambda e: e.sequence)
+        events = self._events.get(connection_id, {})
+        return [events[seq] for seq in sorted(events) if seq > after]
 
     def _check_state_hash(self, operation: str, record: ConnectionRecord) -> None:
         state_hash = _state_hash(record)
