@@ -495,3 +495,41 @@ async def test_sqlite_connection_survives_a_new_process(
         assert 1 == awx_fake.counters.refreshes
         history = await second.history(connection.id)
     assert ["pending", "authorized", "active", "refreshing", "active"] == states_of(history)
+
+
+async def test_second_manager_never_presents_a_rotated_token(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path
+) -> None:
+    """Two managers on one SQLite file take turns rotating; neither reuses a stale token."""
+    from awx_connection.stores import SQLiteStore
+
+    path = tmp_path / "awx.db"
+    async with (
+        ConnectionManager(awx_config, store=SQLiteStore(path), clock=awx_clock) as one,
+        ConnectionManager(awx_config, store=SQLiteStore(path), clock=awx_clock) as two,
+    ):
+        request = await one.begin_authorization()
+        connection = await one.complete_authorization(awx_fake.approve(request.url))
+        await two.access_token(connection.id)  # two caches generation 0
+        for turn in range(6):
+            awx_clock.advance(301)
+            await (one if turn % 2 else two).access_token(connection.id)
+        assert 6 == awx_fake.counters.refreshes
+        assert 0 == awx_fake.counters.reuse_violations
+        assert 6 == (await one.get(connection.id)).token_generation
+
+
+async def test_stuck_exchange_can_be_abandoned(
+    awx_manager: ConnectionManager, awx_fake: FakeAirwallex
+) -> None:
+    """An authorized connection whose exchange keeps failing can start over via reauthorize."""
+    request = await awx_manager.begin_authorization()
+    awx_fake.inject(
+        Fault(FaultKind.SERVER_ERROR, grant_type="authorization_code", status=503, times=4)
+    )
+    with pytest.raises(ProviderUnavailableError):
+        await awx_manager.complete_authorization(awx_fake.approve(request.url))
+    again = await awx_manager.reauthorize(request.connection_id)
+    assert S.PENDING is (await awx_manager.get(request.connection_id)).state
+    connection = await awx_manager.complete_authorization(awx_fake.approve(again.url))
+    assert S.ACTIVE is connection.state

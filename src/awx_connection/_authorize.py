@@ -127,7 +127,8 @@ def authorize_url(
     if code_challenge is not None:
         params["code_challenge"] = code_challenge
         params["code_challenge_method"] = "S256"
-    separator = "&" if urlsplit(base).query else "?"
+    # A base ending in a bare '?' (empty query) must not become '...??'.
+    separator = "&" if urlsplit(base).query else "" if base.endswith("?") else "?"
     return f"{base}{separator}{urlencode(params)}"
 
 
@@ -145,17 +146,30 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
             parsed query parameters (as a web framework gives them).
 
     Raises:
-        CallbackError: The input is oversized, repeats a parameter, lacks
-            ``state``, or has both or neither of ``code`` and ``error``.
+        CallbackError: The input is oversized, repeats a parameter, has a
+            value that is not a string, lacks ``state``, or has both or
+            neither of ``code`` and ``error``.
     """
     if isinstance(callback, str):
         if len(callback) > MAX_CALLBACK_CHARS:
             msg = f"callback is longer than {MAX_CALLBACK_CHARS} characters"
             raise CallbackError(msg)
-        query = urlsplit(callback).query if "?" in callback or "://" in callback else callback
+        # A URL or a path carries its query after '?'; a bare query string
+        # may itself contain a literal '?' inside a value.
+        is_url = "://" in callback or callback.startswith(("/", "?"))
+        query = urlsplit(callback).query if is_url else callback
         raw: Mapping[str, Sequence[str]] = parse_qs(query, keep_blank_values=True)
     else:
-        raw = {k: [v] if isinstance(v, str) else list(v) for k, v in callback.items()}
+        merged: dict[str, list[str]] = {}
+        # A multidict (aiohttp's request.query) yields a repeated key once per
+        # value: merge them, so the repetition check below sees every value.
+        for key, value in callback.items():
+            given = [value] if isinstance(value, str) else value
+            if not isinstance(given, Sequence) or not all(isinstance(x, str) for x in given):
+                msg = "callback parameter values must be strings or lists of strings"
+                raise CallbackError(msg)
+            merged.setdefault(key, []).extend(given)
+        raw = merged
         if sum(len(k) + sum(len(x) for x in v) for k, v in raw.items()) > MAX_CALLBACK_CHARS:
             msg = f"callback is longer than {MAX_CALLBACK_CHARS} characters"
             raise CallbackError(msg)
@@ -166,9 +180,6 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
             msg = f"callback parameter {name!r} appears {len(values)} times"
             raise CallbackError(msg)
         if values:
-            if not isinstance(values[0], str):
-                msg = f"callback parameter {name!r} is not a string"
-                raise CallbackError(msg)
             params[name] = values[0]
     state = params.get("state", "")
     if not state:

@@ -51,6 +51,9 @@ def _check_url(name: str, url: str, *, allow_insecure: bool) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         msg = f"{name} must be an absolute http(s) URL, got {url!r}"
         raise ConfigurationError(msg)
+    if parts.fragment or url.endswith("#"):
+        msg = f"{name} must not have a #fragment (RFC 6749 section 3.1), got {url!r}"
+        raise ConfigurationError(msg)
     if parts.scheme == "http" and not (allow_insecure or _is_loopback(parts.hostname)):
         msg = (
             f"{name} {url!r} is not HTTPS; tokens would travel in clear text. "
@@ -174,6 +177,10 @@ class TimingPolicy:
 
 
 def _scopes(value: Iterable[str]) -> tuple[str, ...]:
+    # tuple("a b") would be ('a', ' ', 'b'): one string is a mistake here.
+    if isinstance(value, str):
+        msg = "default_scopes must be a sequence of scope names, not one string"
+        raise ConfigurationError(msg)
     return tuple(value)
 
 

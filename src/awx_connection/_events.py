@@ -8,6 +8,8 @@ published on the :class:`EventBus`.
 Delivery rules, and why:
 
 * Synchronous callbacks run inline, in publication order. They must be quick.
+  A plain function that returns an awaitable is a mistake (nothing could
+  await it in order): the awaitable is closed and the mistake logged.
 * Each asynchronous callback and each ``async for`` subscription gets its own
   FIFO queue and worker, so a slow subscriber never stalls a transition or
   another subscriber, and still sees events in order.
@@ -15,7 +17,8 @@ Delivery rules, and why:
   event and the transition stands.
 * A subscription queue is bounded. A consumer that falls more than
   ``maxsize`` events behind is closed with :class:`SubscriptionOverflowError`
-  rather than silently losing events or growing without limit.
+  (a stream) or an error log (an async callback) rather than silently losing
+  events or growing without limit.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ EventCallback = Callable[[ConnectionEvent], Awaitable[None] | None]
 
 class SubscriptionOverflowError(AwxConnectionError):
     """A subscriber fell too far behind; its subscription was closed."""
+
+
+def _check_maxsize(maxsize: int) -> None:
+    if maxsize < 1:
+        msg = f"maxsize must be at least 1, got {maxsize}"
+        raise ValueError(msg)
 
 
 def _matcher(
@@ -135,7 +144,9 @@ class Subscription:
     async def _iterate(self) -> AsyncIterator[ConnectionEvent]:
         assert self._queue is not None
         while True:
-            event = await self._queue.get()
+            # Closed and drained: an earlier iteration consumed the sentinel.
+            drained = self._closed and self._queue.empty()
+            event = None if drained else await self._queue.get()
             if event is None:
                 if self._overflowed:
                     msg = "subscriber fell behind; events were dropped and the stream closed"
@@ -144,7 +155,9 @@ class Subscription:
             yield event
 
     def _offer(self, event: ConnectionEvent) -> None:
-        if not self._matches(event):
+        # publish() iterates a snapshot: an earlier subscriber may have
+        # unsubscribed this one during the same publish.
+        if self._closed or not self._matches(event):
             return
         if self._queue is None:
             assert self._callback is not None
@@ -160,6 +173,10 @@ class Subscription:
             self._worker = asyncio.get_running_loop().create_task(
                 self._run_async_callback(), name="awx-connection-subscriber"
             )
+            # The bus keeps every worker until it is done, so aclose() also
+            # drains subscriptions that were unsubscribed before it.
+            self._bus._workers.add(self._worker)
+            self._worker.add_done_callback(self._bus._workers.discard)
 
     async def _run_async_callback(self) -> None:
         assert self._queue is not None
@@ -167,6 +184,13 @@ class Subscription:
         while True:
             event = await self._queue.get()
             if event is None:
+                if self._overflowed:
+                    _log.error(
+                        "event subscriber %r fell more than %d events behind; "
+                        "its subscription was closed and later events were dropped",
+                        self._callback,
+                        self._queue.maxsize - 1,
+                    )
                 return
             try:
                 result = self._callback(event)
@@ -192,6 +216,8 @@ class EventBus:
     """
 
     _subscriptions: list[Subscription] = attrs.Factory(list)
+    #: Async-callback workers not yet finished, including unsubscribed ones.
+    _workers: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     #: Events published so far (a cheap statistic).
     published: int = 0
 
@@ -210,8 +236,12 @@ class EventBus:
             callback: A function or coroutine function taking the event.
             triggers: Only events of these triggers (default: all).
             states: Only events that enter these states (default: all).
-            maxsize: Queue bound for an async callback.
+            maxsize: Queue bound for an async callback (at least 1).
+
+        Raises:
+            ValueError: *maxsize* is below 1.
         """
+        _check_maxsize(maxsize)
         is_async = inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
             getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
         )
@@ -231,7 +261,13 @@ class EventBus:
         states: Collection[ConnectionState] | None = None,
         maxsize: int = 10_000,
     ) -> Subscription:
-        """Subscribe for ``async for event in subscription``."""
+        """
+        Subscribe for ``async for event in subscription``.
+
+        Raises:
+            ValueError: *maxsize* is below 1.
+        """
+        _check_maxsize(maxsize)
         sub = Subscription(
             self, _matcher(triggers, states), None, asyncio.Queue(maxsize=maxsize + 1)
         )
@@ -246,11 +282,10 @@ class EventBus:
 
     async def aclose(self) -> None:
         """Close every subscription and let async callbacks drain their queues."""
-        workers = [sub._worker for sub in self._subscriptions if sub._worker is not None]
         for sub in tuple(self._subscriptions):
             sub.unsubscribe()
-        if workers:
-            await asyncio.gather(*workers, return_exceptions=True)
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
 
     def _remove(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
@@ -259,7 +294,16 @@ class EventBus:
     @staticmethod
     def _call_sync(callback: EventCallback, event: ConnectionEvent) -> None:
         try:
-            callback(event)
+            result = callback(event)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: no RuntimeWarning
+                _log.error(
+                    "event subscriber %r is a plain function that returned an awaitable; "
+                    "it was not awaited: subscribe an async def instead",
+                    callback,
+                    extra={"connection_id": event.connection_id, "trigger": event.trigger.value},
+                )
         except Exception:
             _log.exception(
                 "event subscriber %r raised; other subscribers are unaffected",

@@ -58,10 +58,12 @@ from ._errors import (
     ConnectionRevokedError,
     ConnectionUnusableError,
     IllegalTransitionError,
+    InvalidClientError,
     InvalidGrantError,
     ProviderError,
     StateExpiredError,
     UnknownStateError,
+    VersionConflictError,
 )
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._machine import advance
@@ -433,6 +435,13 @@ class ConnectionManager:
                 if exc.retryable and attempt < timing.max_attempts:
                     await self._backoff(attempt)
                     continue
+                if isinstance(exc, InvalidClientError):
+                    _log.error(
+                        "connection %s: the provider rejected our client credentials; "
+                        "check client_id and client_secret",
+                        record.id,
+                        extra={"connection_id": record.id},
+                    )
                 if exc.retryable:
                     _log.warning(
                         "connection %s: code exchange failed after %d attempts: %s",
@@ -569,6 +578,10 @@ class ConnectionManager:
 
     async def _refresh_flight(self, live: _Live, stale_generation: int | None) -> TokenSet:
         async with live.lock:
+            # Another process may have rotated since we cached this record;
+            # presenting our older refresh token would be a reuse. One read
+            # per rotation (every few minutes) buys that safety.
+            await self._reload(live)
             record = live.record
             if not self._needs_refresh(record, stale_generation):
                 assert record.tokens is not None
@@ -775,14 +788,30 @@ class ConnectionManager:
             raise ConnectionNotFoundError(connection_id)
         return self._adopt(record)
 
+    async def _reload(self, live: _Live) -> None:
+        """Adopt the stored record if another writer made it newer than ours."""
+        stored = await self.store.get(live.record.id)
+        if stored is not None and stored.version > live.record.version:
+            live.record = stored
+
+    async def _write(
+        self, live: _Live, new: ConnectionRecord, event: ConnectionEvent | None
+    ) -> None:
+        """Compare-and-swap *new* over ``live.record``; on a conflict, reload and re-raise."""
+        try:
+            await self.store.update(new, expected_version=live.record.version, event=event)
+        except VersionConflictError:
+            await self._reload(live)
+            raise
+        live.record = new
+
     async def _save(self, live: _Live, **changes: Any) -> None:
         """Persist a change that is not a transition (no event)."""
         record = live.record
         new = attrs.evolve(
             record, version=record.version + 1, updated_at=self.clock.now(), **changes
         )
-        await self.store.update(new, expected_version=record.version, event=None)
-        live.record = new
+        await self._write(live, new, None)
 
     async def _transition(
         self, live: _Live, trigger: Trigger, reason: str, **changes: Any
@@ -815,8 +844,7 @@ class ConnectionManager:
             account_id=new.account_id,
             external_id=new.external_id,
         )
-        await self.store.update(new, expected_version=record.version, event=event)
-        live.record = new
+        await self._write(live, new, event)
         self._publish(event)
         return event
 

@@ -11,7 +11,8 @@ tests all read it. Each state's comment says how a connection gets there.
     active/refreshing --revoke--> revoked
     refreshing --invalidate--> invalidated
     active/refreshing --expire--> expired
-    revoked | invalidated | expired | denied | failed | pending --reauthorize--> pending
+    revoked | invalidated | expired | denied | failed | pending | authorized
+        --reauthorize--> pending
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_T.EXPIRE, (_S.ACTIVE, _S.REFRESHING), _S.EXPIRED, "the refresh token aged out"),
     Transition(
         _T.REAUTHORIZE,
-        (_S.PENDING, *sorted(TERMINAL_STATES, key=lambda s: s.value)),
+        (_S.PENDING, _S.AUTHORIZED, *sorted(TERMINAL_STATES, key=lambda s: s.value)),
         _S.PENDING,
         "a new authorize URL for the same connection",
     ),

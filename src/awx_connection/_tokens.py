@@ -5,7 +5,7 @@ The response is untrusted input: :func:`parse_token_response` checks every
 field it uses and raises :class:`~awx_connection.MalformedResponseError`
 (never ``KeyError``/``TypeError``) for anything off-protocol. Lifetimes come
 from ``expires_in`` and ``refresh_token_expires_in``; the timing policy's
-defaults apply only when a field is absent, never when it is wrong.
+defaults apply only when a field is absent (or null), never when it is wrong.
 """
 
 from __future__ import annotations
@@ -92,11 +92,17 @@ def parse_token_response(
     if not isinstance(payload, dict):
         msg = "token response is not a JSON object"
         raise MalformedResponseError(msg, status=200, maybe_processed=True)
-    token_type = payload.get("token_type", "Bearer")
+    # null counts as absent, as for the lifetimes: refusing a committed
+    # rotation over an optional field we do not need would burn it.
+    token_type = payload.get("token_type")
+    if token_type is None:
+        token_type = "Bearer"
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         msg = "token response: token_type is not 'Bearer'"
         raise MalformedResponseError(msg, status=200, maybe_processed=True)
-    scope = payload.get("scope", "")
+    scope = payload.get("scope")
+    if scope is None:
+        scope = ""
     if not isinstance(scope, str):
         msg = "token response: scope is not a string"
         raise MalformedResponseError(msg, status=200, maybe_processed=True)

@@ -13,6 +13,7 @@ outcome                                error                            maybe_pr
 =====================================  ===============================  ===============
 200 with a valid token body            (a :class:`TokenSet`)            n/a
 200 with a bad body, or too large      MalformedResponseError           yes
+error status with a too large body     MalformedResponseError           as its status
 400 ``invalid_grant``                  InvalidGrantError                no
 401 / ``invalid_client``               InvalidClientError               no
 429                                    RateLimitedError                 no
@@ -58,20 +59,32 @@ _MAX_MESSAGE_CHARS = 200
 
 
 def _scrub(text: str, secrets: Iterable[Secret]) -> str:
-    for secret in secrets:
-        raw = secret.reveal()
+    # Longest first: a secret that contains a shorter one must not be
+    # half-replaced and leave its remainder in the text.
+    for raw in sorted((s.reveal() for s in secrets), key=len, reverse=True):
         if raw:
             text = text.replace(raw, "********")
     text = "".join(c if c.isprintable() else " " for c in text)
     return text[:_MAX_MESSAGE_CHARS]
 
 
+def _code_prefix(message: str) -> str | None:
+    """The ``invalid_grant`` of ``"invalid_grant: OAuth 2.0 Parameter: ..."``."""
+    head, sep, _ = message.partition(":")
+    return head.strip() if sep and head.strip().isidentifier() else None
+
+
 def _error_fields(body: bytes) -> tuple[str | None, str]:
-    """Pull ``(code, message)`` out of an RFC 6749 or an Airwallex error body."""
+    """
+    Pull ``(code, message)`` out of an RFC 6749 or an Airwallex error body,
+    or out of a plain-text ``"code: message"`` body (the shape is undocumented).
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, ""
+        text = body.decode("utf-8", "replace").strip()
+        code = _code_prefix(text)
+        return (code, text) if code else (None, "")
     if not isinstance(data, dict):
         return None, ""
     code = data.get("error") or data.get("code")
@@ -79,9 +92,13 @@ def _error_fields(body: bytes) -> tuple[str | None, str]:
     if not isinstance(message, str):
         message = ""
     if not isinstance(code, str) or not code:
-        head, sep, _ = message.partition(":")
-        code = head.strip() if sep and head.strip().isidentifier() else None
+        code = _code_prefix(message)
     return code, message
+
+
+def _maybe_processed(status: int) -> bool:
+    """Whether a request answered with *status* may have been acted on (the table above)."""
+    return 200 <= status < 300 or (status >= 500 and status != 503)
 
 
 @final
@@ -171,6 +188,7 @@ class Transport:
             raise NetworkError(msg, maybe_processed=True) from None
         if status != 200:
             code, _ = _error_fields(body)
+            code = _scrub(code, [access_token]) if code else None
             msg = f"account request answered {status} ({code or 'no code'})"
             raise ProviderError(msg, status=status, code=code)
         try:
@@ -187,7 +205,7 @@ class Transport:
         if (response.content_length or 0) > limit:
             msg = f"response body is larger than {limit} bytes"
             raise MalformedResponseError(
-                msg, status=response.status, maybe_processed=200 <= response.status < 300
+                msg, status=response.status, maybe_processed=_maybe_processed(response.status)
             )
         chunks: list[bytes] = []
         size = 0
@@ -196,7 +214,7 @@ class Transport:
             if size > limit:
                 msg = f"response body is larger than {limit} bytes"
                 raise MalformedResponseError(
-                    msg, status=response.status, maybe_processed=200 <= response.status < 300
+                    msg, status=response.status, maybe_processed=_maybe_processed(response.status)
                 )
             chunks.append(chunk)
         return b"".join(chunks)
@@ -225,6 +243,9 @@ class Transport:
                 msg = f"token endpoint answered {status} with a body that is not JSON"
                 raise MalformedResponseError(msg, status=status, maybe_processed=True) from None
         code, message = _error_fields(raw)
+        # The code is provider text too: a "<token>: ..." message would make
+        # the token itself the code.
+        code = _scrub(code, sent) if code else None
         text = _scrub(message, sent)
         detail = f"token endpoint answered {status} ({code or 'no code'})" + (
             f": {text}" if text else ""
