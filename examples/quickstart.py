@@ -18,6 +18,7 @@ from awx_connection import (
     ConnectionManager,
     ConnectionState,
     Endpoints,
+    KeyRing,
 )
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, ManualClock
@@ -40,7 +41,8 @@ async def main() -> None:
             endpoints=Endpoints.from_base_url(fake.base_url),
             default_scopes=("account_details:read",),
         )
-        store = SQLiteStore("quickstart.db")
+        # Secrets are encrypted at rest; in production: KeyRing.from_env().
+        store = SQLiteStore("quickstart.db", keys=KeyRing.generate())
         async with ConnectionManager(config, store=store, clock=clock) as awx:
             awx.subscribe(on_active, states=[ConnectionState.ACTIVE])
 

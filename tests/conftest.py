@@ -1,3 +1,65 @@
-"""Shared fixtures: the library's own pytest plugin, used as our users would."""
+"""
+Shared fixtures: the library's own pytest plugin (used as our users would),
+and access to the real PostgreSQL server.
+
+PostgreSQL tests need a server at ``AWX_TEST_POSTGRES`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). Where none is reachable they
+skip with the reason, except under ``CI=true``, where they fail: CI must
+never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
 
 pytest_plugins = ["awx_connection.testing.pytest_plugin"]
+
+POSTGRES_DSN = os.environ.get("AWX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _unreachable_reason() -> str | None:
+    try:
+        import asyncpg
+    except ImportError as exc:  # pragma: no cover - asyncpg is a test dependency
+        return f"asyncpg is not installed ({exc})"
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"PostgreSQL is not reachable at {POSTGRES_DSN}: {type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The DSN of a reachable PostgreSQL; skips (fails under CI=true) otherwise."""
+    reason = _unreachable_reason()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
+        pytest.skip(reason)
+    return POSTGRES_DSN
+
+
+@pytest_asyncio.fixture
+async def postgres_schema(postgres_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty schema name for one test; dropped afterwards."""
+    import asyncpg
+
+    name = "awx_test_" + secrets.token_hex(6)
+    yield name
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await connection.close()

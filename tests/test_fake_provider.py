@@ -13,6 +13,7 @@ import hashlib
 import re
 import time
 import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from awx_connection.testing import (
     FakeProviderError,
     Fault,
     FaultKind,
+    FileClock,
     ManualClock,
 )
 
@@ -1020,7 +1022,7 @@ def test_counters_as_dict_is_a_snapshot() -> None:
     counters.refreshes += 1
 
     assert snapshot["refreshes"] == 0
-    assert len(snapshot) == 14
+    assert len(snapshot) == 15
     assert all(value == 0 for value in snapshot.values())
 
 
@@ -1032,3 +1034,32 @@ def test_register_redirect_uri_refuses_what_oauth_forbids() -> None:
         fake.register_redirect_uri("/callback")
     with pytest.raises(ValueError, match="fragment"):
         fake.register_redirect_uri("http://127.0.0.1/cb#x")
+
+
+async def test_hold_after_commit_rotates_then_holds_until_released(
+    fake: FakeAirwallex, http: aiohttp.ClientSession
+) -> None:
+    """HOLD_AFTER_COMMIT rotates, keeps the client waiting, and drops it once released."""
+    tokens = await connect(http, fake)
+    fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
+    request = asyncio.ensure_future(refresh(http, fake, tokens["refresh_token"]))
+    await eventually(lambda: fake.counters.held_responses == 1)
+    assert 1 == fake.counters.refreshes  # committed while the client waits
+    assert not request.done()
+    fake.release_held()
+    with pytest.raises(aiohttp.ClientError):
+        await request
+    assert 1 == fake.counters.dropped_responses
+
+
+def test_file_clock_is_shared_through_its_file(tmp_path: Path) -> None:
+    """Two FileClock objects on one path see each other's advance at once."""
+    writer = FileClock.create(tmp_path / "clock", start=100.0)
+    reader = FileClock(tmp_path / "clock")
+    assert 100.0 == reader.now()
+    assert 400.5 == writer.advance(300.5)
+    assert 400.5 == reader.now()
+    with pytest.raises(ValueError, match="back in time"):
+        writer.advance(-1)
+    writer.close()
+    reader.close()

@@ -25,6 +25,7 @@ from awx_connection import (
     ConnectionUnusableError,
     Endpoints,
     IllegalTransitionError,
+    KeyRing,
     MalformedResponseError,
     NetworkError,
     ProviderUnavailableError,
@@ -35,6 +36,7 @@ from awx_connection import (
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 S = ConnectionState
+KEYS = KeyRing.generate()
 REDIRECT = "http://127.0.0.1:8000/airwallex/callback"
 Connect = Callable[..., Awaitable[Connection]]
 
@@ -485,11 +487,15 @@ async def test_sqlite_connection_survives_a_new_process(
     from awx_connection.stores import SQLiteStore
 
     path = tmp_path / "awx.db"
-    async with ConnectionManager(awx_config, store=SQLiteStore(path), clock=awx_clock) as first:
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=KEYS), clock=awx_clock
+    ) as first:
         request = await first.begin_authorization()
         connection = await first.complete_authorization(awx_fake.approve(request.url))
     awx_clock.advance(301)
-    async with ConnectionManager(awx_config, store=SQLiteStore(path), clock=awx_clock) as second:
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=KEYS), clock=awx_clock
+    ) as second:
         token = await second.access_token(connection.id)
         assert "active" == awx_fake.grant_status(token)
         assert 1 == awx_fake.counters.refreshes
@@ -505,8 +511,8 @@ async def test_second_manager_never_presents_a_rotated_token(
 
     path = tmp_path / "awx.db"
     async with (
-        ConnectionManager(awx_config, store=SQLiteStore(path), clock=awx_clock) as one,
-        ConnectionManager(awx_config, store=SQLiteStore(path), clock=awx_clock) as two,
+        ConnectionManager(awx_config, store=SQLiteStore(path, keys=KEYS), clock=awx_clock) as one,
+        ConnectionManager(awx_config, store=SQLiteStore(path, keys=KEYS), clock=awx_clock) as two,
     ):
         request = await one.begin_authorization()
         connection = await one.complete_authorization(awx_fake.approve(request.url))

@@ -14,22 +14,24 @@ from pathlib import Path
 
 import pytest
 
+from awx_connection import KeyRing
 from awx_connection.testing import FakeAirwallex
 
 pytestmark = pytest.mark.slow
 
 REDIRECT = "http://127.0.0.1:8000/airwallex/callback"
+KEYS = "k1:" + KeyRing.new_key()
 
-# Runs in a child process: argv = base_url, client_secret, db path, command, redirect.
+# Runs in a child process: argv = base_url, client_secret, db path, command, redirect, keys.
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
     import aiohttp
-    from awx_connection import Config, ConnectionManager, Endpoints
+    from awx_connection import Config, ConnectionManager, Endpoints, KeyRing
     from awx_connection.stores import SQLiteStore
     from awx_connection.testing import ManualClock
 
-    base, secret, db, command, redirect = sys.argv[1:6]
+    base, secret, db, command, redirect, keys = sys.argv[1:7]
 
     async def main():
         async with aiohttp.ClientSession() as http:
@@ -40,7 +42,8 @@ CHILD = textwrap.dedent(
                 redirect_uri=redirect, endpoints=Endpoints.from_base_url(base),
                 default_scopes=("account_details:read",),
             )
-            async with ConnectionManager(config, store=SQLiteStore(db), clock=clock) as awx:
+            store = SQLiteStore(db, keys=KeyRing.parse(keys))
+            async with ConnectionManager(config, store=store, clock=clock) as awx:
                 if command == "connect":
                     request = await awx.begin_authorization()
                     async with http.post(
@@ -66,6 +69,7 @@ async def child(*args: str) -> str:
         CHILD,
         *args,
         REDIRECT,
+        KEYS,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=dict(os.environ),

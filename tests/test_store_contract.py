@@ -1,34 +1,53 @@
 """
 The storage contract, run against every store.
 
-Each test in the first part runs once per store (the ``store`` fixture), so
-every backend keeps the three promises of :mod:`awx_connection._store` the
-same way. The ``sqlite``-only tests at the end cover what only a file can do:
-survive a reopen, be read by another process, hold a corrupt row.
+Each test in the first part runs once per store (the ``store`` fixture:
+memory, SQLite, PostgreSQL), so every backend keeps the six promises of
+:mod:`awx_connection._store` the same way. Durable stores get a fresh
+:class:`~awx_connection.KeyRing`, so every contract test also runs through
+encryption. The ``postgres`` parameter needs the real server (see
+``tests/conftest.py``); deselect it with ``-m "not postgres"``.
+
+Key rotation runs against the durable stores only (``new_durable_store``).
+The ``sqlite``-only tests at the end cover what only a file can do: survive
+a reopen, be read by another process, hold a corrupt row, be migrated.
+Encryption at rest itself is tested in ``tests/test_encryption.py``.
 
 A ``record.version`` that is not ``expected_version + 1`` is a caller bug:
-both stores raise :class:`ValueError` before looking at their data.
+every store raises :class:`ValueError` before looking at its data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import secrets
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import orjson
 import pytest
 
 import awx_connection.stores
+from awx_connection._crypto import KeyRing
 from awx_connection._errors import ConfigurationError, StoreError, VersionConflictError
 from awx_connection._events import ConnectionEvent
-from awx_connection._records import ConnectionRecord, PendingAuthorization, RotationJournal
+from awx_connection._records import (
+    ConnectionRecord,
+    PendingAuthorization,
+    RotationJournal,
+    dump_event,
+    dump_record,
+)
 from awx_connection._secrets import Secret
 from awx_connection._states import ConnectionState, Trigger
 from awx_connection._tokens import TokenSet
@@ -41,6 +60,11 @@ if TYPE_CHECKING:
     from awx_connection._store import Store
 
 S = ConnectionState
+
+#: Builds an unopened store with the given keys; every call of one factory
+#: reaches the same data (file or schema), so a test can reopen it.
+StoreFactory = Callable[[KeyRing | None], "Store"]
+StoreT = TypeVar("StoreT", bound="Store")
 
 
 def make_record(connection_id: str = "c1", **changes: Any) -> ConnectionRecord:
@@ -104,15 +128,59 @@ async def insert(store: Store, connection_id: str = "c1", **changes: Any) -> Con
     return record
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """Each store, opened, and closed after the test."""
-    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "awx.db")
+async def update(
+    store: Store, record: ConnectionRecord, *, event: bool = True, **changes: Any
+) -> ConnectionRecord:
+    """Move *record* one version on in *store*, with its next event unless ``event=False``."""
+    newer = next_version(record, **changes)
+    await store.update(
+        newer,
+        expected_version=record.version,
+        event=make_event(record.id, newer.sequence) if event else None,
+    )
+    return newer
+
+
+@contextlib.asynccontextmanager
+async def opened(store: StoreT) -> AsyncIterator[StoreT]:
+    """*store*, opened, and closed on exit."""
     await store.open()
     try:
         yield store
     finally:
         await store.aclose()
+
+
+def _factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    if kind == "memory":
+        return lambda keys: MemoryStore()
+    if kind == "sqlite":
+        return lambda keys: SQLiteStore(tmp_path / "awx.db", keys=keys)
+    # Only now, so that memory and SQLite never need a PostgreSQL server.
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema: str = request.getfixturevalue("postgres_schema")
+    return lambda keys: awx_connection.stores.PostgresStore(dsn, keys=keys, schema=schema)
+
+
+# Sync fixtures: getfixturevalue() of the async postgres_schema cannot run
+# inside an async fixture, whose event loop is already running.
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A factory of unopened stores of each kind."""
+    return _factory(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def new_durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A factory of unopened stores of each kind that encrypts at rest."""
+    return _factory(request.param, request, tmp_path)
+
+
+@pytest.fixture
+async def store(new_store: StoreFactory) -> AsyncIterator[Store]:
+    """Each store, with a fresh key ring where it takes one, opened and closed after the test."""
+    async with opened(new_store(KeyRing.generate())) as store:
+        yield store
 
 
 # --- the contract, for every store -------------------------------------------------------
@@ -309,37 +377,397 @@ async def test_concurrent_updates_have_exactly_one_winner(store: Store) -> None:
     assert len(await store.read_events("c1")) == 2
 
 
+# --- leases ------------------------------------------------------------------------------
+
+
+async def test_lease_is_granted_when_free(store: Store) -> None:
+    """Nobody holds a new connection's lease: the first owner gets it."""
+    await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+
+
+async def test_lease_is_refused_while_another_owner_holds_it(store: Store) -> None:
+    """Until its deadline, a lease keeps every other owner out."""
+    await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    assert not await store.acquire_lease("c1", "worker-b", until=200.0, now=0.0)
+    assert not await store.acquire_lease("c1", "worker-b", until=200.0, now=99.9)
+
+
+async def test_lease_is_renewed_by_its_owner(store: Store) -> None:
+    """The holder can move its own deadline on, which keeps others out longer."""
+    await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    assert await store.acquire_lease("c1", "worker-a", until=150.0, now=50.0)
+    assert not await store.acquire_lease("c1", "worker-b", until=300.0, now=120.0)
+    assert await store.acquire_lease("c1", "worker-b", until=300.0, now=150.0)
+
+
+async def test_expired_lease_is_taken_over(store: Store) -> None:
+    """At ``now >= until`` the lease is free again, and the old holder has lost it."""
+    await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    assert await store.acquire_lease("c1", "worker-b", until=200.0, now=100.0)
+    assert not await store.acquire_lease("c1", "worker-a", until=300.0, now=101.0)
+
+
+async def test_lease_is_released_only_by_its_owner(store: Store) -> None:
+    """release_lease by another owner does nothing; by the holder, it frees the lease."""
+    await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    await store.release_lease("c1", "worker-b")
+    assert not await store.acquire_lease("c1", "worker-b", until=100.0, now=1.0)
+    await store.release_lease("c1", "worker-a")
+    assert await store.acquire_lease("c1", "worker-b", until=100.0, now=1.0)
+
+
+async def test_lease_of_an_unknown_connection_is_refused(store: Store) -> None:
+    """There is no lease on a connection that does not exist; releasing one is a no-op."""
+    assert not await store.acquire_lease("missing", "worker-a", until=100.0, now=0.0)
+    await store.release_lease("missing", "worker-a")
+    assert await store.get("missing") is None
+
+
+async def test_lease_never_changes_the_version_and_survives_writes(store: Store) -> None:
+    """Taking, renewing and releasing leave the record alone; a write keeps the lease."""
+    record = await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    assert await store.acquire_lease("c1", "worker-a", until=200.0, now=1.0)
+    assert await store.get("c1") == record
+    newer = await update(store, record, reason="rotated under the lease")
+    assert await store.get("c1") == newer
+    assert not await store.acquire_lease("c1", "worker-b", until=300.0, now=2.0)
+    await store.release_lease("c1", "worker-a")
+    assert await store.get("c1") == newer
+
+
+async def test_concurrent_lease_requests_have_exactly_one_winner(store: Store) -> None:
+    """20 owners asking for a free lease at once: exactly one gets it."""
+    await insert(store)
+    granted = await asyncio.gather(
+        *(store.acquire_lease("c1", f"worker-{n}", until=100.0, now=0.0) for n in range(20))
+    )
+    assert 1 == sum(granted)
+
+
+# --- the outbox --------------------------------------------------------------------------
+
+
+async def test_outbox_positions_increase_in_write_order_across_connections(store: Store) -> None:
+    """Every event gets a larger position than the one written before, whatever its connection."""
+    c1 = await insert(store, "c1")
+    c2 = await insert(store, "c2")
+    c1 = await update(store, c1)
+    await update(store, c2)
+    await update(store, c1)
+    outbox = await store.read_outbox()
+    assert [("c1", 1), ("c2", 1), ("c1", 2), ("c2", 2), ("c1", 3)] == [
+        (event.connection_id, event.sequence) for _, event in outbox
+    ]
+    positions = [position for position, _ in outbox]
+    assert sorted(set(positions)) == positions
+    assert make_event("c2", 2) == outbox[3][1]
+
+
+async def test_outbox_keeps_each_connections_events_in_sequence_order(store: Store) -> None:
+    """Read through the outbox, one connection's events come in sequence order."""
+    c1 = await insert(store, "c1")
+    c2 = await insert(store, "c2")
+    for _ in range(3):
+        c2 = await update(store, c2)
+        c1 = await update(store, c1)
+    outbox = await store.read_outbox()
+    for connection_id in ("c1", "c2"):
+        assert [1, 2, 3, 4] == [e.sequence for _, e in outbox if e.connection_id == connection_id]
+
+
+async def test_read_outbox_after_and_limit(store: Store) -> None:
+    """``after`` skips up to a position, ``limit`` caps the batch; together they page."""
+    record = await insert(store)
+    for _ in range(4):
+        record = await update(store, record)
+    everything = await store.read_outbox()
+    positions = [position for position, _ in everything]
+    assert 5 == len(everything)
+    assert everything[2:] == await store.read_outbox(after=positions[1])
+    assert everything[:2] == await store.read_outbox(limit=2)
+    assert everything[1:3] == await store.read_outbox(after=positions[0], limit=2)
+    assert [] == await store.read_outbox(after=positions[-1])
+    pages: list[tuple[int, ConnectionEvent]] = []
+    while batch := await store.read_outbox(after=pages[-1][0] if pages else 0, limit=2):
+        pages.extend(batch)
+    assert everything == pages
+
+
+async def test_update_without_event_adds_nothing_to_the_outbox(store: Store) -> None:
+    """Only events go to the outbox; a record-only write leaves it as it was."""
+    record = await insert(store)
+    before = await store.read_outbox()
+    await update(store, record, event=False)
+    assert before == await store.read_outbox()
+    assert 1 == len(before)
+
+
+async def test_failed_writes_add_nothing_to_the_outbox(store: Store) -> None:
+    """A lost compare-and-swap or a duplicate insert leaves no event behind."""
+    record = await insert(store)
+    with pytest.raises(VersionConflictError):
+        await store.update(
+            attrs.evolve(record, version=8), expected_version=7, event=make_event(sequence=2)
+        )
+    with pytest.raises(StoreError):
+        await store.insert(make_record(authorization=None), make_event())
+    assert [make_event()] == [event for _, event in await store.read_outbox()]
+
+
+# --- consumer offsets --------------------------------------------------------------------
+
+
+async def test_offset_defaults_to_zero_and_reads_back_what_was_committed(store: Store) -> None:
+    """A new consumer starts at 0; a commit is read back."""
+    assert 0 == await store.get_offset("billing")
+    await store.commit_offset("billing", 3)
+    assert 3 == await store.get_offset("billing")
+    await store.commit_offset("billing", 5)
+    assert 5 == await store.get_offset("billing")
+
+
+async def test_offset_never_moves_back(store: Store) -> None:
+    """Committing an older position (a stale checkpoint) keeps the newer one."""
+    await store.commit_offset("billing", 7)
+    await store.commit_offset("billing", 2)
+    await store.commit_offset("billing", 7)
+    assert 7 == await store.get_offset("billing")
+
+
+async def test_consumers_keep_independent_offsets(store: Store) -> None:
+    """One consumer's commits do not move another's."""
+    await store.commit_offset("billing", 4)
+    await store.commit_offset("audit", 1)
+    assert (4, 1, 0) == (
+        await store.get_offset("billing"),
+        await store.get_offset("audit"),
+        await store.get_offset("newcomer"),
+    )
+
+
+# --- waiting -----------------------------------------------------------------------------
+
+
+async def test_wait_for_update_returns_the_newer_record_written_meanwhile(store: Store) -> None:
+    """A waiter wakes with the record another task wrote after it started waiting."""
+    record = await insert(store)
+    waiting = asyncio.create_task(store.wait_for_update("c1", after_version=1, timeout=5.0))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()
+    newer = await update(store, record, reason="written meanwhile")
+    assert newer == await asyncio.wait_for(waiting, 2.0)
+
+
+async def test_wait_for_update_returns_at_once_when_already_newer(store: Store) -> None:
+    """A version already past ``after_version`` needs no waiting, even with timeout 0."""
+    record = await insert(store)
+    assert record == await store.wait_for_update("c1", after_version=0, timeout=0.0)
+
+
+async def test_wait_for_update_times_out_with_none(store: Store) -> None:
+    """No newer version within the timeout gives None; a lease is no new version."""
+    await insert(store)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = asyncio.create_task(store.wait_for_update("c1", after_version=1, timeout=0.1))
+    await asyncio.sleep(0.01)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    assert await waiting is None
+    assert 0.09 <= loop.time() - started < 2.0
+    assert await store.wait_for_update("missing", after_version=0, timeout=0.01) is None
+
+
+async def test_wait_for_events_is_true_when_an_event_is_written_meanwhile(store: Store) -> None:
+    """A waiter for positions past the last one wakes when a new event commits."""
+    record = await insert(store)
+    [(last, _)] = await store.read_outbox()
+    waiting = asyncio.create_task(store.wait_for_events(after=last, timeout=5.0))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()
+    await update(store, record)
+    assert await asyncio.wait_for(waiting, 2.0)
+
+
+async def test_wait_for_events_answers_at_once_or_times_out(store: Store) -> None:
+    """True at once when events exist past ``after``; False after the timeout otherwise."""
+    assert not await store.wait_for_events(after=0, timeout=0.01)
+    record = await insert(store)
+    assert await store.wait_for_events(after=0, timeout=0.0)
+    [(last, _)] = await store.read_outbox()
+    waiting = asyncio.create_task(store.wait_for_events(after=last, timeout=0.1))
+    await asyncio.sleep(0.01)
+    await update(store, record, event=False)
+    assert not await waiting
+
+
+# --- pruning -----------------------------------------------------------------------------
+
+
+async def test_prune_events_removes_only_older_events(store: Store) -> None:
+    """Events with ``at < before`` go from read_events and read_outbox; the count is returned."""
+    c1 = await insert(store, "c1")
+    c1 = await update(store, c1)
+    await update(store, c1)
+    await insert(store, "c2")
+    kept = [item for item in await store.read_outbox() if item[1].at >= 1002.0]
+    assert 2 == await store.prune_events(before=1002.0)
+    assert [2, 3] == [event.sequence for event in await store.read_events("c1")]
+    assert [] == await store.read_events("c2")
+    assert kept == await store.read_outbox()
+    assert 0 == await store.prune_events(before=1002.0)
+
+
+async def test_pruned_positions_are_never_reused(store: Store) -> None:
+    """After everything is pruned, the next event still gets a larger position."""
+    record = await insert(store)
+    await update(store, record)
+    last = (await store.read_outbox())[-1][0]
+    assert 2 == await store.prune_events(before=1e12)
+    assert [] == await store.read_outbox()
+    await insert(store, "c2")
+    [(position, event)] = await store.read_outbox()
+    assert position > last
+    assert make_event("c2") == event
+
+
+# --- key rotation ------------------------------------------------------------------------
+
+
+async def test_memory_store_has_nothing_to_rotate() -> None:
+    """Nothing is encrypted in memory, so rotate_keys rewrites nothing."""
+    store = MemoryStore()
+    await insert(store)
+    assert 0 == await store.rotate_keys()
+
+
+async def test_rotate_keys_reseals_every_row_with_the_newest_key(
+    new_durable_store: StoreFactory,
+) -> None:
+    """After rotating [k1] to [k2, k1], every row opens with k2 alone and keeps its version."""
+    k1, k2 = secrets.token_bytes(32), secrets.token_bytes(32)
+    async with opened(new_durable_store(KeyRing([("k1", k1)]))) as store:
+        records = [await insert(store, "c1"), await insert(store, "c2")]
+        records.append(await update(store, await insert(store, "c3")))
+        records.append(await insert(store, "bare", tokens=None, code=None, authorization=None))
+    async with opened(new_durable_store(KeyRing([("k2", k2), ("k1", k1)]))) as store:
+        assert 3 == await store.rotate_keys()
+        assert 0 == await store.rotate_keys()
+        assert sorted(records, key=lambda r: r.id) == await store.list_connections()
+    async with opened(new_durable_store(KeyRing([("k2", k2)]))) as store:
+        assert records == [await store.get(record.id) for record in records]
+        assert [2] == [r.version for r in records if r.id == "c3"]
+
+
+async def test_rotate_keys_without_keys_raises_store_error(
+    new_durable_store: StoreFactory,
+) -> None:
+    """A store opened with keys=None has no key to rotate to."""
+    async with opened(new_durable_store(None)) as store:
+        await insert(store)
+        with pytest.raises(StoreError, match="keys"):
+            await store.rotate_keys()
+
+
 # --- open_store --------------------------------------------------------------------------
 
 
 def test_open_store_maps_urls_to_stores(tmp_path: Path) -> None:
-    """memory:// and SQLAlchemy-style sqlite URLs pick their store and path."""
+    """memory:// and SQLAlchemy-style sqlite URLs pick their store, path and keys."""
     assert isinstance(open_store("memory://"), MemoryStore)
     relative = open_store("sqlite:///data/awx.db")
     assert isinstance(relative, SQLiteStore)
     assert relative.path == "data/awx.db"
-    absolute = open_store(f"sqlite:///{tmp_path}/awx.db")
+    assert relative.keys is None
+    keys = KeyRing.generate()
+    absolute = open_store(f"sqlite:///{tmp_path}/awx.db", keys=keys)
     assert isinstance(absolute, SQLiteStore)
     assert Path(absolute.path) == tmp_path / "awx.db"
     assert Path(absolute.path).is_absolute()
+    assert absolute.keys is keys
+
+
+class _FakePostgresStore:
+    def __init__(self, dsn: str, *, keys: KeyRing | None) -> None:
+        self.dsn = dsn
+        self.keys = keys
+
+
+@pytest.mark.parametrize("url", ["postgresql://user:pw@db:5432/awx", "postgres://db/awx"])
+def test_open_store_maps_postgres_urls_to_postgres_store(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Both PostgreSQL spellings build a PostgresStore on the whole URL, with the keys."""
+    fake = types.ModuleType("awx_connection.stores._postgres")
+    fake.PostgresStore = _FakePostgresStore  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "awx_connection.stores._postgres", fake)
+    keys = KeyRing.generate()
+    store = open_store(url, keys=keys)
+    assert isinstance(store, _FakePostgresStore)
+    assert (url, keys) == (store.dsn, store.keys)
+
+
+def test_open_store_without_asyncpg_raises_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the PostgreSQL backend cannot be imported, the error says asyncpg, not the URL."""
+    monkeypatch.setitem(sys.modules, "awx_connection.stores._postgres", None)
+    with pytest.raises(ConfigurationError, match="asyncpg") as caught:
+        open_store("postgresql://user:hunter2@db/awx")
+    assert "hunter2" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql://user:hunter2@db/awx", "sqlite:///", "sqlite://host/x.db", "awx.db", ""]
+    "url", ["mysql://user:hunter2@db/awx", "sqlite:///", "sqlite://host/x.db", "awx.db", ""]
 )
 def test_open_store_rejects_other_urls_without_echoing_them(url: str) -> None:
     """An unsupported URL is a ConfigurationError listing the schemes, never showing credentials."""
-    with pytest.raises(ConfigurationError, match=r"memory://.*sqlite:///") as caught:
+    with pytest.raises(ConfigurationError, match=r"memory://.*sqlite:///.*postgresql://") as caught:
         open_store(url)
     assert "hunter2" not in str(caught.value)
 
 
 def test_stores_namespace_exports() -> None:
-    """The namespace re-exports the stores and open_store."""
-    assert {"MemoryStore", "SQLiteStore", "open_store"} == set(awx_connection.stores.__all__)
+    """The namespace re-exports the stores and open_store; unknown names still fail."""
+    assert ["MemoryStore", "PostgresStore", "SQLiteStore", "open_store"] == (
+        awx_connection.stores.__all__
+    )
+    with pytest.raises(AttributeError, match="NoSuchStore"):
+        _ = awx_connection.stores.NoSuchStore
+
+
+def test_importing_stores_does_not_import_asyncpg() -> None:
+    """PostgresStore is resolved lazily, so memory and SQLite users never load asyncpg."""
+    script = "import sys, awx_connection.stores; print('asyncpg' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env_with_src(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "False" == result.stdout.strip()
+
+
+def _env_with_src() -> dict[str, str]:
+    """The environment, with this checkout's ``src`` first on PYTHONPATH."""
+    src = str(Path(awx_connection.stores.__file__).parents[2])
+    pythonpath = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath}
 
 
 # --- SQLite only -------------------------------------------------------------------------
+
+#: The key of the SQLite-only tests: reopened files and other processes need the same one.
+KEY_BYTES = secrets.token_bytes(32)
+KEYS = KeyRing([("k1", KEY_BYTES)])
 
 
 @contextlib.contextmanager
@@ -356,11 +784,11 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
 async def test_sqlite_data_survives_reopening(tmp_path: Path) -> None:
     """A new store object on the same file sees the records and events written before."""
     path = tmp_path / "awx.db"
-    first = SQLiteStore(path)
+    first = SQLiteStore(path, keys=KEYS)
     await first.open()
     record = await insert(first)
     await first.aclose()
-    second = SQLiteStore(path)
+    second = SQLiteStore(path, keys=KEYS)
     await second.open()
     try:
         assert await second.get("c1") == record
@@ -375,7 +803,7 @@ async def test_sqlite_corrupt_row_raises_store_error_and_store_stays_usable(
 ) -> None:
     """A garbage ``data`` blob fails get() with StoreError naming the id; other rows still work."""
     path = tmp_path / "awx.db"
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, keys=KEYS)
     await store.open()
     try:
         await insert(store, "broken")
@@ -396,11 +824,32 @@ async def test_sqlite_corrupt_row_raises_store_error_and_store_stays_usable(
         await store.aclose()
 
 
+async def test_sqlite_list_connections_leaves_a_corrupt_row_out_and_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One undecodable row is logged as an error by id; the listing still has the rest."""
+    path = tmp_path / "awx.db"
+    async with opened(SQLiteStore(path, keys=KEYS)) as store:
+        await insert(store, "broken", created_at=1.0)
+        healthy = await insert(store, "healthy", created_at=2.0)
+        with raw(path) as db:
+            db.execute("UPDATE connections SET data = ? WHERE id = 'broken'", (b"\x00garbage",))
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [healthy] == await store.list_connections()
+    [logged] = caplog.records
+    assert ("awx_connection.stores", logging.ERROR) == (logged.name, logged.levelno)
+    assert "'broken'" in logged.getMessage()
+    with raw(path) as db:
+        assert [(b"\x00garbage",)] == db.execute(
+            "SELECT data FROM connections WHERE id = 'broken'"
+        ).fetchall()
+
+
 async def test_sqlite_schema_version_is_recorded(tmp_path: Path) -> None:
     """open() applies every migration once and records the version in awx_schema."""
     path = tmp_path / "awx.db"
     for _ in range(2):
-        store = SQLiteStore(path)
+        store = SQLiteStore(path, keys=KEYS)
         await store.open()
         try:
             assert await store.schema_version() == len(MIGRATIONS)
@@ -417,7 +866,7 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     with raw(path) as db:
         db.execute("CREATE TABLE awx_schema (version INTEGER NOT NULL)")
         db.execute("INSERT INTO awx_schema VALUES (?)", (len(MIGRATIONS) + 1,))
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, keys=KEYS)
     with pytest.raises(StoreError, match="newer"):
         await store.open()
     await store.aclose()
@@ -425,7 +874,7 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 async def test_sqlite_stores_opening_a_new_file_together_migrate_once(tmp_path: Path) -> None:
     """Several stores opening the same new file at once all end up on the same schema."""
-    stores = [SQLiteStore(tmp_path / "awx.db") for _ in range(5)]
+    stores = [SQLiteStore(tmp_path / "awx.db", keys=KEYS) for _ in range(5)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
         assert {await store.schema_version() for store in stores} == {len(MIGRATIONS)}
@@ -436,17 +885,65 @@ async def test_sqlite_stores_opening_a_new_file_together_migrate_once(tmp_path: 
             await store.aclose()
 
 
+async def test_sqlite_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> None:
+    """A file made by the first schema gains leases, event times and consumers, data intact."""
+    path = tmp_path / "awx.db"
+    record = make_record()
+    with raw(path) as db:
+        for statement in MIGRATIONS[0].split(";"):
+            db.execute(statement)
+        db.execute("CREATE TABLE awx_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO awx_schema VALUES (1)")
+        db.execute(
+            "INSERT INTO connections VALUES ('c1', 1, 'pending', 'hash-c1', 'ext-c1', NULL, "
+            "1000.0, 1000.0, ?)",
+            (orjson.dumps(dump_record(record)),),
+        )
+        db.execute(
+            "INSERT INTO events (connection_id, sequence, data) VALUES ('c1', 1, ?)",
+            (orjson.dumps(dump_event(make_event())),),
+        )
+    async with opened(SQLiteStore(path, keys=KEYS)) as store:
+        assert 2 == await store.schema_version() == len(MIGRATIONS)
+        assert record == await store.get("c1")
+        assert [(1, make_event())] == await store.read_outbox()
+        assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+        await store.commit_offset("billing", 1)
+        assert 1 == await store.prune_events(before=1002.0)
+
+
+async def test_sqlite_waits_see_writes_made_through_another_store_object(tmp_path: Path) -> None:
+    """Waiters poll the file, so a writer with its own connection (another process) wakes them."""
+    path = tmp_path / "awx.db"
+    async with (
+        opened(SQLiteStore(path, keys=KEYS)) as waiter,
+        opened(SQLiteStore(path, keys=KEYS)) as writer,
+    ):
+        record = await insert(writer)
+        [(last, _)] = await waiter.read_outbox()
+        update_seen = asyncio.create_task(
+            waiter.wait_for_update("c1", after_version=1, timeout=5.0)
+        )
+        event_seen = asyncio.create_task(waiter.wait_for_events(after=last, timeout=5.0))
+        await asyncio.sleep(0.05)
+        assert not update_seen.done()
+        assert not event_seen.done()
+        newer = await update(writer, record)
+        assert newer == await asyncio.wait_for(update_seen, 2.0)
+        assert await asyncio.wait_for(event_seen, 2.0)
+
+
 async def test_sqlite_unopened_store_raises_store_error(tmp_path: Path) -> None:
     """Using a store before open() is a StoreError, not an AttributeError."""
     with pytest.raises(StoreError, match="not open"):
-        await SQLiteStore(tmp_path / "awx.db").get("c1")
+        await SQLiteStore(tmp_path / "awx.db", keys=KEYS).get("c1")
 
 
 @pytest.mark.slow
 async def test_sqlite_record_is_readable_from_another_process(tmp_path: Path) -> None:
     """A connection written here is read back by a separate Python process."""
     path = tmp_path / "awx.db"
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, keys=KEYS)
     await store.open()
     try:
         record = await insert(store)
@@ -456,30 +953,70 @@ async def test_sqlite_record_is_readable_from_another_process(tmp_path: Path) ->
     script = textwrap.dedent(
         f"""
         import asyncio
+        from awx_connection import KeyRing
         from awx_connection.stores import SQLiteStore
 
         async def main():
-            store = SQLiteStore({str(path)!r})
+            store = SQLiteStore({str(path)!r}, keys=KeyRing([("k1", {KEY_BYTES!r})]))
             await store.open()
             try:
                 record = await store.get("c1")
-                print(record.state.value, record.version)
+                print(record.state.value, record.version, record.tokens.refresh_token.reveal())
             finally:
                 await store.aclose()
 
         asyncio.run(main())
         """
     )
-    src = str(Path(awx_connection.stores.__file__).parents[2])
-    pythonpath = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": pythonpath},
+        env=_env_with_src(),
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["authorized", "2"]
+    assert result.stdout.split() == ["authorized", "2", "refresh-1"]
+
+
+@pytest.mark.slow
+async def test_sqlite_wait_for_update_sees_a_write_by_another_process(tmp_path: Path) -> None:
+    """A waiter here wakes with the record a separate Python process wrote meanwhile."""
+    path = tmp_path / "awx.db"
+    async with opened(SQLiteStore(path, keys=KEYS)) as store:
+        await insert(store)
+        waiting = asyncio.create_task(store.wait_for_update("c1", after_version=1, timeout=30.0))
+        script = textwrap.dedent(
+            f"""
+            import asyncio, attrs
+            from awx_connection import KeyRing
+            from awx_connection.stores import SQLiteStore
+
+            async def main():
+                store = SQLiteStore({str(path)!r}, keys=KeyRing([("k1", {KEY_BYTES!r})]))
+                await store.open()
+                try:
+                    record = await store.get("c1")
+                    newer = attrs.evolve(record, version=2, reason="from the other process")
+                    await store.update(newer, expected_version=1, event=None)
+                finally:
+                    await store.aclose()
+
+            asyncio.run(main())
+            """
+        )
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", script],
+            env=_env_with_src(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        newer = await asyncio.wait_for(waiting, 5.0)
+    assert newer is not None
+    assert (2, "from the other process") == (newer.version, newer.reason)

@@ -16,6 +16,7 @@ from ._authorize import AuthorizationRequest
 from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
 from ._connection import Connection
+from ._crypto import DecryptionError, KeyRing
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
@@ -34,13 +35,16 @@ from ._errors import (
     ProviderError,
     ProviderUnavailableError,
     RateLimitedError,
+    RefreshTimeoutError,
     StateExpiredError,
     StoreError,
+    StoreUnavailableError,
     UnknownStateError,
     VersionConflictError,
 )
 from ._events import ConnectionEvent, EventCallback, Subscription, SubscriptionOverflowError
 from ._manager import ConnectionManager
+from ._outbox import EventConsumer
 from ._secrets import Secret
 from ._states import TRANSITIONS, ConnectionState, Transition, Trigger, mermaid
 from ._store import Store
@@ -62,21 +66,26 @@ __all__ = [
     "ConnectionRevokedError",
     "ConnectionState",
     "ConnectionUnusableError",
+    "DecryptionError",
     "Endpoints",
     "Environment",
     "EventCallback",
+    "EventConsumer",
     "IllegalTransitionError",
     "InvalidClientError",
     "InvalidGrantError",
+    "KeyRing",
     "MalformedResponseError",
     "NetworkError",
     "ProviderError",
     "ProviderUnavailableError",
     "RateLimitedError",
+    "RefreshTimeoutError",
     "Secret",
     "StateExpiredError",
     "Store",
     "StoreError",
+    "StoreUnavailableError",
     "Subscription",
     "SubscriptionOverflowError",
     "SystemClock",

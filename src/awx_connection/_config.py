@@ -158,8 +158,20 @@ class TimingPolicy:
     default_refresh_ttl: float = attrs.field(default=60 * 86400.0, validator=_positive)
     #: Largest token-endpoint response body read, in bytes.
     max_response_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    #: How long a refresh lease lasts (renewed before every attempt). Shorter
+    #: than ``grace - grace_margin``, so when a holder dies mid-rotation the
+    #: next process can take over while the old token is still usable.
+    lease_ttl: float = attrs.field(default=20.0, validator=_positive)
+    #: Real seconds a process waits for another process's rotation before
+    #: giving up with RefreshTimeoutError.
+    lease_wait: float = attrs.field(default=45.0, validator=_positive)
+    #: How long stored events are kept (``ConnectionManager.prune_events``).
+    event_retention: float = attrs.field(default=30 * 86400.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
+        if self.lease_ttl >= self.grace - self.grace_margin:
+            msg = "TimingPolicy.lease_ttl must be shorter than grace - grace_margin"
+            raise ConfigurationError(msg)
         if self.grace_margin >= self.grace:
             msg = "TimingPolicy.grace_margin must be smaller than grace"
             raise ConfigurationError(msg)

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ._config import Config, Endpoints, TimingPolicy
+from ._crypto import KeyRing
 from ._errors import ConnectionRevokedError
 from ._events import ConnectionEvent
 from ._manager import ConnectionManager
@@ -57,7 +58,9 @@ async def run_demo(*, quiet: bool = False) -> list[ConnectionEvent]:
         with tempfile.TemporaryDirectory(prefix="awx-demo-") as tmp:
             db = Path(tmp) / "connections.db"
             say(f"fake Airwallex on {fake.base_url}; store sqlite:///{db}")
-            async with ConnectionManager(config, store=SQLiteStore(db), clock=clock) as awx:
+            # Tokens are encrypted at rest; production reads KeyRing.from_env().
+            store = SQLiteStore(db, keys=KeyRing.generate())
+            async with ConnectionManager(config, store=store, clock=clock) as awx:
                 awx.subscribe(seen.append)
                 if not quiet:
                     awx.subscribe(_print_event)

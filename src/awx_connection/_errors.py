@@ -9,6 +9,7 @@ Every error the library raises, as one tree.
     │   ├── CallbackError            malformed callback (no code, no state, ...)
     │   ├── UnknownStateError        unknown or already used ``state``
     │   └── StateExpiredError        ``state`` past its lifetime
+    ├── RefreshTimeoutError          another process's rotation did not finish in time
     ├── ConnectionUnusableError      the connection holds no usable tokens
     │   ├── ConnectionRevokedError
     │   ├── ConnectionInvalidatedError
@@ -21,6 +22,8 @@ Every error the library raises, as one tree.
     │   ├── MalformedResponseError   not JSON, missing fields, absurd values
     │   └── NetworkError             connection failed or response lost
     └── StoreError                   the store failed
+        ├── StoreUnavailableError    the database is unreachable (retried with backoff)
+        ├── DecryptionError          a stored secret did not decrypt (in _crypto)
         └── VersionConflictError     a compare-and-swap lost to a newer write
 
 No message ever contains a token, a code, a verifier, ``state`` or the
@@ -52,8 +55,10 @@ __all__ = [
     "ProviderError",
     "ProviderUnavailableError",
     "RateLimitedError",
+    "RefreshTimeoutError",
     "StateExpiredError",
     "StoreError",
+    "StoreUnavailableError",
     "UnknownStateError",
     "VersionConflictError",
 ]
@@ -108,6 +113,21 @@ class StateExpiredError(AuthorizationError):
         super().__init__(
             f"connection {connection_id!r}: the authorization request expired; "
             "call reauthorize() for a new URL"
+        )
+
+
+class RefreshTimeoutError(AwxConnectionError):
+    """
+    Another process holds this connection's refresh lease and did not store
+    new tokens within ``TimingPolicy.lease_wait``. Nothing was sent; retry
+    later (the lease expires, and its journal is resumed by whoever takes it).
+    """
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        super().__init__(
+            f"connection {connection_id!r}: another process is refreshing it and did not "
+            "finish in time"
         )
 
 
@@ -205,6 +225,16 @@ class NetworkError(ProviderError):
 
 class StoreError(AwxConnectionError):
     """The store failed to read or write."""
+
+
+class StoreUnavailableError(StoreError):
+    """
+    The database could not be reached or dropped the connection.
+
+    Stores retry idempotent operations with backoff before raising this. A
+    write that raised it may or may not have committed: re-read before
+    deciding anything.
+    """
 
 
 class VersionConflictError(StoreError):

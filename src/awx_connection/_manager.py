@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import secrets
+import socket
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Self, final
 from urllib.parse import urljoin, urlsplit
@@ -61,12 +63,16 @@ from ._errors import (
     InvalidClientError,
     InvalidGrantError,
     ProviderError,
+    RefreshTimeoutError,
     StateExpiredError,
+    StoreError,
+    StoreUnavailableError,
     UnknownStateError,
     VersionConflictError,
 )
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._machine import advance
+from ._outbox import EventConsumer
 from ._records import ConnectionRecord, PendingAuthorization, RotationJournal
 from ._secrets import Secret
 from ._states import ConnectionState, Trigger
@@ -134,9 +140,12 @@ class ConnectionManager:
     _live: dict[str, _Live] = attrs.field(factory=dict, init=False)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    #: This manager's identity as a lease owner: host, process, random.
+    _owner: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._transport = Transport(self.config, session=self._session)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -197,6 +206,22 @@ class ConnectionManager:
     ) -> Subscription:
         """Subscribe for ``async for event in manager.events(...)``."""
         return self._bus.stream(triggers=triggers, states=states, maxsize=maxsize)
+
+    def consumer(self, name: str, *, batch: int = 100, poll_interval: float = 1.0) -> EventConsumer:
+        """
+        A durable, at-least-once reader of every connection's events, named
+        *name*; it resumes from its committed position after a restart, in
+        any process sharing the store. See :class:`EventConsumer`.
+        """
+        if not name:
+            msg = "a consumer needs a name"
+            raise ValueError(msg)
+        return EventConsumer(self.store, name, batch=batch, poll_interval=poll_interval)
+
+    async def prune_events(self) -> int:
+        """Delete stored events older than ``TimingPolicy.event_retention``; return how many."""
+        cutoff = self.clock.now() - self.config.timing.event_retention
+        return await self.store.prune_events(before=cutoff)
 
     async def history(self, connection_id: str) -> list[ConnectionEvent]:
         """Every stored event of *connection_id*, in order."""
@@ -391,13 +416,18 @@ class ConnectionManager:
                     authorization=None,
                 )
                 return Connection.from_record(live.record)
-            await self._transition(
-                live,
-                _T.CODE_RECEIVED,
-                "authorization code received",
-                authorization=attrs.evolve(auth, state_hash=None),
-                code=parsed.code,
-            )
+            try:
+                await self._transition(
+                    live,
+                    _T.CODE_RECEIVED,
+                    "authorization code received",
+                    authorization=attrs.evolve(auth, state_hash=None),
+                    code=parsed.code,
+                )
+            except VersionConflictError:
+                # Another process accepted the same callback first.
+                msg = "this state was used by a concurrent callback"
+                raise UnknownStateError(msg) from None
             await self._exchange(live)
             return Connection.from_record(live.record)
 
@@ -577,20 +607,66 @@ class ConnectionManager:
         return self.clock.now() >= tokens.access_expires_at - skew
 
     async def _refresh_flight(self, live: _Live, stale_generation: int | None) -> TokenSet:
+        """
+        One rotation for this process: under the connection's local lock,
+        take the cross-process lease, or wait for the process that holds it.
+        """
         async with live.lock:
-            # Another process may have rotated since we cached this record;
-            # presenting our older refresh token would be a reuse. One read
-            # per rotation (every few minutes) buys that safety.
-            await self._reload(live)
-            record = live.record
-            if not self._needs_refresh(record, stale_generation):
-                assert record.tokens is not None
-                return record.tokens
-            if record.state in (_S.PENDING, _S.AUTHORIZED) or record.tokens is None:
-                raise _unusable(record)
-            if record.state not in (_S.ACTIVE, _S.REFRESHING):
-                raise _unusable(record)
-            return await self._rotate(live)
+            loop = asyncio.get_running_loop()
+            give_up_at = loop.time() + self.config.timing.lease_wait
+            while True:
+                # Another process may have rotated since we cached this
+                # record; presenting our older refresh token would be a
+                # reuse. One read per rotation buys that safety.
+                await self._reload(live)
+                record = live.record
+                if not self._needs_refresh(record, stale_generation):
+                    assert record.tokens is not None
+                    return record.tokens
+                if record.state not in (_S.ACTIVE, _S.REFRESHING) or record.tokens is None:
+                    raise _unusable(record)
+                if await self._take_lease(live):
+                    try:
+                        # The previous holder may have finished between our
+                        # read and our lease: look again before rotating.
+                        await self._reload(live)
+                        record = live.record
+                        if not self._needs_refresh(record, stale_generation):
+                            assert record.tokens is not None
+                            return record.tokens
+                        if record.state not in (_S.ACTIVE, _S.REFRESHING):
+                            raise _unusable(record)
+                        return await self._rotate(live)
+                    finally:
+                        await self._release_lease(live)
+                # Someone else rotates: wait for their write, then look again.
+                remaining = give_up_at - loop.time()
+                if remaining <= 0:
+                    raise RefreshTimeoutError(record.id)
+                newer = await self.store.wait_for_update(
+                    record.id, after_version=record.version, timeout=min(remaining, 1.0)
+                )
+                if newer is not None:
+                    live.record = newer
+
+    async def _take_lease(self, live: _Live) -> bool:
+        """Take or renew this process's refresh lease on the connection."""
+        now = self.clock.now()
+        return await self.store.acquire_lease(
+            live.record.id, self._owner, until=now + self.config.timing.lease_ttl, now=now
+        )
+
+    async def _release_lease(self, live: _Live) -> None:
+        try:
+            await self.store.release_lease(live.record.id, self._owner)
+        except StoreError as exc:
+            # Harmless: the lease expires by itself.
+            _log.warning(
+                "connection %s: could not release the refresh lease: %s",
+                live.record.id,
+                exc,
+                extra={"connection_id": live.record.id},
+            )
 
     async def _rotate(self, live: _Live) -> TokenSet:
         """
@@ -639,6 +715,10 @@ class ConnectionManager:
                     unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
                 )
                 await self._save(live, journal=journal)
+            if attempt > 1 and not await self._take_lease(live):
+                # Our lease lapsed and someone else may be rotating: stop
+                # before sending anything. The journal stays for them.
+                raise RefreshTimeoutError(connection_id)
             unsafe_from_this_attempt = journal.unsafe_since == now and (
                 record.journal is None or record.journal.unsafe_since is None
             )
@@ -665,6 +745,16 @@ class ConnectionManager:
                 )
                 if retry:
                     await self._backoff(attempt)
+                    # A 429 "concurrent refresh" means someone else holds
+                    # this token right now: see whether they finished.
+                    await self._reload(live)
+                    adopted = live.record.tokens
+                    if (
+                        live.record.state is _S.ACTIVE
+                        and adopted is not None
+                        and adopted.generation > tokens.generation
+                    ):
+                        return adopted
                     continue
                 if journal.unsafe_since is None:
                     await self._transition(
@@ -800,8 +890,18 @@ class ConnectionManager:
         """Compare-and-swap *new* over ``live.record``; on a conflict, reload and re-raise."""
         try:
             await self.store.update(new, expected_version=live.record.version, event=event)
-        except VersionConflictError:
-            await self._reload(live)
+        except (VersionConflictError, StoreUnavailableError):
+            # A lost acknowledgement can hide a committed write: if the store
+            # now holds exactly our record, the write happened.
+            try:
+                stored = await self.store.get(new.id)
+            except StoreError:
+                stored = None
+            if stored == new:
+                live.record = new
+                return
+            if stored is not None and stored.version > live.record.version:
+                live.record = stored
             raise
         live.record = new
 

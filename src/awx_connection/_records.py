@@ -13,10 +13,12 @@ types for the stores. Loading is strict: a row that does not decode raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, final
 
 import attrs
 
+from ._crypto import DecryptionError, KeyRing
 from ._errors import StoreError
 from ._events import ConnectionEvent
 from ._secrets import Secret
@@ -99,12 +101,26 @@ class ConnectionRecord:
     journal: RotationJournal | None = None
 
 
-def _secret(value: Secret | None) -> str | None:
-    return None if value is None else value.reveal()
+def _sealer(record_id: str, keys: KeyRing | None) -> Callable[[Secret | None, str], str | None]:
+    def seal(value: Secret | None, field: str) -> str | None:
+        if value is None:
+            return None
+        if keys is None:
+            return value.reveal()
+        return keys.encrypt(value.reveal(), connection_id=record_id, field=field)
+
+    return seal
 
 
-def dump_record(record: ConnectionRecord) -> dict[str, Any]:
-    """The record as JSON-ready data, secrets included (stores encrypt them)."""
+def dump_record(record: ConnectionRecord, keys: KeyRing | None = None) -> dict[str, Any]:
+    """
+    The record as JSON-ready data.
+
+    With *keys*, every secret is an AES-256-GCM envelope bound to the
+    connection id and the field name; without, secrets are plain (the
+    in-memory store, which never leaves the process).
+    """
+    _secret = _sealer(record.id, keys)
     auth = record.authorization
     tokens = record.tokens
     journal = record.journal
@@ -126,14 +142,14 @@ def dump_record(record: ConnectionRecord) -> dict[str, Any]:
             "expires_at": auth.expires_at,
             "redirect_uri": auth.redirect_uri,
             "sign_up": auth.sign_up,
-            "code_verifier": _secret(auth.code_verifier),
+            "code_verifier": _secret(auth.code_verifier, "code_verifier"),
         },
-        "code": _secret(record.code),
+        "code": _secret(record.code, "code"),
         "tokens": None
         if tokens is None
         else {
-            "access_token": tokens.access_token.reveal(),
-            "refresh_token": tokens.refresh_token.reveal(),
+            "access_token": _secret(tokens.access_token, "access_token"),
+            "refresh_token": _secret(tokens.refresh_token, "refresh_token"),
             "access_expires_at": tokens.access_expires_at,
             "refresh_expires_at": tokens.refresh_expires_at,
             "issued_at": tokens.issued_at,
@@ -151,22 +167,39 @@ def dump_record(record: ConnectionRecord) -> dict[str, Any]:
     }
 
 
-def _opt_secret(value: object) -> Secret | None:
+def _opener(record_id: str, keys: KeyRing | None) -> Callable[[object, str], Secret | None]:
+    def open_(value: object, field: str) -> Secret | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise TypeError("secret is not a string")
+        if KeyRing.is_envelope(value):
+            if keys is None:
+                raise DecryptionError(record_id, f"{field}: encrypted, but no keys configured")
+            return Secret(keys.decrypt(value, connection_id=record_id, field=field))
+        # Plaintext: written without keys (or before encryption was turned
+        # on); `rotate_keys` encrypts such rows.
+        return Secret(value)
+
+    return open_
+
+
+def _required(value: Secret | None) -> Secret:
     if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError("secret is not a string")
-    return Secret(value)
+        raise TypeError("token is missing")
+    return value
 
 
-def load_record(data: dict[str, Any]) -> ConnectionRecord:
+def load_record(data: dict[str, Any], keys: KeyRing | None = None) -> ConnectionRecord:
     """
-    Rebuild a record from :func:`dump_record` output.
+    Rebuild a record from :func:`dump_record` output, decrypting with *keys*.
 
     Raises:
+        DecryptionError: A secret did not decrypt (wrong key, tampering).
         StoreError: The data does not describe a valid record.
     """
     connection_id = str(data.get("id", "?"))
+    _opt_secret = _opener(connection_id, keys)
     try:
         auth = data["authorization"]
         tokens = data["tokens"]
@@ -189,14 +222,14 @@ def load_record(data: dict[str, Any]) -> ConnectionRecord:
                 expires_at=float(auth["expires_at"]),
                 redirect_uri=auth["redirect_uri"],
                 sign_up=bool(auth["sign_up"]),
-                code_verifier=_opt_secret(auth["code_verifier"]),
+                code_verifier=_opt_secret(auth["code_verifier"], "code_verifier"),
             ),
-            code=_opt_secret(data["code"]),
+            code=_opt_secret(data["code"], "code"),
             tokens=None
             if tokens is None
             else TokenSet(
-                access_token=Secret(tokens["access_token"]),
-                refresh_token=Secret(tokens["refresh_token"]),
+                access_token=_required(_opt_secret(tokens["access_token"], "access_token")),
+                refresh_token=_required(_opt_secret(tokens["refresh_token"], "refresh_token")),
                 access_expires_at=float(tokens["access_expires_at"]),
                 refresh_expires_at=float(tokens["refresh_expires_at"]),
                 issued_at=float(tokens["issued_at"]),

@@ -13,9 +13,21 @@ relies on three promises, which the contract test-suite
    :meth:`Store.update` write the record and its event atomically (one
    transaction), so the event log never disagrees with the state.
 3. **Lookups by ``state`` hash** find a pending authorization in any process.
-
-Leases for cross-process single-flight, encryption at rest and the durable
-consumer offsets build on this contract (see the durable-stores issue).
+4. **Leases.** :meth:`Store.acquire_lease` grants one owner at a time the
+   right to rotate a connection's tokens, until a deadline on the injected
+   clock; an expired lease can be taken over. The lease keeps two processes
+   from sending the same refresh token; the compare-and-swap keeps a
+   process that lost its lease (paused, partitioned) from overwriting newer
+   tokens. Neither alone is enough.
+5. **The outbox.** Events get a global ``position`` in commit order;
+   :meth:`Store.read_outbox` returns them in that order, and named
+   consumers keep a durable offset (:meth:`Store.commit_offset`), which
+   gives at-least-once delivery in per-connection order across restarts.
+6. **Secrets at rest.** Durable stores take a
+   :class:`~awx_connection.KeyRing` and write every secret as an
+   AES-256-GCM envelope; :meth:`Store.rotate_keys` re-encrypts every row to
+   the newest key. A row that does not decrypt raises
+   :class:`~awx_connection.DecryptionError` naming the connection.
 """
 
 from __future__ import annotations
@@ -84,4 +96,81 @@ class Store(Protocol):
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
+        ...
+
+    async def acquire_lease(
+        self, connection_id: str, owner: str, *, until: float, now: float
+    ) -> bool:
+        """
+        Take or renew the connection's lease for *owner* until *until*.
+
+        Granted when nobody holds it, when the holder's lease ended
+        (``lease_until <= now``), or when *owner* holds it already (renewal).
+        Does not change the record's version.
+
+        Returns:
+            Whether *owner* now holds the lease. ``False`` for an unknown id.
+        """
+        ...
+
+    async def release_lease(self, connection_id: str, owner: str) -> None:
+        """Give the lease up if *owner* holds it; otherwise do nothing."""
+        ...
+
+    async def wait_for_update(
+        self,
+        connection_id: str,
+        *,
+        after_version: int,
+        timeout: float,  # noqa: ASYNC109 - the wait is the store's own (poll or LISTEN)
+    ) -> ConnectionRecord | None:
+        """
+        Wait (real time) until the stored version exceeds *after_version*.
+
+        Returns:
+            The newer record, or ``None`` when *timeout* seconds passed first.
+            Implementations may poll (SQLite, with backoff) or be woken
+            (PostgreSQL LISTEN/NOTIFY).
+        """
+        ...
+
+    async def read_outbox(
+        self, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, ConnectionEvent]]:
+        """``(position, event)`` pairs with ``position > after``, in commit order."""
+        ...
+
+    async def wait_for_events(
+        self,
+        *,
+        after: int,
+        timeout: float,  # noqa: ASYNC109 - the wait is the store's own (poll or LISTEN)
+    ) -> bool:
+        """
+        Wait (real time) until an event with ``position > after`` exists.
+
+        Returns:
+            ``True`` if there is one, ``False`` on timeout.
+        """
+        ...
+
+    async def get_offset(self, consumer: str) -> int:
+        """The committed position of *consumer* (0 if it never committed)."""
+        ...
+
+    async def commit_offset(self, consumer: str, position: int) -> None:
+        """Record that *consumer* processed everything up to *position*; never moves back."""
+        ...
+
+    async def prune_events(self, *, before: float) -> int:
+        """Delete events whose ``at`` is older than *before*; return how many."""
+        ...
+
+    async def rotate_keys(self) -> int:
+        """
+        Re-encrypt every stored secret with the key ring's primary key.
+
+        Returns:
+            How many connections were rewritten. Versions do not change.
+        """
         ...

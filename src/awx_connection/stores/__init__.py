@@ -4,8 +4,10 @@ Implementations of the :class:`~awx_connection.Store` contract.
 Stores live in their own namespace because the core never needs them: the
 manager talks only to the protocol, so a backend can be swapped (or one of
 your own plugged in) without touching it, and a backend's driver is imported
-only by code that asks for that backend. Every store here passes the same
-contract suite, ``tests/test_store_contract.py``.
+only by code that asks for that backend. That is why :class:`PostgresStore`
+is resolved lazily (module ``__getattr__``): importing this package never
+imports ``asyncpg``. Every store here passes the same contract suite,
+``tests/test_store_contract.py``.
 
 :func:`open_store` picks one from a URL, for settings files and the CLI.
 """
@@ -20,35 +22,65 @@ from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
+    from .._crypto import KeyRing
     from .._store import Store
+    from ._postgres import PostgresStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "open_store"]
+__all__ = ["MemoryStore", "PostgresStore", "SQLiteStore", "open_store"]
 
 _SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(url: str) -> Store:
+def __getattr__(name: str) -> object:
+    """Import :class:`PostgresStore` (and with it ``asyncpg``) on first use only."""
+    if name == "PostgresStore":
+        from ._postgres import PostgresStore
+
+        return PostgresStore
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def open_store(url: str, *, keys: KeyRing | None = None) -> Store:
     """
     The store a URL names; call :meth:`~awx_connection.Store.open` on it before use.
 
-    * ``memory://``: a :class:`MemoryStore`.
+    * ``memory://``: a :class:`MemoryStore` (*keys* is not used: nothing
+      leaves the process).
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: a
       :class:`SQLiteStore` on that file (SQLAlchemy's spelling: the path is
       what follows the third slash).
+    * ``postgresql://...`` or ``postgres://...``: a :class:`PostgresStore`
+      on that DSN (needs ``asyncpg``).
+
+    Durable stores seal secrets with *keys*; without them tokens are
+    written in plaintext (see :class:`SQLiteStore`).
 
     Raises:
-        ConfigurationError: Any other URL. The message names the scheme only,
-            since a database URL may carry a password.
+        ConfigurationError: Any other URL, or a PostgreSQL URL without
+            ``asyncpg``. The message names the scheme only, since a database
+            URL may carry a password.
     """
     if url == "memory://":
         return MemoryStore()
     if url.startswith(_SQLITE_PREFIX) and url[len(_SQLITE_PREFIX) :]:
-        return SQLiteStore(url[len(_SQLITE_PREFIX) :])
+        return SQLiteStore(url[len(_SQLITE_PREFIX) :], keys=keys)
+    if url.startswith(_POSTGRES_SCHEMES):
+        try:
+            from ._postgres import PostgresStore
+        except ImportError as exc:
+            msg = (
+                "a PostgreSQL store URL needs the asyncpg driver "
+                f"({type(exc).__name__}); install it with 'pip install asyncpg'"
+            )
+            raise ConfigurationError(msg) from exc
+        return PostgresStore(url, keys=keys)
     scheme, sep, _ = url.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         scheme = "?"
     msg = (
-        f"unsupported store URL (scheme {scheme!r}); "
-        "use 'memory://' or 'sqlite:///<path>' ('sqlite:////<absolute path>')"
+        f"unsupported store URL (scheme {scheme!r}); use 'memory://', "
+        "'sqlite:///<path>' ('sqlite:////<absolute path>') or 'postgresql://...'"
     )
     raise ConfigurationError(msg)

@@ -3,32 +3,45 @@ The in-memory store: the storage contract with nothing in the way.
 
 For tests, examples and single-process tools that may lose every connection
 on exit. Records are immutable, so the store keeps the objects themselves.
-No method awaits anything, so each call runs to completion before another
-coroutine can touch the store: compare-and-swap needs no lock, and a record
-and its event are written together or not at all because every check is made
-before the first write.
+No method that writes awaits anything, so each write runs to completion
+before another coroutine can touch the store: compare-and-swap and leases
+need no lock, and a record and its event are written together or not at all
+because every check is made before the first write.
 
 It rejects what :class:`~awx_connection.stores.SQLiteStore`'s constraints
 reject (a duplicate id, a ``state`` hash held by another connection, a
 repeated event sequence), so code tested against it behaves the same on disk.
+
+Waiting (:meth:`MemoryStore.wait_for_update`, :meth:`MemoryStore.wait_for_events`)
+needs no polling: every write happens in this process, so each one wakes the
+waiters directly. Waiters are plain futures created on the waiting
+coroutine's own loop, so a store built outside any loop (a module global, a
+fixture) works in whichever loop uses it.
+
+Secrets stay plaintext: the records never leave the process, so there is
+nothing at rest to encrypt and :meth:`MemoryStore.rotate_keys` has no work.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+import asyncio
+import bisect
+from typing import TYPE_CHECKING, TypeVar, final
 
 import attrs
 
 from .._errors import StoreError, VersionConflictError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord
     from .._states import ConnectionState
 
 __all__ = ["MemoryStore"]
+
+_T = TypeVar("_T")
 
 
 @final
@@ -41,6 +54,16 @@ class MemoryStore:
     _by_state_hash: dict[str, str] = attrs.field(factory=dict, init=False)
     #: Per connection, events keyed by sequence (insertion-ordered, O(1) duplicate check).
     _events: dict[str, dict[int, ConnectionEvent]] = attrs.field(factory=dict, init=False)
+    #: Connection id -> (owner, until) of its lease.
+    _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False)
+    #: Every stored event with its global position, in commit (= position) order.
+    _outbox: list[tuple[int, ConnectionEvent]] = attrs.field(factory=list, init=False)
+    #: The last position handed out; positions are never reused, even after pruning.
+    _position: int = attrs.field(default=0, init=False)
+    #: Consumer name -> committed position.
+    _offsets: dict[str, int] = attrs.field(factory=dict, init=False)
+    #: Futures of the coroutines in wait_for_*; every write resolves them all.
+    _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -92,7 +115,9 @@ class MemoryStore:
         self._check_state_hash("insert", record)
         self._records[record.id] = record
         self._index(None, record)
-        self._events[record.id] = {event.sequence: event}
+        self._events[record.id] = {}
+        self._append(event)
+        self._wake()
 
     async def update(
         self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
@@ -125,12 +150,150 @@ class MemoryStore:
         self._records[record.id] = record
         self._index(current, record)
         if event is not None:
-            events[event.sequence] = event
+            self._append(event)
+        self._wake()
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
         events = self._events.get(connection_id, {})
         return [events[seq] for seq in sorted(events) if seq > after]
+
+    async def acquire_lease(
+        self, connection_id: str, owner: str, *, until: float, now: float
+    ) -> bool:
+        """
+        Take or renew the connection's lease for *owner* until *until*.
+
+        Granted when nobody holds it, when the holder's lease ended
+        (``until <= now``), or when *owner* holds it already. The record and
+        its version are left alone.
+
+        Returns:
+            Whether *owner* now holds the lease; ``False`` for an unknown id.
+        """
+        if connection_id not in self._records:
+            return False
+        held = self._leases.get(connection_id)
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._leases[connection_id] = (owner, until)
+        return True
+
+    async def release_lease(self, connection_id: str, owner: str) -> None:
+        """Give the lease up if *owner* holds it; otherwise do nothing."""
+        held = self._leases.get(connection_id)
+        if held is not None and held[0] == owner:
+            del self._leases[connection_id]
+
+    async def wait_for_update(
+        self,
+        connection_id: str,
+        *,
+        after_version: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ConnectionRecord | None:
+        """
+        Wait up to *timeout* real seconds until the stored version exceeds *after_version*.
+
+        Returns at once if it already does. A connection that does not exist
+        yet counts as version 0, so ``after_version=0`` also waits for an
+        insert.
+
+        Returns:
+            The newer record, or ``None`` on timeout.
+        """
+
+        def newer() -> ConnectionRecord | None:
+            record = self._records.get(connection_id)
+            return record if record is not None and record.version > after_version else None
+
+        return await self._wait(newer, timeout)
+
+    async def read_outbox(
+        self, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, ConnectionEvent]]:
+        """
+        ``(position, event)`` pairs with ``position > after``, in commit order, at most *limit*.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        _check_limit(limit)
+        start = bisect.bisect_right(self._outbox, after, key=lambda item: item[0])
+        return self._outbox[start : start + limit]
+
+    async def wait_for_events(self, *, after: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """
+        Wait up to *timeout* real seconds until an event with ``position > after`` exists.
+
+        Returns:
+            ``True`` if there is one (at once if there already is), ``False`` on timeout.
+        """
+
+        def exists() -> bool | None:
+            return True if self._outbox and self._outbox[-1][0] > after else None
+
+        return await self._wait(exists, timeout) is not None
+
+    async def get_offset(self, consumer: str) -> int:
+        """The committed position of *consumer* (0 if it never committed)."""
+        return self._offsets.get(consumer, 0)
+
+    async def commit_offset(self, consumer: str, position: int) -> None:
+        """
+        Record that *consumer* processed everything up to *position*.
+
+        An older position than the committed one is ignored: a consumer that
+        restarted from a stale checkpoint must not make others re-read.
+        """
+        self._offsets[consumer] = max(self._offsets.get(consumer, 0), position)
+
+    async def prune_events(self, *, before: float) -> int:
+        """
+        Delete the events whose ``at`` is older than *before*; return how many.
+
+        They disappear from :meth:`read_events` and :meth:`read_outbox`
+        alike. Positions are not reused, so consumers' offsets stay valid.
+        """
+        pruned = [event for _, event in self._outbox if event.at < before]
+        if pruned:
+            self._outbox = [item for item in self._outbox if item[1].at >= before]
+            for event in pruned:
+                del self._events[event.connection_id][event.sequence]
+        return len(pruned)
+
+    async def rotate_keys(self) -> int:
+        """Nothing is encrypted in memory: always 0."""
+        return 0
+
+    def _append(self, event: ConnectionEvent) -> None:
+        self._position += 1
+        self._outbox.append((self._position, event))
+        self._events[event.connection_id][event.sequence] = event
+
+    def _wake(self) -> None:
+        """Resolve every waiter; each re-checks its own condition."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self, check: Callable[[], _T | None], seconds: float) -> _T | None:
+        """Re-run *check* after every write until it returns a value or *seconds* pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            found = check()
+            remaining = deadline - loop.time()
+            if found is not None or remaining <= 0:
+                return found
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                self._waiters.discard(waiter)
+                waiter.cancel()
 
     def _check_state_hash(self, operation: str, record: ConnectionRecord) -> None:
         state_hash = _state_hash(record)
@@ -163,6 +326,12 @@ def _check_version(record: ConnectionRecord, expected_version: int) -> None:
             f"connection {record.id!r}: the new record's version must be "
             f"{expected_version + 1}, not {record.version}"
         )
+        raise ValueError(msg)
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        msg = f"limit must be at least 1, not {limit}"
         raise ValueError(msg)
 
 

@@ -20,6 +20,26 @@ Why it is built this way:
 * **The record is stored whole**, as the JSON of
   :func:`~awx_connection._records.dump_record` in ``data``; the other
   columns are copies for filtering and the constraints, never read back.
+* **Secrets are sealed with the store's** :class:`~awx_connection.KeyRing`
+  (AES-256-GCM, bound to connection and field) before they reach ``data``,
+  so a copied file, a backup or a stray WAL holds no usable token. ``keys``
+  has no default: running without encryption must be a visible decision.
+* **Leases are columns beside the record** (``lease_owner``,
+  ``lease_until``), not part of ``data``: taking one is a single
+  conditional ``UPDATE`` that SQLite arbitrates across processes, and it
+  never touches the version the compare-and-swap relies on.
+* **The outbox is the events table.** ``position INTEGER PRIMARY KEY
+  AUTOINCREMENT`` numbers events in commit order because SQLite admits one
+  writer at a time, and ``AUTOINCREMENT`` never hands a pruned position out
+  again, so a consumer's offset keeps meaning the same thing.
+* **Waiting polls the file** (5 ms, doubling to 100 ms): the writer may be
+  another process, which nothing in this one would notice. Writes made
+  through this store object also wake its waiters at once.
+* **A row that does not decrypt is never reset.** :meth:`SQLiteStore.get`
+  raises :class:`~awx_connection.DecryptionError`;
+  :meth:`SQLiteStore.list_connections` logs it (logger
+  ``awx_connection.stores``) and leaves it out, so one bad row cannot hide
+  every other connection. Nothing is rewritten or deleted.
 * SQLite errors become :class:`~awx_connection.StoreError` naming the
   operation and the connection, never any stored value.
 """
@@ -28,26 +48,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import aiosqlite
 import attrs
 import orjson
 
+from .._crypto import KeyRing
 from .._errors import StoreError, VersionConflictError
 from .._records import dump_event, dump_record, load_event, load_record
-from ._memory import _check_event, _check_version
+from ._memory import _check_event, _check_limit, _check_version
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord
     from .._states import ConnectionState
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
+
+_log = logging.getLogger("awx_connection.stores")
+
+_T = TypeVar("_T")
+
+#: First and longest pause between two polls of wait_for_update / wait_for_events.
+_POLL_FIRST = 0.005
+_POLL_MAX = 0.1
+
+#: Rows read per query by rotate_keys, so a large file is not loaded at once.
+_ROTATE_PAGE = 500
 
 #: Schema scripts; ``MIGRATIONS[n]`` takes the schema from version ``n`` to
 #: ``n + 1``. Append only, never edit a released one. Statements are split on
@@ -77,15 +110,32 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (connection_id, sequence)
     );
     """,
+    # 2: leases, event times (for pruning) and durable consumer offsets.
+    """
+    ALTER TABLE connections ADD COLUMN lease_owner TEXT;
+    ALTER TABLE connections ADD COLUMN lease_until REAL;
+    ALTER TABLE events ADD COLUMN at REAL;
+    UPDATE events SET at = json_extract(CAST(data AS TEXT), '$.at');
+    CREATE INDEX events_at ON events (at);
+    CREATE TABLE consumers (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    );
+    """,
 )
 
-# busy_timeout first: switching to WAL needs the file lock another process may hold.
+# Run after busy_timeout, by _enable_wal. secure_delete: a replaced row's old
+# bytes are zeroed rather than left in free space, so tokens written before
+# encryption (or sealed with a retired key) do not linger in the file after
+# rotate_keys.
 _PRAGMAS = (
-    "PRAGMA busy_timeout = 5000",
-    "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
+    "PRAGMA secure_delete = ON",
 )
+
+#: How long open() keeps retrying the switch to WAL while other connections hold the file.
+_WAL_PATIENCE = 5.0
 
 _INSERT_CONNECTION = """
     INSERT INTO connections
@@ -103,7 +153,17 @@ _UPDATE_CONNECTION = """
     WHERE id = :id AND version = :expected_version
 """
 
-_INSERT_EVENT = "INSERT INTO events (connection_id, sequence, data) VALUES (?, ?, ?)"
+_INSERT_EVENT = "INSERT INTO events (connection_id, sequence, at, data) VALUES (?, ?, ?, ?)"
+
+_ACQUIRE_LEASE = """
+    UPDATE connections SET lease_owner = :owner, lease_until = :until
+    WHERE id = :id AND (lease_owner IS NULL OR lease_until <= :now OR lease_owner = :owner)
+"""
+
+_COMMIT_OFFSET = """
+    INSERT INTO consumers (name, position) VALUES (?, ?)
+    ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)
+"""
 
 
 @final
@@ -114,11 +174,26 @@ class SQLiteStore:
 
     Every process that opens the same file sees the same connections. Call
     :meth:`open` before use and :meth:`aclose` after.
+
+    *keys* (required) encrypts every secret before it is written. Pass
+    ``keys=None`` only if you accept that access and refresh tokens, codes
+    and PKCE verifiers sit **in plaintext** in the file, its WAL and every
+    copy or backup of them: anyone who can read one can act as your
+    customers. Rows written in plaintext stay readable after keys are added,
+    and :meth:`rotate_keys` encrypts them.
     """
 
     path: str | os.PathLike[str]
+    _keys: KeyRing | None = attrs.field(kw_only=True)
     _db: aiosqlite.Connection | None = attrs.field(default=None, init=False)
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    #: Futures of this object's pollers; its own writes resolve them to skip the wait.
+    _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
+
+    @property
+    def keys(self) -> KeyRing | None:
+        """The key ring secrets are sealed with, or ``None`` (plaintext)."""
+        return self._keys
 
     async def open(self) -> None:
         """Open the file (creating it if needed) and apply missing migrations. Idempotent."""
@@ -129,6 +204,8 @@ class SQLiteStore:
                 # isolation_level=None: no implicit BEGINs; transactions are ours alone.
                 db = await aiosqlite.connect(os.fspath(self.path), isolation_level=None)
                 try:
+                    await _execute(db, "PRAGMA busy_timeout = 5000")
+                    await _enable_wal(db)
                     for pragma in _PRAGMAS:
                         await _execute(db, pragma)
                     await _migrate(db)
@@ -157,6 +234,7 @@ class SQLiteStore:
         The latest record of *connection_id*, or ``None``.
 
         Raises:
+            DecryptionError: A stored secret does not decrypt with the keys.
             StoreError: The stored record does not decode.
         """
         rows = await self._fetch(
@@ -164,16 +242,22 @@ class SQLiteStore:
             "SELECT id, data FROM connections WHERE id = ?",
             (connection_id,),
         )
-        return _load_record(*rows[0]) if rows else None
+        return self._load(*rows[0]) if rows else None
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
-        """The connection whose pending authorization has this ``state`` hash."""
+        """
+        The connection whose pending authorization has this ``state`` hash.
+
+        Raises:
+            DecryptionError: A stored secret does not decrypt with the keys.
+            StoreError: The stored record does not decode.
+        """
         rows = await self._fetch(
             "find_by_state_hash",
             "SELECT id, data FROM connections WHERE state_hash = ?",
             (state_hash,),
         )
-        return _load_record(*rows[0]) if rows else None
+        return self._load(*rows[0]) if rows else None
 
     async def list_connections(
         self,
@@ -182,7 +266,13 @@ class SQLiteStore:
         external_id: str | None = None,
         account_id: str | None = None,
     ) -> list[ConnectionRecord]:
-        """Every record matching all the given filters, oldest first."""
+        """
+        Every record matching all the given filters, oldest first.
+
+        A row that does not decrypt or decode is logged as an error (naming
+        the connection) and left out, so one bad row cannot take the whole
+        listing down; the row itself is left untouched.
+        """
         clauses = ["1"]
         params: list[str] = []
         if states is not None:
@@ -201,7 +291,17 @@ class SQLiteStore:
             "ORDER BY created_at, id"
         )
         rows = await self._fetch("list_connections", sql, params)
-        return [_load_record(*row) for row in rows]
+        records = []
+        for connection_id, data in rows:
+            try:
+                records.append(self._load(connection_id, data))
+            except StoreError as exc:
+                _log.error(
+                    "sqlite store: list_connections left out connection %r: %s",
+                    connection_id,
+                    exc,
+                )
+        return records
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
@@ -214,8 +314,9 @@ class SQLiteStore:
         """
         _check_event(record, event)
         async with self._transaction(f"insert of connection {record.id!r}") as db:
-            await _execute(db, _INSERT_CONNECTION, _columns(record))
+            await _execute(db, _INSERT_CONNECTION, self._columns(record))
             await _execute(db, _INSERT_EVENT, _event_row(event))
+        self._wake()
 
     async def update(
         self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
@@ -234,7 +335,7 @@ class SQLiteStore:
         _check_version(record, expected_version)
         if event is not None:
             _check_event(record, event)
-        params = {**_columns(record), "expected_version": expected_version}
+        params = {**self._columns(record), "expected_version": expected_version}
         async with self._transaction(f"update of connection {record.id!r}") as db:
             if await _execute(db, _UPDATE_CONNECTION, params) != 1:
                 rows = list(
@@ -246,6 +347,7 @@ class SQLiteStore:
                 raise VersionConflictError(record.id, expected_version, actual)
             if event is not None:
                 await _execute(db, _INSERT_EVENT, _event_row(event))
+        self._wake()
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
@@ -255,6 +357,264 @@ class SQLiteStore:
             (connection_id, after),
         )
         return [_load_event(connection_id, data) for (data,) in rows]
+
+    async def acquire_lease(
+        self, connection_id: str, owner: str, *, until: float, now: float
+    ) -> bool:
+        """
+        Take or renew the connection's lease for *owner* until *until*.
+
+        Granted when nobody holds it, when the holder's lease ended
+        (``lease_until <= now``), or when *owner* holds it already. One
+        conditional ``UPDATE`` decides, so two processes cannot both win.
+        The record and its version are left alone.
+
+        Returns:
+            Whether *owner* now holds the lease; ``False`` for an unknown id.
+        """
+        params = {"id": connection_id, "owner": owner, "until": until, "now": now}
+        async with self._transaction(f"acquire_lease of connection {connection_id!r}") as db:
+            return await _execute(db, _ACQUIRE_LEASE, params) == 1
+
+    async def release_lease(self, connection_id: str, owner: str) -> None:
+        """Give the lease up if *owner* holds it; otherwise do nothing."""
+        async with self._transaction(f"release_lease of connection {connection_id!r}") as db:
+            await _execute(
+                db,
+                "UPDATE connections SET lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                (connection_id, owner),
+            )
+
+    async def wait_for_update(
+        self,
+        connection_id: str,
+        *,
+        after_version: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ConnectionRecord | None:
+        """
+        Wait up to *timeout* real seconds until the stored version exceeds *after_version*.
+
+        Polls the file, so a write by another process is seen within 100 ms;
+        returns at once if the version is already newer. A connection that
+        does not exist yet counts as version 0.
+
+        Returns:
+            The newer record, or ``None`` on timeout.
+
+        Raises:
+            DecryptionError: The newer record does not decrypt.
+        """
+        action = f"wait_for_update of connection {connection_id!r}"
+
+        async def newer() -> ConnectionRecord | None:
+            rows = await self._fetch(
+                action,
+                "SELECT id, data FROM connections WHERE id = ? AND version > ?",
+                (connection_id, after_version),
+            )
+            return self._load(*rows[0]) if rows else None
+
+        return await self._poll(newer, timeout)
+
+    async def read_outbox(
+        self, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, ConnectionEvent]]:
+        """
+        ``(position, event)`` pairs with ``position > after``, in commit order, at most *limit*.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        _check_limit(limit)
+        rows = await self._fetch(
+            "read_outbox",
+            "SELECT position, connection_id, data FROM events WHERE position > ? "
+            "ORDER BY position LIMIT ?",
+            (after, limit),
+        )
+        return [
+            (position, _load_event(connection_id, data)) for position, connection_id, data in rows
+        ]
+
+    async def wait_for_events(self, *, after: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """
+        Wait up to *timeout* real seconds until an event with ``position > after`` exists.
+
+        Polls like :meth:`wait_for_update`.
+
+        Returns:
+            ``True`` if there is one (at once if there already is), ``False`` on timeout.
+        """
+
+        async def exists() -> bool | None:
+            rows = await self._fetch(
+                "wait_for_events",
+                "SELECT 1 FROM events WHERE position > ? LIMIT 1",
+                (after,),
+            )
+            return True if rows else None
+
+        return await self._poll(exists, timeout) is not None
+
+    async def get_offset(self, consumer: str) -> int:
+        """The committed position of *consumer* (0 if it never committed)."""
+        rows = await self._fetch(
+            f"get_offset of consumer {consumer!r}",
+            "SELECT position FROM consumers WHERE name = ?",
+            (consumer,),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def commit_offset(self, consumer: str, position: int) -> None:
+        """
+        Record that *consumer* processed everything up to *position*.
+
+        An older position than the committed one is ignored (``max`` in the
+        upsert): a consumer that restarted from a stale checkpoint, or a
+        slower twin of it, must not make everyone re-read.
+        """
+        async with self._transaction(f"commit_offset of consumer {consumer!r}") as db:
+            await _execute(db, _COMMIT_OFFSET, (consumer, position))
+
+    async def prune_events(self, *, before: float) -> int:
+        """
+        Delete the events whose ``at`` is older than *before*; return how many.
+
+        They disappear from :meth:`read_events` and :meth:`read_outbox`
+        alike. Positions are never reused, so consumers' offsets stay valid.
+        """
+        async with self._transaction("prune_events") as db:
+            return await _execute(db, "DELETE FROM events WHERE at < ?", (before,))
+
+    async def rotate_keys(self) -> int:
+        """
+        Re-encrypt every secret not sealed with the primary key; return how many rows changed.
+
+        Every row is decrypted, so the call also proves the ring opens the
+        whole store; rows already on the primary key are not rewritten, so a
+        second run returns 0. Each row is rewritten by compare-and-swap on its version
+        (which stays the same), so a concurrent write is never undone: the
+        row is re-read and tried again. Give every process the new ring
+        before rotating, or their writes keep sealing with the old key.
+
+        Raises:
+            StoreError: The store has no keys; or some rows could not be read
+                (each logged with its id; every other row was rotated and
+                stays rotated, so the call can simply be repeated).
+        """
+        keys = self._keys
+        if keys is None:
+            msg = "sqlite store: rotate_keys needs keys; this store was opened with keys=None"
+            raise StoreError(msg)
+        rewritten = 0
+        unreadable: list[str] = []
+        last_rowid = 0
+        while True:
+            rows = await self._fetch(
+                "rotate_keys",
+                "SELECT rowid, id, version, data FROM connections WHERE rowid > ? "
+                "ORDER BY rowid LIMIT ?",
+                (last_rowid, _ROTATE_PAGE),
+            )
+            if not rows:
+                break
+            last_rowid = rows[-1][0]
+            for _, connection_id, version, data in rows:
+                try:
+                    if await self._rotate_row(keys, connection_id, version, data):
+                        rewritten += 1
+                except _UnreadableRowError as exc:
+                    _log.error("sqlite store: rotate_keys skipped %s", exc.__cause__)
+                    unreadable.append(connection_id)
+        if unreadable:
+            shown = ", ".join(repr(connection_id) for connection_id in unreadable[:10])
+            more = f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+            msg = (
+                f"sqlite store: rotate_keys re-encrypted {rewritten} connection(s) but could "
+                f"not read {len(unreadable)}, which keep their old key: {shown}{more}"
+            )
+            raise StoreError(msg)
+        return rewritten
+
+    async def _rotate_row(
+        self, keys: KeyRing, connection_id: str, version: int, data: object
+    ) -> bool:
+        """Reseal one row with the primary key unless it is already; retry if it moves."""
+        action = f"rotate_keys of connection {connection_id!r}"
+        while True:
+            try:
+                # Decrypted even when already on the primary key: a row sealed
+                # under the primary's id with other key material must be reported.
+                record = self._load(connection_id, data)
+            except StoreError as exc:
+                raise _UnreadableRowError from exc
+            if not _needs_rotation(_decode(connection_id, "record", data), keys):
+                return False
+            sealed = orjson.dumps(dump_record(record, keys))
+            async with self._transaction(action) as db:
+                if await _execute(
+                    db,
+                    "UPDATE connections SET data = ? WHERE id = ? AND version = ?",
+                    (sealed, connection_id, version),
+                ):
+                    return True
+            rows = await self._fetch(
+                action, "SELECT version, data FROM connections WHERE id = ?", (connection_id,)
+            )
+            if not rows:
+                return False
+            version, data = rows[0]
+
+    def _load(self, connection_id: str, data: object) -> ConnectionRecord:
+        return _load_record(connection_id, data, self._keys)
+
+    def _columns(self, record: ConnectionRecord) -> dict[str, Any]:
+        auth = record.authorization
+        return {
+            "id": record.id,
+            "version": record.version,
+            "state": record.state.value,
+            "state_hash": None if auth is None else auth.state_hash,
+            "external_id": record.external_id,
+            "account_id": record.account_id,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "data": orjson.dumps(dump_record(record, self._keys)),
+        }
+
+    def _wake(self) -> None:
+        """Resolve this object's pollers after a commit, so they re-check at once."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _poll(self, check: Callable[[], Awaitable[_T | None]], seconds: float) -> _T | None:
+        """
+        Run *check* until it returns a value or *seconds* pass, backing off in between.
+
+        The file is the only place a write by another process shows up, so
+        the query always runs; a write through this object only cuts the
+        pause short.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        pause = _POLL_FIRST
+        while True:
+            found = await check()
+            remaining = deadline - loop.time()
+            if found is not None or remaining <= 0:
+                return found
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            try:
+                woken, _ = await asyncio.wait({waiter}, timeout=min(pause, remaining))
+            finally:
+                self._waiters.discard(waiter)
+                waiter.cancel()
+            pause = _POLL_FIRST if woken else min(pause * 2, _POLL_MAX)
 
     @property
     def _where(self) -> str:
@@ -305,6 +665,30 @@ async def _execute(db: aiosqlite.Connection, sql: str, params: Any = ()) -> int:
         return cursor.rowcount
 
 
+async def _enable_wal(db: aiosqlite.Connection) -> None:
+    """
+    Switch the file to WAL, retrying while it is locked.
+
+    The switch needs the file to itself, and SQLite can answer "database is
+    locked" at once, without its busy handler, while another connection is
+    opening or migrating the same new file; so the retry is ours.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _WAL_PATIENCE
+    pause = _POLL_FIRST
+    while True:
+        try:
+            await _execute(db, "PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or loop.time() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+        else:
+            return
+
+
 async def _schema_version(db: aiosqlite.Connection) -> int:
     rows = list(await db.execute_fetchall("SELECT version FROM awx_schema"))
     return int(rows[0][0]) if rows else 0
@@ -336,23 +720,33 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         raise
 
 
-def _columns(record: ConnectionRecord) -> dict[str, Any]:
-    auth = record.authorization
-    return {
-        "id": record.id,
-        "version": record.version,
-        "state": record.state.value,
-        "state_hash": None if auth is None else auth.state_hash,
-        "external_id": record.external_id,
-        "account_id": record.account_id,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "data": orjson.dumps(dump_record(record)),
-    }
+class _UnreadableRowError(Exception):
+    """A row rotate_keys cannot decode or decrypt; the cause says why."""
 
 
-def _event_row(event: ConnectionEvent) -> tuple[str, int, bytes]:
-    return (event.connection_id, event.sequence, orjson.dumps(dump_event(event)))
+def _event_row(event: ConnectionEvent) -> tuple[str, int, float, bytes]:
+    return (event.connection_id, event.sequence, event.at, orjson.dumps(dump_event(event)))
+
+
+def _needs_rotation(fields: dict[str, Any], keys: KeyRing) -> bool:
+    """
+    Whether any secret in stored *fields* is not sealed with the primary key.
+
+    Plaintext counts (rows written without keys get encrypted). Mirrors
+    where :func:`~awx_connection._records.dump_record` puts secrets.
+    """
+    auth = fields.get("authorization")
+    tokens = fields.get("tokens")
+    values = [fields.get("code")]
+    if isinstance(auth, dict):
+        values.append(auth.get("code_verifier"))
+    if isinstance(tokens, dict):
+        values.extend((tokens.get("access_token"), tokens.get("refresh_token")))
+    return any(
+        not isinstance(value, str) or keys.key_of(value) != keys.primary
+        for value in values
+        if value is not None
+    )
 
 
 def _decode(connection_id: str, what: str, data: object) -> dict[str, Any]:
@@ -366,12 +760,12 @@ def _decode(connection_id: str, what: str, data: object) -> dict[str, Any]:
     return value
 
 
-def _load_record(connection_id: str, data: object) -> ConnectionRecord:
+def _load_record(connection_id: str, data: object, keys: KeyRing | None) -> ConnectionRecord:
     fields = _decode(connection_id, "record", data)
     if fields.get("id") != connection_id:
         msg = f"connection {connection_id!r}: stored record is corrupt (id mismatch)"
         raise StoreError(msg)
-    return load_record(fields)
+    return load_record(fields, keys)
 
 
 def _load_event(connection_id: str, data: object) -> ConnectionEvent:

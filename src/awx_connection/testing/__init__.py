@@ -4,13 +4,14 @@ Test doubles for code that uses awx_connection.
 :class:`FakeAirwallex` is a local Airwallex OAuth provider (authorize, token
 endpoint with rotation, grace window and reuse detection, a small API, fault
 injection) on a real socket. Share a :class:`ManualClock` between it and the
-library under test to move time without sleeping.
+library under test to move time without sleeping; across processes, share a
+:class:`FileClock` instead.
 
 This is a public namespace, so it only re-exports; the implementation lives in
 the private ``_fake*`` modules.
 """
 
-from .._clock import ManualClock
+from .._clock import FileClock, ManualClock
 from ._fake import FakeAirwallex
 from ._fake_types import FakeCounters, FakeProviderError, Fault, FaultKind
 
@@ -20,5 +21,6 @@ __all__ = [
     "FakeProviderError",
     "Fault",
     "FaultKind",
+    "FileClock",
     "ManualClock",
 ]

@@ -17,6 +17,7 @@ dropped-connection handling are all part of what the tests must exercise.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import warnings
 from typing import TYPE_CHECKING, Self, final
@@ -277,6 +278,13 @@ class FakeAirwallex:
         Queue *fault* (FIFO) for the next matching token requests.
         """
         self._state.inject(fault)
+
+    def release_held(self) -> None:
+        """
+        Let every response held by ``HOLD_AFTER_COMMIT`` go (as a dropped connection).
+        """
+        self._state.hold_gate.set()
+        self._state.hold_gate = asyncio.Event()
 
     def clear_faults(self) -> None:
         """

@@ -17,6 +17,7 @@ token handler is the one place with real asynchrony: it holds the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 from typing import TYPE_CHECKING, Final, NoReturn, final
 
@@ -66,6 +67,7 @@ def build_app(state: FakeState) -> web.Application:
     app.router.add_post("/_fake/deny", routes.admin_deny)
     app.router.add_post("/_fake/disconnect", routes.admin_disconnect)
     app.router.add_post("/_fake/grant_status", routes.admin_grant_status)
+    app.router.add_post("/_fake/release_held", routes.admin_release_held)
     return app
 
 
@@ -211,6 +213,14 @@ class _Routes:
                 return _server_error(500)
             case FaultKind.MALFORMED_AFTER_COMMIT:
                 return web.Response(body=b"<html>not json", content_type="text/html")
+            case FaultKind.HOLD_AFTER_COMMIT:
+                assert fault is not None
+                self.state.counters.held_responses += 1
+                gate = self.state.hold_gate
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gate.wait(), fault.delay or 60.0)
+                self.state.counters.dropped_responses += 1
+                return _drop_connection(request)
             case _:
                 return _reply(reply)
 
@@ -235,6 +245,11 @@ class _Routes:
         )
 
     # -- admin -----------------------------------------------------------------
+
+    async def admin_release_held(self, request: web.Request) -> web.Response:
+        self.state.hold_gate.set()
+        self.state.hold_gate = asyncio.Event()
+        return _json({"released": True})
 
     async def admin_counters(self, request: web.Request) -> web.Response:
         return _json(self.state.counters.as_dict())

@@ -20,6 +20,7 @@ so a test moves the fake and the library under test with one ``advance()``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import hashlib
@@ -172,6 +173,8 @@ class FakeState:
     _issued: set[str] = attrs.field(init=False, factory=set)
     _faults: collections.deque[_QueuedFault] = attrs.field(init=False, factory=collections.deque)
     _refreshing: set[str] = attrs.field(init=False, factory=set)
+    #: Opened by ``release_held()``; held responses wait on it.
+    hold_gate: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
 
     # -- setup ---------------------------------------------------------------
 

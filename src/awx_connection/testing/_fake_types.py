@@ -53,6 +53,11 @@ class FaultKind(enum.Enum):
     DELAY = "delay"
     #: Commit, then answer 200 with an HTML body instead of JSON.
     MALFORMED_AFTER_COMMIT = "malformed_after_commit"
+    #: Commit, then hold the response until :meth:`FakeAirwallex.release_held`
+    #: (or ``Fault.delay`` real seconds, 60 when 0), then drop the connection.
+    #: Lets a test kill the client while the provider has rotated and the
+    #: client has not yet stored the new tokens.
+    HOLD_AFTER_COMMIT = "hold_after_commit"
 
 
 def _check_grant_type(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
@@ -119,7 +124,9 @@ class FakeCounters:
             not a fault then swallowed the response.
         invalid_client_responses: 401s for bad client credentials.
         faults_applied: Injected faults that took effect (one per request).
-        dropped_responses: Connections closed by ``DROP_AFTER_COMMIT``.
+        dropped_responses: Connections closed by ``DROP_AFTER_COMMIT`` (and
+            by ``HOLD_AFTER_COMMIT`` once released).
+        held_responses: Responses held by ``HOLD_AFTER_COMMIT`` so far.
         api_calls: Every request under ``/api/v1/``.
         api_unauthorized: API requests answered 401.
         disconnects: Calls to ``disconnect()`` (the user unlinking the app).
@@ -136,6 +143,7 @@ class FakeCounters:
     invalid_client_responses: int = 0
     faults_applied: int = 0
     dropped_responses: int = 0
+    held_responses: int = 0
     api_calls: int = 0
     api_unauthorized: int = 0
     disconnects: int = 0

@@ -1,0 +1,639 @@
+"""
+What only the PostgreSQL store has to prove: replicas sharing one schema.
+
+The shared contract (``tests/test_store_contract.py``) runs against
+:class:`PostgresStore` too; the tests here cover what needs a real server
+and more than one store object: encryption as seen by a plain SQL client,
+LISTEN/NOTIFY wake-ups from another pool, commit-ordered outbox positions
+under racing writers, concurrent migrations, leases across replicas, and the
+database dropping connections mid-operation.
+
+Backends are killed with ``pg_terminate_backend``, selected by the unique
+``application_name`` each store here sets, so nothing else on the server is
+touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import attrs
+import pytest
+
+from awx_connection._crypto import DecryptionError, KeyRing
+from awx_connection._errors import ConfigurationError, StoreError, StoreUnavailableError
+from awx_connection._events import ConnectionEvent
+from awx_connection._records import ConnectionRecord, PendingAuthorization
+from awx_connection._secrets import Secret
+from awx_connection._states import ConnectionState, Trigger
+from awx_connection._tokens import TokenSet
+from awx_connection.stores._postgres import MIGRATIONS, PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+S = ConnectionState
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def make_record(connection_id: str = "c1", **changes: Any) -> ConnectionRecord:
+    """A pending version-1 record whose secrets are distinctive random strings."""
+    record = ConnectionRecord(
+        id=connection_id,
+        state=S.PENDING,
+        version=1,
+        sequence=1,
+        created_at=1000.0,
+        updated_at=1000.0,
+        reason="begin",
+        scopes=("r:awx_action:balances_view",),
+        external_id=f"ext-{connection_id}",
+        authorization=PendingAuthorization(
+            state_hash=f"hash-{connection_id}",
+            expires_at=1600.0,
+            redirect_uri="https://partner.example/callback",
+            code_verifier=Secret("verifier-" + secrets.token_urlsafe(24)),
+        ),
+        code=Secret("code-" + secrets.token_urlsafe(24)),
+        tokens=TokenSet(
+            access_token=Secret("access-" + secrets.token_urlsafe(24)),
+            refresh_token=Secret("refresh-" + secrets.token_urlsafe(24)),
+            access_expires_at=1300.0,
+            refresh_expires_at=9000.0,
+            issued_at=1000.0,
+            generation=1,
+            scope=("r:awx_action:balances_view",),
+        ),
+    )
+    return attrs.evolve(record, **changes)
+
+
+def make_event(connection_id: str = "c1", sequence: int = 1) -> ConnectionEvent:
+    return ConnectionEvent(
+        connection_id=connection_id,
+        sequence=sequence,
+        trigger=Trigger.BEGIN if sequence == 1 else Trigger.CODE_RECEIVED,
+        source=None if sequence == 1 else S.PENDING,
+        dest=S.PENDING,
+        reason=f"step {sequence}",
+        at=1000.0 + sequence,
+    )
+
+
+def plaintexts(record: ConnectionRecord) -> list[str]:
+    """Every secret of *record*, revealed."""
+    assert record.authorization is not None
+    assert record.authorization.code_verifier is not None
+    assert record.code is not None
+    assert record.tokens is not None
+    return [
+        record.authorization.code_verifier.reveal(),
+        record.code.reveal(),
+        record.tokens.access_token.reveal(),
+        record.tokens.refresh_token.reveal(),
+    ]
+
+
+async def insert(
+    store: PostgresStore, connection_id: str = "c1", **changes: Any
+) -> ConnectionRecord:
+    record = make_record(connection_id, **changes)
+    await store.insert(record, make_event(connection_id))
+    return record
+
+
+async def update(
+    store: PostgresStore, record: ConnectionRecord, **changes: Any
+) -> ConnectionRecord:
+    newer = attrs.evolve(
+        record, version=record.version + 1, sequence=record.sequence + 1, **changes
+    )
+    await store.update(
+        newer, expected_version=record.version, event=make_event(record.id, newer.sequence)
+    )
+    return newer
+
+
+@contextlib.asynccontextmanager
+async def opened(store: PostgresStore) -> AsyncIterator[PostgresStore]:
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def raw(postgres_dsn: str) -> AsyncIterator[Any]:
+    """A plain asyncpg connection, outside every store."""
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A unique application_name, so a test kills only its own store's backends."""
+    return "awx-test-" + secrets.token_hex(6)
+
+
+async def terminate(raw: Any, app_name: str, *, where: str = "TRUE") -> int:
+    """Kill every backend of *app_name* (matching *where*); return how many."""
+    killed = await raw.fetchval(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        f"AND application_name = $1 AND {where}",
+        app_name,
+    )
+    return int(killed)
+
+
+async def until(raw: Any, sql: str, *args: Any, seconds: float = 5.0) -> None:
+    """Poll *sql* until it returns true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await raw.fetchval(sql, *args):
+        assert loop.time() < deadline, f"never true: {sql}"
+        await asyncio.sleep(0.01)
+
+
+# --- secrets at rest ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+async def test_raw_rows_hold_no_plaintext_secret(
+    postgres_dsn: str, postgres_schema: str, raw: Any, encrypted: bool
+) -> None:
+    """A plain SQL client sees envelopes in every column of every table, never a secret."""
+    keys = KeyRing.generate() if encrypted else None
+    async with opened(PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)) as store:
+        record = await insert(store)
+        newer = await update(store, record, state=S.AUTHORIZED)
+        await store.commit_offset("billing", 2)
+        assert newer == await store.get("c1")
+    dumped = []
+    for table in ("connections", "events", "consumers", "schema_version"):
+        rows = await raw.fetch(f'SELECT t::text AS row FROM "{postgres_schema}".{table} t')
+        dumped.extend(row["row"] for row in rows)
+    everything = "\n".join(dumped)
+    data = await raw.fetchval(f'SELECT data::text FROM "{postgres_schema}".connections')
+    for secret in plaintexts(newer):
+        if encrypted:
+            assert secret not in everything
+            assert secret not in data
+        else:  # the same check finds them when nothing encrypts
+            assert secret in data
+    if encrypted:
+        assert everything.count("awx1:k1:") == 4
+
+
+async def test_rotate_keys_encrypts_rows_written_in_plaintext(
+    postgres_dsn: str, postgres_schema: str, raw: Any
+) -> None:
+    """Rows written with keys=None are sealed by rotate_keys, version unchanged."""
+    async with opened(PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)) as store:
+        record = await update(store, await insert(store))
+    keys = KeyRing.generate("k9")
+    async with opened(PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)) as store:
+        assert record == await store.get("c1")  # plaintext rows stay readable
+        assert 1 == await store.rotate_keys()
+        assert 0 == await store.rotate_keys()
+        assert record == await store.get("c1")
+    data = await raw.fetchval(f'SELECT data::text FROM "{postgres_schema}".connections')
+    assert not any(secret in data for secret in plaintexts(record))
+    assert data.count("awx1:k9:") == 4
+
+
+async def test_undecryptable_row_fails_get_and_is_left_out_of_listings(
+    postgres_dsn: str, postgres_schema: str, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """get() names the connection; list_connections logs it and returns the rest; no rewrite."""
+    store = PostgresStore(postgres_dsn, keys=KeyRing.generate(), schema=postgres_schema)
+    async with opened(store):
+        await insert(store, "broken", created_at=1.0)
+        healthy = await insert(store, "healthy", created_at=2.0)
+        # An envelope moved to another row does not decrypt (it is bound to its row).
+        tampered = f"""
+            UPDATE "{postgres_schema}".connections SET data = jsonb_set(
+                data, '{{tokens,access_token}}',
+                (SELECT data->'tokens'->'access_token' FROM "{postgres_schema}".connections
+                 WHERE id = 'healthy'))
+            WHERE id = 'broken' RETURNING data::text
+        """
+        before = await raw.fetchval(tampered)
+        with pytest.raises(DecryptionError, match="'broken'") as caught:
+            await store.get("broken")
+        assert "broken" == caught.value.connection_id
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [healthy] == await store.list_connections()
+        [logged] = [r for r in caplog.records if r.name == "awx_connection.stores"]
+        assert logging.ERROR == logged.levelno
+        assert "'broken'" in logged.getMessage()
+        assert healthy == await store.get("healthy")
+    after = await raw.fetchval(
+        f"SELECT data::text FROM \"{postgres_schema}\".connections WHERE id = 'broken'"
+    )
+    assert before == after
+
+
+# --- replicas: wake-ups and the outbox ---------------------------------------------------
+
+
+async def test_a_write_by_one_replica_wakes_wait_for_update_in_another(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    """NOTIFY at commit wakes the other pool's waiter well before any re-check."""
+    writer = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    # A re-check every 30 s: only a notification can wake this one quickly.
+    reader = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema, recheck_interval=30)
+    async with opened(writer), opened(reader):
+        record = await insert(writer)
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.create_task(reader.wait_for_update("c1", after_version=1, timeout=5.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        started = loop.time()
+        newer = await update(writer, record)
+        assert newer == await asyncio.wait_for(waiting, 5.0)
+        assert loop.time() - started < 0.4
+
+
+async def test_a_write_by_one_replica_wakes_wait_for_events_in_another(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    """The events channel wakes a consumer in another replica at once."""
+    writer = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    reader = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema, recheck_interval=30)
+    async with opened(writer), opened(reader):
+        record = await insert(writer)
+        [(last, _)] = await reader.read_outbox()
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.create_task(reader.wait_for_events(after=last, timeout=5.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        started = loop.time()
+        await update(writer, record)
+        assert await asyncio.wait_for(waiting, 5.0)
+        assert loop.time() - started < 0.4
+
+
+async def test_a_change_without_notification_is_found_by_the_recheck(
+    postgres_dsn: str, postgres_schema: str, raw: Any
+) -> None:
+    """A write that sent no NOTIFY (here: plain SQL) still ends the wait, by re-reading."""
+    store = PostgresStore(
+        postgres_dsn, keys=KeyRing.generate(), schema=postgres_schema, recheck_interval=0.1
+    )
+    async with opened(store):
+        await insert(store)
+        waiting = asyncio.create_task(store.wait_for_update("c1", after_version=1, timeout=5.0))
+        await asyncio.sleep(0.2)
+        await raw.execute(
+            f'UPDATE "{postgres_schema}".connections '
+            "SET version = 2, data = jsonb_set(data, '{version}', '2') WHERE id = 'c1'"
+        )
+        found = await asyncio.wait_for(waiting, 1.0)
+        assert found is not None
+        assert 2 == found.version
+
+
+async def test_tailing_the_outbox_misses_nothing_while_replicas_race(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    """
+    10 writers on two pools, a consumer tailing with ``after=last seen``.
+
+    Positions are handed out at INSERT time; without the outbox lock a lower
+    position could commit after a higher one was read, and the tail would
+    skip it for good. The consumer must end up with every event, in order.
+    """
+    a = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    b = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    async with opened(a), opened(b):
+
+        async def writer(n: int) -> None:
+            store = a if n % 2 else b
+            record = await insert(store, f"c{n}")
+            for _ in range(5):
+                record = await update(store, record)
+
+        tailed: list[tuple[int, ConnectionEvent]] = []
+        finished = asyncio.Event()
+
+        async def tail() -> None:
+            while True:
+                done = finished.is_set()
+                after = tailed[-1][0] if tailed else 0
+                batch = await b.read_outbox(after=after)
+                tailed.extend(batch)
+                if done and not batch:
+                    return
+                if not batch:
+                    await b.wait_for_events(after=after, timeout=0.05)
+
+        tailing = asyncio.create_task(tail())
+        await asyncio.gather(*(writer(n) for n in range(10)))
+        finished.set()
+        await asyncio.wait_for(tailing, 10.0)
+        everything = await a.read_outbox()
+    assert 60 == len(everything)
+    assert everything == tailed
+    positions = [position for position, _ in tailed]
+    assert positions == sorted(set(positions))
+    for n in range(10):
+        assert [1, 2, 3, 4, 5, 6] == [e.sequence for _, e in tailed if e.connection_id == f"c{n}"]
+
+
+# --- migrations --------------------------------------------------------------------------
+
+
+async def test_concurrent_open_of_five_stores_migrates_once(
+    postgres_dsn: str, postgres_schema: str, raw: Any
+) -> None:
+    """Five stores opening a new schema together end on the latest version, recorded once."""
+    stores = [PostgresStore(postgres_dsn, keys=None, schema=postgres_schema) for _ in range(5)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        assert {len(MIGRATIONS)} == {await store.schema_version() for store in stores}
+        rows = await raw.fetch(f'SELECT version FROM "{postgres_schema}".schema_version')
+        assert [len(MIGRATIONS)] == [row["version"] for row in rows]
+        record = await insert(stores[0])
+        assert record == await stores[-1].get("c1")
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_concurrent_migrate_applies_each_migration_exactly_once(
+    postgres_dsn: str, raw: Any
+) -> None:
+    """migrate() on five unopened stores: one applies everything, four find nothing to do."""
+    schema = "awx_test_" + secrets.token_hex(6)
+    stores = [PostgresStore(postgres_dsn, keys=None, schema=schema) for _ in range(5)]
+    try:
+        assert 0 == await stores[0].schema_version()  # works unopened, like migrate()
+        applied = await asyncio.gather(*(store.migrate() for store in stores))
+        assert [0, 0, 0, 0, len(MIGRATIONS)] == sorted(applied)
+        assert 0 == await stores[0].migrate()
+        assert len(MIGRATIONS) == await stores[1].schema_version()
+    finally:
+        await raw.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_a_newer_schema_is_refused(postgres_dsn: str, postgres_schema: str, raw: Any) -> None:
+    """A schema migrated by a newer library is refused rather than misread."""
+    store = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    assert len(MIGRATIONS) == await store.migrate()
+    await raw.execute(
+        f'UPDATE "{postgres_schema}".schema_version SET version = {len(MIGRATIONS) + 1}'
+    )
+    with pytest.raises(StoreError, match="newer"):
+        await store.open()
+    await store.aclose()
+
+
+# --- leases across replicas --------------------------------------------------------------
+
+
+async def test_leases_give_one_owner_at_a_time_across_replicas(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    """Two pools on one schema: one holder, takeover after expiry, release only by the holder."""
+    a = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    b = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    async with opened(a), opened(b):
+        record = await insert(a)
+        assert await a.acquire_lease("c1", "a", until=100.0, now=0.0)
+        assert not await b.acquire_lease("c1", "b", until=200.0, now=99.0)
+        assert await a.acquire_lease("c1", "a", until=150.0, now=99.0)  # renewal
+        assert not await b.acquire_lease("c1", "b", until=200.0, now=120.0)
+        assert await b.acquire_lease("c1", "b", until=300.0, now=150.0)  # takeover
+        assert not await a.acquire_lease("c1", "a", until=400.0, now=151.0)
+        await a.release_lease("c1", "a")  # not the holder: nothing happens
+        assert not await a.acquire_lease("c1", "a", until=400.0, now=152.0)
+        await b.release_lease("c1", "b")
+        assert await a.acquire_lease("c1", "a", until=400.0, now=153.0)
+        assert record == await b.get("c1")  # leases never touch the version
+
+        await insert(a, "c2")
+        granted = await asyncio.gather(
+            *(
+                (a if n % 2 else b).acquire_lease("c2", f"w{n}", until=10.0, now=0.0)
+                for n in range(20)
+            )
+        )
+        assert 1 == sum(granted)
+
+
+# --- the database going away -------------------------------------------------------------
+
+
+async def test_get_after_backends_are_killed_is_retried_transparently(
+    postgres_dsn: str, postgres_schema: str, raw: Any, app_name: str
+) -> None:
+    """Pooled connections killed by the server: the next reads reconnect and succeed."""
+    store = PostgresStore(
+        postgres_dsn, keys=None, schema=postgres_schema, min_size=3, application_name=app_name
+    )
+    async with opened(store):
+        record = await insert(store)
+        await asyncio.gather(*(store.get("c1") for _ in range(3)))  # warm every connection
+        assert await terminate(raw, app_name) >= 1
+        assert [record] * 3 == await asyncio.gather(*(store.get("c1") for _ in range(3)))
+        assert [record] == await store.list_connections()
+
+
+async def test_update_after_backends_are_killed_succeeds(
+    postgres_dsn: str, postgres_schema: str, raw: Any, app_name: str
+) -> None:
+    """
+    An update handed a dead pooled connection fails before COMMIT, so it is retried.
+
+    The general promise is "succeeds, or raises StoreUnavailableError and the
+    record is the old or the new one"; with the connection killed while idle
+    it is always the former.
+    """
+    store = PostgresStore(
+        postgres_dsn, keys=None, schema=postgres_schema, min_size=2, application_name=app_name
+    )
+    async with opened(store):
+        record = await insert(store)
+        assert await terminate(raw, app_name) >= 1
+        try:
+            newer: ConnectionRecord | None = await update(store, record)
+        except StoreUnavailableError:  # allowed by the contract, not expected here
+            newer = None
+        stored = await store.get("c1")
+        assert stored in (record, newer)
+        assert newer is not None
+        assert newer == stored
+        assert [1, 2] == [event.sequence for event in await store.read_events("c1")]
+
+
+async def test_update_killed_before_commit_is_retried_and_commits_once(
+    postgres_dsn: str, postgres_schema: str, raw: Any, app_name: str
+) -> None:
+    """Killed while waiting for a row lock (no COMMIT sent): retried on a fresh connection."""
+    store = PostgresStore(
+        postgres_dsn, keys=None, schema=postgres_schema, application_name=app_name
+    )
+    # Its own connection: pg_stat_activity is a snapshot per transaction, so
+    # the watching connection must stay outside the blocking one.
+    locker = await asyncpg.connect(postgres_dsn)
+    async with opened(store):
+        record = await insert(store)
+        blocker = locker.transaction()
+        await blocker.start()
+        try:
+            await locker.execute(
+                f"SELECT 1 FROM \"{postgres_schema}\".connections WHERE id = 'c1' FOR UPDATE"
+            )
+            writing = asyncio.create_task(update(store, record, reason="killed once"))
+            waiting_for_lock = (
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock')"
+            )
+            await until(raw, waiting_for_lock, app_name)
+            assert 1 == await terminate(raw, app_name, where="wait_event_type = 'Lock'")
+            await until(raw, waiting_for_lock, app_name)  # the retry queues again
+        finally:
+            await blocker.rollback()
+            await locker.close()
+        newer = await asyncio.wait_for(writing, 5.0)
+        assert newer == await store.get("c1")
+        assert [1, 2] == [event.sequence for event in await store.read_events("c1")]
+        assert 2 == len(await store.read_outbox())
+
+
+async def test_update_killed_during_commit_raises_store_unavailable(
+    postgres_dsn: str, postgres_schema: str, raw: Any, app_name: str
+) -> None:
+    """
+    A connection lost after COMMIT was sent is ambiguous: StoreUnavailableError, no retry.
+
+    A deferred constraint trigger that sleeps holds the COMMIT open, so the
+    kill lands inside it deterministically.
+    """
+    store = PostgresStore(
+        postgres_dsn, keys=None, schema=postgres_schema, application_name=app_name
+    )
+    async with opened(store):
+        record = await insert(store)
+        s = f'"{postgres_schema}"'
+        await raw.execute(
+            f"""
+            CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN PERFORM pg_sleep(10); RETURN NULL; END $$;
+            CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON {s}.connections
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit();
+            """
+        )
+        writing = asyncio.create_task(update(store, record, reason="lost ack"))
+        await until(
+            raw,
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 "
+            "AND state = 'active' AND query ILIKE 'COMMIT%')",
+            app_name,
+        )
+        assert 1 == await terminate(raw, app_name, where="query ILIKE 'COMMIT%'")
+        with pytest.raises(StoreUnavailableError) as caught:
+            await asyncio.wait_for(writing, 5.0)
+        message = str(caught.value)
+        assert "update of connection 'c1'" in message
+        assert "may or may not have committed" in message
+        await raw.execute(f"DROP TRIGGER slow_commit ON {s}.connections")
+        # Re-read, as the error says: old or new, never anything else.
+        stored = await store.get("c1")
+        assert stored is not None
+        assert stored.version in (1, 2)
+        assert stored == record if stored.version == 1 else stored.reason == "lost ack"
+        assert stored.sequence == len(await store.read_events("c1"))
+
+
+async def test_open_against_a_closed_port_raises_store_unavailable_quickly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing listens on port 1: every retry fails, then StoreUnavailableError, no password."""
+    calls = 0
+    real_create_pool = asyncpg.create_pool
+
+    def counting_create_pool(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real_create_pool(*args, **kwargs)
+
+    monkeypatch.setattr(asyncpg, "create_pool", counting_create_pool)
+    store = PostgresStore(
+        "postgresql://postgres:hunter2@127.0.0.1:1/test",
+        keys=None,
+        retry_attempts=4,
+        retry_base=0.01,
+        connect_timeout=2.0,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(StoreUnavailableError, match="open") as caught:
+        await store.open()
+    assert loop.time() - started < 2.0
+    assert 4 == calls
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(store)
+    with pytest.raises(StoreError, match="not open"):
+        await store.get("c1")
+    await store.aclose()
+
+
+async def test_waiters_survive_losing_the_listening_connection(
+    postgres_dsn: str, postgres_schema: str, raw: Any, app_name: str
+) -> None:
+    """Kill every backend of the waiting replica: it still sees the next write, then by NOTIFY."""
+    writer = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    # No re-check for 30 s: only a re-opened listener can wake it in time.
+    reader = PostgresStore(
+        postgres_dsn,
+        keys=None,
+        schema=postgres_schema,
+        application_name=app_name,
+        recheck_interval=30,
+    )
+    async with opened(writer), opened(reader):
+        record = await insert(writer)
+        waiting = asyncio.create_task(reader.wait_for_update("c1", after_version=1, timeout=5.0))
+        await asyncio.sleep(0.2)
+        assert await terminate(raw, app_name) >= 2  # the pool's and the listener
+        await asyncio.sleep(0.1)
+        record = await update(writer, record)
+        assert record == await asyncio.wait_for(waiting, 2.0)
+        # The listener is back: the next wake-up comes well before a re-check.
+        waiting = asyncio.create_task(reader.wait_for_update("c1", after_version=2, timeout=5.0))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        record = await update(writer, record)
+        assert record == await asyncio.wait_for(waiting, 2.0)
+        assert loop.time() - started < 0.4
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schema", ["bad-name", "1abc", 'x"; DROP SCHEMA public; --', "a" * 52])
+def test_schema_names_are_validated(schema: str) -> None:
+    """Only plain identifiers short enough for the NOTIFY channel names are accepted."""
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresStore("postgresql://db/x", keys=None, schema=schema)
+
+
+async def test_an_unopened_store_raises_store_error(postgres_dsn: str) -> None:
+    """Using the store before open() is a StoreError, not an AttributeError."""
+    with pytest.raises(StoreError, match="not open"):
+        await PostgresStore(postgres_dsn, keys=None).get("c1")
