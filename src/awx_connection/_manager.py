@@ -113,7 +113,8 @@ class ConnectionManager:
     Use it as an async context manager (or call :meth:`open` and
     :meth:`aclose`)::
 
-        async with ConnectionManager(config, store=SQLiteStore("awx.db")) as awx:
+        store = SQLiteStore("awx.db", keys=KeyRing.from_env())
+        async with ConnectionManager(config, store=store) as awx:
             request = await awx.begin_authorization(scopes=["account_details:read"])
             ...  # redirect the customer to request.url
             connection = await awx.complete_authorization(callback_url)

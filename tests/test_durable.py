@@ -1,0 +1,245 @@
+"""
+The manager on durable stores: store failures, bad rows, key rotation,
+durable consumers and retention, as a user of ConnectionManager sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from awx_connection import (
+    Config,
+    ConnectionEvent,
+    ConnectionManager,
+    ConnectionState,
+    DecryptionError,
+    KeyRing,
+    Secret,
+    StoreUnavailableError,
+    Trigger,
+)
+from awx_connection._cli import main as cli_main
+from awx_connection._records import ConnectionRecord
+from awx_connection._tokens import TokenSet
+from awx_connection.stores import SQLiteStore
+from awx_connection.testing import FakeAirwallex, ManualClock
+
+S = ConnectionState
+
+
+@attrs.define(eq=False)
+class FlakyStore:
+    """A real store whose next matching calls fail as if the database went away."""
+
+    inner: SQLiteStore
+    #: method -> [calls to let through first, calls to fail]
+    failures: dict[str, list[int]] = attrs.Factory(dict)
+
+    def fail(self, method: str, *, skip: int = 0, times: int = 1) -> None:
+        self.failures[method] = [skip, times]
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target):
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            plan = self.failures.get(name)
+            if plan is not None and plan[0] > 0:
+                plan[0] -= 1
+            elif plan is not None and plan[1] > 0:
+                plan[1] -= 1
+                msg = f"{name}: database went away (simulated)"
+                raise StoreUnavailableError(msg)
+            return await target(*args, **kwargs)
+
+        return call
+
+
+async def connect(manager: ConnectionManager, fake: FakeAirwallex) -> str:
+    request = await manager.begin_authorization()
+    connection = await manager.complete_authorization(fake.approve(request.url))
+    return connection.id
+
+
+async def test_store_failure_mid_rotation_is_typed_and_recovers(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """The store fails as new tokens are written: typed error; the next call finishes the job."""
+    store = FlakyStore(SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()))
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:  # type: ignore[arg-type]
+        connection_id = await connect(awx, awx_fake)
+        awx_clock.advance(301)
+        # REFRESH_STARTED is written, the provider rotates, then storing the
+        # new tokens fails.
+        store.fail("update", skip=1, times=1)
+        with pytest.raises(StoreUnavailableError):
+            await awx.access_token(connection_id)
+        assert 1 == awx_fake.counters.refreshes
+        assert S.REFRESHING is (await awx.get(connection_id)).state  # journal kept
+        awx_clock.advance(5)  # well inside the grace window
+        token = await awx.access_token(connection_id)
+    assert "active" == awx_fake.grant_status(token)
+    assert 1 == awx_fake.counters.grace_reissues
+    assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_tampered_row_fails_alone(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """A tampered row raises DecryptionError naming it; other connections keep working."""
+    path = tmp_path / "awx.db"
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=KeyRing.generate()), clock=awx_clock
+    ) as awx:
+        good = await connect(awx, awx_fake)
+        bad = await connect(awx, awx_fake)
+        with sqlite3.connect(path) as db:
+            (data,) = db.execute("SELECT data FROM connections WHERE id = ?", (bad,)).fetchone()
+            text = data.decode() if isinstance(data, bytes) else data
+            i = text.index("awx1:")
+            tampered = text[: i + 30] + ("A" if text[i + 30] != "A" else "B") + text[i + 31 :]
+            db.execute(
+                "UPDATE connections SET data = ? WHERE id = ?",
+                (tampered.encode() if isinstance(data, bytes) else tampered, bad),
+            )
+        awx._live.clear()  # forget the cache, as a new process would
+        with pytest.raises(DecryptionError) as info:
+            await awx.access_token(bad)
+        assert bad in str(info.value)
+        assert (await awx.access_token(good)).startswith("awx_at_")
+        assert [good] == [c.id for c in await awx.connections()]
+
+
+async def test_prune_events_by_retention(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """Events older than event_retention are pruned; newer ones stay."""
+    store = SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate())
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:
+        old = await connect(awx, awx_fake)
+        awx_clock.advance(awx_config.timing.event_retention + 1)
+        new = await connect(awx, awx_fake)
+        assert 3 == await awx.prune_events()
+        assert [] == await awx.history(old)
+        assert 3 == len(await awx.history(new))
+
+
+async def test_consumer_resumes_from_its_offset(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """A named consumer reads every event once in order and resumes where it left off."""
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as awx:
+        first = await connect(awx, awx_fake)
+        seen: list[tuple[str, int]] = []
+        async with awx.consumer("crm", poll_interval=0.01) as events:
+            async for event in events:
+                seen.append((event.connection_id, event.sequence))
+                if len(seen) == 3:
+                    break
+        assert [(first, 1), (first, 2), (first, 3)] == seen
+        second = await connect(awx, awx_fake)
+
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as again:
+        resumed: list[tuple[str, int]] = []
+        async with again.consumer("crm", poll_interval=0.01) as events:
+            async for event in events:
+                resumed.append((event.connection_id, event.sequence))
+                if len(resumed) == 3:
+                    break
+    assert [(second, 1), (second, 2), (second, 3)] == resumed
+
+
+async def test_consumer_redelivers_the_event_whose_handler_failed(
+    awx_manager: ConnectionManager, awx_fake: FakeAirwallex
+) -> None:
+    """At-least-once: an event whose handler raised is delivered again next time."""
+    connection_id = await connect(awx_manager, awx_fake)
+    with pytest.raises(RuntimeError):
+        async with awx_manager.consumer("flaky", poll_interval=0.01) as events:
+            async for event in events:
+                if event.sequence == 2:
+                    raise RuntimeError("handler bug")
+    async with awx_manager.consumer("flaky", poll_interval=0.01) as events:
+        event = await anext(aiter(events))
+    assert (connection_id, 2) == (event.connection_id, event.sequence)
+
+
+def sample_record(connection_id: str) -> tuple[ConnectionRecord, ConnectionEvent]:
+    tokens = TokenSet(
+        access_token=Secret("awx_at_sample"),
+        refresh_token=Secret("awx_rt_sample"),
+        access_expires_at=300.0,
+        refresh_expires_at=9e9,
+        issued_at=0.0,
+        generation=0,
+    )
+    record = ConnectionRecord(
+        id=connection_id,
+        state=S.ACTIVE,
+        version=1,
+        sequence=1,
+        created_at=0.0,
+        updated_at=0.0,
+        reason="sample",
+        tokens=tokens,
+    )
+    event = ConnectionEvent(connection_id, 1, Trigger.BEGIN, None, S.ACTIVE, "sample", 0.0)
+    return record, event
+
+
+async def run_cli(*argv: str) -> int:
+    return await asyncio.to_thread(cli_main, list(argv))
+
+
+async def test_cli_db_migrate_and_keys_rotate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db migrate` creates the schema; `keys rotate` re-encrypts to the new first key."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    old_key = KeyRing.new_key()
+    monkeypatch.setenv("AWX_ENCRYPTION_KEYS", f"old:{old_key}")
+    assert 0 == await run_cli("db", "migrate", "--store", url)
+    assert "schema version" in capsys.readouterr().out
+    # Store a connection under the old key.
+    store = SQLiteStore(tmp_path / "cli.db", keys=KeyRing.parse(f"old:{old_key}"))
+    await store.open()
+    await store.insert(*sample_record("conn_cli"))
+    await store.aclose()
+    new_key = KeyRing.new_key()
+    monkeypatch.setenv("AWX_ENCRYPTION_KEYS", f"new:{new_key},old:{old_key}")
+    assert 0 == await run_cli("keys", "rotate", "--store", url)
+    out = capsys.readouterr().out
+    assert "re-encrypted 1 connection(s) with key 'new'" in out
+    assert old_key not in out
+    assert new_key not in out
+    only_new = SQLiteStore(tmp_path / "cli.db", keys=KeyRing.parse(f"new:{new_key}"))
+    await only_new.open()
+    assert (await only_new.get("conn_cli")) is not None
+    await only_new.aclose()
+
+
+async def test_cli_keys_new_and_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys new` prints a usable key; a missing store is exit code 2 with a message."""
+    assert 0 == await run_cli("keys", "new", "--id", "2026-11")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("2026-11:")
+    assert ("2026-11",) == KeyRing.parse(line).key_ids
+    monkeypatch.delenv("AWX_STORE", raising=False)
+    assert 2 == await run_cli("db", "migrate")
+    assert "no store" in capsys.readouterr().err
+    assert 2 == await run_cli("db", "migrate", "--store", "mysql://x")
