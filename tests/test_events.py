@@ -176,7 +176,7 @@ def test_context_manager_unsubscribes() -> None:
     got: list[ConnectionEvent] = []
     with bus.subscribe(got.append) as sub:
         bus.publish(event(1))
-        assert True is sub.active
+        assert sub.active
     bus.publish(event(2))
     assert [1] == sequences(got)
     assert False is sub.active
@@ -314,7 +314,7 @@ async def test_stream_within_maxsize_does_not_overflow() -> None:
     bus = EventBus()
     stream = bus.stream(maxsize=3)
     publish_all(bus, (event(n) for n in (1, 2, 3)))
-    assert True is stream.active
+    assert stream.active
     stream.unsubscribe()
     assert [1, 2, 3] == sequences([e async for e in stream])
 

@@ -169,7 +169,7 @@ async def test_event_trigger_on_unregistered_slots_object() -> None:
     """MACHINE.events[name].trigger(model) moves an attrs slots object that was never added."""
     model = _SlotModel(S.PENDING)
     assert not hasattr(model, "__dict__")
-    assert True is await MACHINE.events[T.CODE_RECEIVED.value].trigger(model)
+    assert await MACHINE.events[T.CODE_RECEIVED.value].trigger(model)
     assert S.AUTHORIZED == model.state
     assert model not in MACHINE.models
     assert not hasattr(model, "trigger")
@@ -228,7 +228,7 @@ async def test_callbacks_in_one_list_run_in_order() -> None:
         order.append("second:end")
 
     model = _SlotModel("a")
-    assert True is await scratch_machine([first, second]).events["go"].trigger(model)
+    assert await scratch_machine([first, second]).events["go"].trigger(model)
     assert ["first:start", "first:end", "second:start", "second:end"] == order
     assert "b" == model.state
 
@@ -257,7 +257,7 @@ async def test_conditions_run_in_order_in_the_callers_task() -> None:
         send_event=True,
     )
     model = _SlotModel("a")
-    assert True is await machine.events["go"].trigger(model)
+    assert await machine.events["go"].trigger(model)
     caller = asyncio.current_task()
     assert [("first:start", caller), ("first:end", caller), ("second", caller)] == order
     assert "b" == model.state

@@ -41,7 +41,7 @@ def _cmd_diagram(_args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import main as demo_main
+    from ._cli_demo import main as demo_main
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
