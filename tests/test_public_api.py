@@ -56,6 +56,15 @@ EXPECTED = {
     "UnknownStateError",
     "VersionConflictError",
     "mermaid",
+    "KeepaliveReport",
+    "WebhookCallback",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookPayloadError",
+    "WebhookResult",
+    "WebhookSignatureError",
+    "WebhookSubscription",
+    "webhook_handler",
 }
 
 

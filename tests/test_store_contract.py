@@ -904,7 +904,7 @@ async def test_sqlite_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> N
             (orjson.dumps(dump_event(make_event())),),
         )
     async with opened(SQLiteStore(path, keys=KEYS)) as store:
-        assert 2 == await store.schema_version() == len(MIGRATIONS)
+        assert len(MIGRATIONS) == await store.schema_version()
         assert record == await store.get("c1")
         assert [(1, make_event())] == await store.read_outbox()
         assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
@@ -1020,3 +1020,24 @@ async def test_sqlite_wait_for_update_sees_a_write_by_another_process(tmp_path: 
         newer = await asyncio.wait_for(waiting, 5.0)
     assert newer is not None
     assert (2, "from the other process") == (newer.version, newer.reason)
+
+
+# --- Webhook ids -----------------------------------------------------------------------
+
+
+async def test_webhook_ids_are_remembered_once(store: Store) -> None:
+    """A handled webhook id is seen afterwards; remembering it twice reports False."""
+    assert not await store.webhook_seen("evt_1")
+    assert await store.remember_webhook("evt_1", at=1000.0)
+    assert await store.webhook_seen("evt_1")
+    assert not await store.remember_webhook("evt_1", at=1001.0)
+    assert not await store.webhook_seen("evt_2")
+
+
+async def test_webhook_ids_are_pruned_with_events(store: Store) -> None:
+    """prune_events forgets webhook ids older than the cutoff, keeps newer ones."""
+    await store.remember_webhook("old", at=100.0)
+    await store.remember_webhook("new", at=5000.0)
+    await store.prune_events(before=1000.0)
+    assert not await store.webhook_seen("old")
+    assert await store.webhook_seen("new")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ._aiohttp import webhook_handler
 from ._authorize import AuthorizationRequest
 from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
@@ -43,11 +44,21 @@ from ._errors import (
     VersionConflictError,
 )
 from ._events import ConnectionEvent, EventCallback, Subscription, SubscriptionOverflowError
+from ._keepalive import KeepaliveReport
 from ._manager import ConnectionManager
 from ._outbox import EventConsumer
 from ._secrets import Secret
 from ._states import TRANSITIONS, ConnectionState, Transition, Trigger, mermaid
 from ._store import Store
+from ._webhooks import (
+    WebhookCallback,
+    WebhookError,
+    WebhookEvent,
+    WebhookPayloadError,
+    WebhookResult,
+    WebhookSignatureError,
+    WebhookSubscription,
+)
 
 __all__ = [
     "AuthorizationError",
@@ -74,6 +85,7 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidClientError",
     "InvalidGrantError",
+    "KeepaliveReport",
     "KeyRing",
     "MalformedResponseError",
     "NetworkError",
@@ -95,7 +107,15 @@ __all__ = [
     "Trigger",
     "UnknownStateError",
     "VersionConflictError",
+    "WebhookCallback",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookPayloadError",
+    "WebhookResult",
+    "WebhookSignatureError",
+    "WebhookSubscription",
     "mermaid",
+    "webhook_handler",
 ]
 
 # Show public names as awx_connection.X in reprs and docs, like httpx does.

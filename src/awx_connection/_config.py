@@ -167,6 +167,20 @@ class TimingPolicy:
     lease_wait: float = attrs.field(default=45.0, validator=_positive)
     #: How long stored events are kept (``ConnectionManager.prune_events``).
     event_retention: float = attrs.field(default=30 * 86400.0, validator=_positive)
+    #: Largest accepted distance between a webhook's ``x-timestamp`` and now.
+    webhook_tolerance: float = attrs.field(default=300.0, validator=_positive)
+    #: Keep-alive: an idle connection's refresh token is rotated once less
+    #: than this fraction of its lifetime is left (minus per-connection
+    #: jitter), so a 90-day token is rotated about every 45 days, not every
+    #: 5 minutes.
+    keepalive_remaining: float = attrs.field(default=0.5, validator=_positive)
+    #: Keep-alive jitter, as a fraction of the refresh token's lifetime,
+    #: spreading rotations of connections created together.
+    keepalive_jitter: float = attrs.field(default=0.1, validator=_non_negative)
+    #: Real seconds between keep-alive passes when the manager runs them.
+    keepalive_interval: float = attrs.field(default=3600.0, validator=_positive)
+    #: Keep-alive rotations running at once (no herd after an outage).
+    keepalive_concurrency: int = attrs.field(default=8, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.lease_ttl >= self.grace - self.grace_margin:
@@ -174,6 +188,9 @@ class TimingPolicy:
             raise ConfigurationError(msg)
         if self.grace_margin >= self.grace:
             msg = "TimingPolicy.grace_margin must be smaller than grace"
+            raise ConfigurationError(msg)
+        if self.keepalive_remaining + self.keepalive_jitter >= 1:
+            msg = "TimingPolicy.keepalive_remaining + keepalive_jitter must be below 1"
             raise ConfigurationError(msg)
         if self.skew_ratio >= 1:
             msg = "TimingPolicy.skew_ratio must be below 1"
@@ -194,6 +211,13 @@ def _scopes(value: Iterable[str]) -> tuple[str, ...]:
         msg = "default_scopes must be a sequence of scope names, not one string"
         raise ConfigurationError(msg)
     return tuple(value)
+
+
+def _secrets(values: Iterable[str | Secret]) -> tuple[Secret, ...]:
+    if isinstance(values, str | Secret):
+        msg = "webhook_secrets must be a sequence of secrets, not one string"
+        raise ConfigurationError(msg)
+    return tuple(_to_secret(v) for v in values)
 
 
 def _to_secret(value: str | Secret) -> Secret:
@@ -221,6 +245,9 @@ class Config:
     default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_scopes)
     #: Use PKCE (S256) unless ``begin_authorization(pkce=...)`` says otherwise.
     pkce: bool = True
+    #: Webhook signing secrets: all are accepted (several during a secret
+    #: rotation). Empty means webhooks are refused with 401.
+    webhook_secrets: tuple[Secret, ...] = attrs.field(default=(), converter=_secrets)
 
     def __attrs_post_init__(self) -> None:
         if not self.client_id:
@@ -237,7 +264,8 @@ class Config:
         Read ``AWX_CLIENT_ID``, ``AWX_CLIENT_SECRET``, ``AWX_REDIRECT_URI``,
         ``AWX_ENVIRONMENT`` (``production`` or ``sandbox``, the default), an
         optional ``AWX_BASE_URL`` that puts every endpoint on one host, and
-        optional space-separated ``AWX_SCOPES``.
+        optional space-separated ``AWX_SCOPES`` and optional comma-separated
+        ``AWX_WEBHOOK_SECRETS``.
 
         Raises:
             ConfigurationError: A variable is missing or invalid.
@@ -266,4 +294,5 @@ class Config:
             redirect_uri=env["AWX_REDIRECT_URI"],
             endpoints=endpoints,
             default_scopes=tuple(env.get("AWX_SCOPES", "").split()),
+            webhook_secrets=tuple(s for s in env.get("AWX_WEBHOOK_SECRETS", "").split(",") if s),
         )

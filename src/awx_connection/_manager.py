@@ -54,6 +54,7 @@ from ._clock import Clock, SystemClock
 from ._config import Config
 from ._connection import Connection, _Live
 from ._errors import (
+    AwxConnectionError,
     ConnectionExpiredError,
     ConnectionInvalidatedError,
     ConnectionNotFoundError,
@@ -71,6 +72,7 @@ from ._errors import (
     VersionConflictError,
 )
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
+from ._keepalive import KeepaliveReport, due_at
 from ._machine import advance
 from ._outbox import EventConsumer
 from ._records import ConnectionRecord, PendingAuthorization, RotationJournal
@@ -79,6 +81,16 @@ from ._states import ConnectionState, Trigger
 from ._store import Store
 from ._tokens import TokenSet
 from ._transport import Transport
+from ._webhooks import (
+    DISCONNECT_EVENTS,
+    WebhookCallback,
+    WebhookError,
+    WebhookEvent,
+    WebhookResult,
+    WebhookSubscription,
+    parse_webhook,
+    verify_signature,
+)
 from .stores import MemoryStore
 
 __all__ = ["ConnectionManager"]
@@ -141,6 +153,9 @@ class ConnectionManager:
     _live: dict[str, _Live] = attrs.field(factory=dict, init=False)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    #: Run keep-alive passes every ``TimingPolicy.keepalive_interval`` seconds.
+    keepalive: bool = attrs.field(default=False, kw_only=True)
+    _webhook_subscribers: list[WebhookSubscription] = attrs.field(factory=list, init=False)
     #: This manager's identity as a lease owner: host, process, random.
     _owner: str = attrs.field(init=False)
 
@@ -151,8 +166,16 @@ class ConnectionManager:
     # -- lifecycle ----------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the store (creating its schema). Idempotent."""
+        """Open the store (creating its schema), start keep-alive if asked. Idempotent."""
         await self.store.open()
+        if self.keepalive and not any(
+            t.get_name() == "awx-connection-keepalive" for t in self._tasks
+        ):
+            task = asyncio.get_running_loop().create_task(
+                self._keepalive_loop(), name="awx-connection-keepalive"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """
@@ -500,6 +523,7 @@ class ConnectionManager:
             code=None,
             authorization=None,
             account_id=account_id or record.account_id,
+            activated_at=self.clock.now(),
         )
 
     async def _fetch_account_id(self, connection_id: str, access_token: Secret) -> str | None:
@@ -808,6 +832,140 @@ class ConnectionManager:
             journal=None,
         )
         raise _unusable(live.record)
+
+    # -- webhooks -------------------------------------------------------------
+
+    def subscribe_webhooks(
+        self, callback: WebhookCallback, *, names: Collection[str] | None = None
+    ) -> WebhookSubscription:
+        """
+        Call *callback* (sync or async) for every verified webhook event
+        whose name matches one of *names* (``fnmatch`` patterns such as
+        ``"account.*"``; all events when omitted, unknown names included).
+        Callbacks run before the delivery is answered; one that raises is
+        logged and the others still run.
+        """
+        sub = WebhookSubscription(
+            self._webhook_subscribers, callback, None if names is None else tuple(names)
+        )
+        self._webhook_subscribers.append(sub)
+        return sub
+
+    async def handle_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
+        """
+        Verify, deduplicate and act on one webhook delivery, from any web
+        framework: pass the request headers and the *raw* body, answer
+        ``result.status``.
+
+        200: handled, or a duplicate of a handled ``id``. 401: bad or stale
+        signature. 400: not a JSON webhook. Nothing changes unless 200.
+        """
+        try:
+            verify_signature(
+                headers,
+                body,
+                secrets=self.config.webhook_secrets,
+                now=self.clock.now(),
+                tolerance=self.config.timing.webhook_tolerance,
+            )
+            event = parse_webhook(body)
+        except WebhookError as exc:
+            _log.warning("webhook refused (%s): %s", exc.status, exc)
+            return WebhookResult(exc.status, str(exc))
+        if await self.store.webhook_seen(event.id):
+            return WebhookResult(200, "duplicate", event, duplicate=True)
+        records: dict[str, ConnectionRecord] = {}
+        for account_id in event.account_ids:
+            for record in await self.store.list_connections(account_id=account_id):
+                records[record.id] = record
+        event = attrs.evolve(event, connection_ids=tuple(records))
+        revoked: list[str] = []
+        if event.name in DISCONNECT_EVENTS:
+            revoked = [
+                record.id
+                for record in records.values()
+                if await self._revoke_for_webhook(self._adopt(record), event)
+            ]
+        for sub in [s for s in self._webhook_subscribers if s.matches(event)]:
+            await sub.deliver(event)
+        await self.store.remember_webhook(event.id, at=self.clock.now())
+        return WebhookResult(200, "handled", event, revoked=tuple(revoked))
+
+    async def _revoke_for_webhook(self, live: _Live, event: WebhookEvent) -> bool:
+        async with live.lock:
+            await self._reload(live)
+            record = live.record
+            if record.state not in (_S.ACTIVE, _S.REFRESHING):
+                return False
+            if record.activated_at is not None and event.created_at < record.activated_at:
+                # Unordered delivery: this disconnect predates the current
+                # authorization (the customer reconnected since).
+                _log.info(
+                    "connection %s: ignoring %s %s older than the current authorization",
+                    record.id,
+                    event.name,
+                    event.id,
+                    extra={"connection_id": record.id},
+                )
+                return False
+            await self._transition(
+                live, _T.REVOKE, f"webhook {event.name} ({event.id})", journal=None
+            )
+            return True
+
+    # -- keep-alive -----------------------------------------------------------
+
+    async def keepalive_pass(self) -> KeepaliveReport:
+        """
+        Rotate every active connection whose refresh token is due
+        (:func:`~awx_connection._keepalive.due_at`), at most
+        ``keepalive_concurrency`` at a time; expire those whose token already
+        ran out. Safe to run in every replica: leases make sure one rotates.
+        """
+        timing = self.config.timing
+        now = self.clock.now()
+        records = await self.store.list_connections(states=[_S.ACTIVE])
+        due = [r for r in records if (when := due_at(r, timing)) is not None and now >= when]
+        gate = asyncio.Semaphore(timing.keepalive_concurrency)
+        counts = {"rotated": 0, "expired": 0, "failed": 0}
+
+        async def rotate(record: ConnectionRecord) -> None:
+            assert record.tokens is not None
+            async with gate:
+                try:
+                    await self._fresh_tokens(
+                        self._adopt(record), stale_generation=record.tokens.generation
+                    )
+                    counts["rotated"] += 1
+                except ConnectionExpiredError:
+                    counts["expired"] += 1
+                except AwxConnectionError as exc:
+                    counts["failed"] += 1
+                    _log.warning(
+                        "connection %s: keep-alive rotation failed: %s",
+                        record.id,
+                        exc,
+                        extra={"connection_id": record.id},
+                    )
+
+        await asyncio.gather(*(rotate(r) for r in due))
+        return KeepaliveReport(checked=len(records), **counts)
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.timing.keepalive_interval)
+            try:
+                report = await self.keepalive_pass()
+            except AwxConnectionError as exc:
+                _log.warning("keep-alive pass failed: %s", exc)
+            else:
+                _log.info(
+                    "keep-alive: %d checked, %d rotated, %d expired, %d failed",
+                    report.checked,
+                    report.rotated,
+                    report.expired,
+                    report.failed,
+                )
 
     # -- authorized requests ------------------------------------------------
 

@@ -99,6 +99,10 @@ class ConnectionRecord:
     code: Secret | None = None
     tokens: TokenSet | None = None
     journal: RotationJournal | None = None
+    #: When the current authorization became active (the code exchange).
+    #: A disconnect webhook created before it belongs to an earlier
+    #: authorization and must not revoke this one (webhooks are unordered).
+    activated_at: float | None = None
 
 
 def _sealer(record_id: str, keys: KeyRing | None) -> Callable[[Secret | None, str], str | None]:
@@ -156,6 +160,7 @@ def dump_record(record: ConnectionRecord, keys: KeyRing | None = None) -> dict[s
             "generation": tokens.generation,
             "scope": list(tokens.scope),
         },
+        "activated_at": record.activated_at,
         "journal": None
         if journal is None
         else {
@@ -246,6 +251,7 @@ def load_record(data: dict[str, Any], keys: KeyRing | None = None) -> Connection
                 if journal["unsafe_since"] is None
                 else float(journal["unsafe_since"]),
             ),
+            activated_at=None if data.get("activated_at") is None else float(data["activated_at"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"connection {connection_id!r}: stored record is corrupt ({type(exc).__name__})"

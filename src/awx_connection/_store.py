@@ -28,6 +28,8 @@ relies on three promises, which the contract test-suite
    AES-256-GCM envelope; :meth:`Store.rotate_keys` re-encrypts every row to
    the newest key. A row that does not decrypt raises
    :class:`~awx_connection.DecryptionError` naming the connection.
+7. **Webhook ids.** Handled webhook ids are remembered so Airwallex's
+   at-least-once deliveries are acted on once, in any replica.
 """
 
 from __future__ import annotations
@@ -172,5 +174,18 @@ class Store(Protocol):
 
         Returns:
             How many connections were rewritten. Versions do not change.
+        """
+        ...
+
+    async def webhook_seen(self, event_id: str) -> bool:
+        """Whether a webhook with this event ``id`` was handled already."""
+        ...
+
+    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
+        """
+        Record a handled webhook ``id`` (pruned with the events by ``at``).
+
+        Returns:
+            ``False`` if it was recorded already.
         """
         ...

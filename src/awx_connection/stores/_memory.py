@@ -26,22 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from typing import TYPE_CHECKING, TypeVar, final
+from typing import TYPE_CHECKING, final
 
 import attrs
 
 from .._errors import StoreError, VersionConflictError
+from ._common import check_event, check_limit, check_version, wait_until, wake
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
+    from collections.abc import Collection
 
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord
     from .._states import ConnectionState
 
 __all__ = ["MemoryStore"]
-
-_T = TypeVar("_T")
 
 
 @final
@@ -62,6 +61,8 @@ class MemoryStore:
     _position: int = attrs.field(default=0, init=False)
     #: Consumer name -> committed position.
     _offsets: dict[str, int] = attrs.field(factory=dict, init=False)
+    #: Handled webhook ids and when they were handled.
+    _webhooks: dict[str, float] = attrs.field(factory=dict, init=False)
     #: Futures of the coroutines in wait_for_*; every write resolves them all.
     _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
 
@@ -108,7 +109,7 @@ class MemoryStore:
             StoreError: The id exists already, or its ``state`` hash is taken.
             ValueError: The event belongs to another connection.
         """
-        _check_event(record, event)
+        check_event(record, event)
         if record.id in self._records:
             msg = f"memory store: insert of connection {record.id!r} failed: the id exists"
             raise StoreError(msg)
@@ -117,7 +118,7 @@ class MemoryStore:
         self._index(None, record)
         self._events[record.id] = {}
         self._append(event)
-        self._wake()
+        wake(self._waiters)
 
     async def update(
         self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
@@ -132,9 +133,9 @@ class MemoryStore:
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
         """
-        _check_version(record, expected_version)
+        check_version(record, expected_version)
         if event is not None:
-            _check_event(record, event)
+            check_event(record, event)
         current = self._records.get(record.id)
         if current is None or current.version != expected_version:
             actual = None if current is None else current.version
@@ -151,7 +152,7 @@ class MemoryStore:
         self._index(current, record)
         if event is not None:
             self._append(event)
-        self._wake()
+        wake(self._waiters)
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
@@ -203,11 +204,11 @@ class MemoryStore:
             The newer record, or ``None`` on timeout.
         """
 
-        def newer() -> ConnectionRecord | None:
+        async def newer() -> ConnectionRecord | None:
             record = self._records.get(connection_id)
             return record if record is not None and record.version > after_version else None
 
-        return await self._wait(newer, timeout)
+        return await wait_until(newer, timeout, self._waiters)
 
     async def read_outbox(
         self, *, after: int = 0, limit: int = 1000
@@ -218,7 +219,7 @@ class MemoryStore:
         Raises:
             ValueError: *limit* is less than 1.
         """
-        _check_limit(limit)
+        check_limit(limit)
         start = bisect.bisect_right(self._outbox, after, key=lambda item: item[0])
         return self._outbox[start : start + limit]
 
@@ -230,10 +231,10 @@ class MemoryStore:
             ``True`` if there is one (at once if there already is), ``False`` on timeout.
         """
 
-        def exists() -> bool | None:
+        async def exists() -> bool | None:
             return True if self._outbox and self._outbox[-1][0] > after else None
 
-        return await self._wait(exists, timeout) is not None
+        return await wait_until(exists, timeout, self._waiters) is not None
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
@@ -255,12 +256,24 @@ class MemoryStore:
         They disappear from :meth:`read_events` and :meth:`read_outbox`
         alike. Positions are not reused, so consumers' offsets stay valid.
         """
+        self._webhooks = {k: at for k, at in self._webhooks.items() if at >= before}
         pruned = [event for _, event in self._outbox if event.at < before]
         if pruned:
             self._outbox = [item for item in self._outbox if item[1].at >= before]
             for event in pruned:
                 del self._events[event.connection_id][event.sequence]
         return len(pruned)
+
+    async def webhook_seen(self, event_id: str) -> bool:
+        """Whether a webhook with this event ``id`` was handled already."""
+        return event_id in self._webhooks
+
+    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
+        """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+        if event_id in self._webhooks:
+            return False
+        self._webhooks[event_id] = at
+        return True
 
     async def rotate_keys(self) -> int:
         """Nothing is encrypted in memory: always 0."""
@@ -270,30 +283,6 @@ class MemoryStore:
         self._position += 1
         self._outbox.append((self._position, event))
         self._events[event.connection_id][event.sequence] = event
-
-    def _wake(self) -> None:
-        """Resolve every waiter; each re-checks its own condition."""
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def _wait(self, check: Callable[[], _T | None], seconds: float) -> _T | None:
-        """Re-run *check* after every write until it returns a value or *seconds* pass."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while True:
-            found = check()
-            remaining = deadline - loop.time()
-            if found is not None or remaining <= 0:
-                return found
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(waiter)
-            try:
-                await asyncio.wait({waiter}, timeout=remaining)
-            finally:
-                self._waiters.discard(waiter)
-                waiter.cancel()
 
     def _check_state_hash(self, operation: str, record: ConnectionRecord) -> None:
         state_hash = _state_hash(record)
@@ -318,24 +307,3 @@ def _state_hash(record: ConnectionRecord) -> str | None:
     """The hash :meth:`MemoryStore.find_by_state_hash` finds *record* by, if any."""
     auth = record.authorization
     return None if auth is None else auth.state_hash
-
-
-def _check_version(record: ConnectionRecord, expected_version: int) -> None:
-    if record.version != expected_version + 1:
-        msg = (
-            f"connection {record.id!r}: the new record's version must be "
-            f"{expected_version + 1}, not {record.version}"
-        )
-        raise ValueError(msg)
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        msg = f"limit must be at least 1, not {limit}"
-        raise ValueError(msg)
-
-
-def _check_event(record: ConnectionRecord, event: ConnectionEvent) -> None:
-    if event.connection_id != record.id:
-        msg = f"connection {record.id!r}: the event belongs to {event.connection_id!r}"
-        raise ValueError(msg)

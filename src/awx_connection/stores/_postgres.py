@@ -80,7 +80,7 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import asyncpg
@@ -89,8 +89,17 @@ import orjson
 
 from .._crypto import KeyRing
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError, VersionConflictError
-from .._records import dump_event, dump_record, load_event, load_record
-from ._memory import _check_event, _check_limit, _check_version
+from .._records import dump_event, dump_record
+from ._common import (
+    StoredRow,
+    check_event,
+    check_limit,
+    check_version,
+    load_listed,
+    load_stored_event,
+    load_stored_record,
+    rotate_keys,
+)
 
 if TYPE_CHECKING:
     from .._events import ConnectionEvent
@@ -141,6 +150,14 @@ MIGRATIONS: tuple[str, ...] = (
         position BIGINT NOT NULL
     );
     """,
+    # 2: ids of handled webhooks (deduplication of at-least-once deliveries).
+    """
+    CREATE TABLE {schema}.webhooks (
+        id TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX webhooks_at ON {schema}.webhooks (at);
+    """,
 )
 
 #: A schema name: an unquoted-style identifier, short enough that
@@ -183,10 +200,6 @@ def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         msg = f"postgres store: {name} must be positive, got {value!r}"
         raise ConfigurationError(msg)
-
-
-class _UnreadableRowError(Exception):
-    """rotate_keys could not decode or decrypt a row (the cause says why)."""
 
 
 @final
@@ -270,8 +283,17 @@ class _Sql:
             SET position = GREATEST({s}.consumers.position, EXCLUDED.position)
         """
         self.prune = f"""
-            WITH deleted AS (DELETE FROM {s}.events WHERE at < $1 RETURNING 1)
+            WITH deleted AS (DELETE FROM {s}.events WHERE at < $1 RETURNING 1),
+                 forgotten AS (DELETE FROM {s}.webhooks WHERE at < $1 RETURNING 1)
             SELECT count(*) FROM deleted
+        """
+        self.webhook_seen = f"SELECT EXISTS (SELECT 1 FROM {s}.webhooks WHERE id = $1)"
+        self.remember_webhook = f"""
+            WITH inserted AS (
+                INSERT INTO {s}.webhooks (id, at) VALUES ($1, $2)
+                ON CONFLICT (id) DO NOTHING RETURNING 1
+            )
+            SELECT count(*) FROM inserted
         """
         self.rotate_page = (
             f"SELECT id, version, data FROM {s}.connections WHERE id > $1 ORDER BY id LIMIT $2"
@@ -456,12 +478,12 @@ class PostgresStore:
         row = await self._query(
             f"get of connection {connection_id!r}", "fetchrow", self._sql.get, connection_id
         )
-        return None if row is None else self._load_record(row["id"], row["data"])
+        return None if row is None else load_stored_record(row["id"], row["data"], self.keys)
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
         """The connection whose pending authorization has this ``state`` hash."""
         row = await self._query("find_by_state_hash", "fetchrow", self._sql.find, state_hash)
-        return None if row is None else self._load_record(row["id"], row["data"])
+        return None if row is None else load_stored_record(row["id"], row["data"], self.keys)
 
     async def list_connections(
         self,
@@ -494,17 +516,7 @@ class PostgresStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"{self._sql.list_all}{where} ORDER BY created_at, id"
         rows = await self._query("list_connections", "fetch", sql, *params)
-        records = []
-        for row in rows:
-            try:
-                records.append(self._load_record(row["id"], row["data"]))
-            except StoreError as exc:  # DecryptionError included
-                _log.error(
-                    "postgres store: list_connections left out connection %r: %s",
-                    row["id"],
-                    exc,
-                )
-        return records
+        return load_listed("postgres", ((row["id"], row["data"]) for row in rows), self.keys)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
@@ -517,7 +529,7 @@ class PostgresStore:
                 connection may or may not exist now; re-read it.
             ValueError: The event belongs to another connection.
         """
-        _check_event(record, event)
+        check_event(record, event)
         columns = self._columns(record)
         event_row = _event_row(event)
 
@@ -544,9 +556,9 @@ class PostgresStore:
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
         """
-        _check_version(record, expected_version)
+        check_version(record, expected_version)
         if event is not None:
-            _check_event(record, event)
+            check_event(record, event)
         columns = self._columns(record)
         event_row = None if event is None else _event_row(event)
 
@@ -570,7 +582,7 @@ class PostgresStore:
             connection_id,
             after,
         )
-        return [_load_event(connection_id, row["data"]) for row in rows]
+        return [load_stored_event(connection_id, row["data"]) for row in rows]
 
     # --- leases ---------------------------------------------------------------------------
 
@@ -685,10 +697,11 @@ class PostgresStore:
         Raises:
             ValueError: *limit* is less than 1.
         """
-        _check_limit(limit)
+        check_limit(limit)
         rows = await self._query("read_outbox", "fetch", self._sql.read_outbox, after, limit)
         return [
-            (int(row["position"]), _load_event(row["connection_id"], row["data"])) for row in rows
+            (int(row["position"]), load_stored_event(row["connection_id"], row["data"]))
+            for row in rows
         ]
 
     async def get_offset(self, consumer: str) -> int:
@@ -716,6 +729,23 @@ class PostgresStore:
         )
         return int(count)
 
+    # --- webhooks -------------------------------------------------------------------------
+
+    async def webhook_seen(self, event_id: str) -> bool:
+        """Whether a webhook with this event ``id`` was handled already."""
+        return bool(await self._query("webhook_seen", "fetchval", self._sql.webhook_seen, event_id))
+
+    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
+        """
+        Record a handled webhook ``id``; ``False`` if it was recorded already.
+
+        Retried like a read: ``ON CONFLICT DO NOTHING`` makes a repeat harmless.
+        """
+        count = await self._query(
+            "remember_webhook", "fetchval", self._sql.remember_webhook, event_id, at
+        )
+        return int(count) == 1
+
     # --- keys -----------------------------------------------------------------------------
 
     async def rotate_keys(self) -> int:
@@ -737,68 +767,53 @@ class PostgresStore:
                 (each logged with its id; every other row was rotated and
                 stays rotated, so the call can simply be repeated).
         """
-        keys = self.keys
-        if keys is None:
-            msg = "postgres store: rotate_keys needs keys; this store was opened with keys=None"
-            raise StoreError(msg)
-        rewritten = 0
-        unreadable: list[str] = []
+        return await rotate_keys(
+            "postgres",
+            self.keys,
+            rows=self._rotation_rows,
+            write=self._reseal,
+            reread=self._reread,
+            # Rows already on the primary key are skipped without decrypting.
+            decrypt_sealed=False,
+        )
+
+    async def _rotation_rows(self) -> AsyncGenerator[StoredRow, None]:
+        """Every row as ``(id, version, data)``, read a page at a time in id order."""
         after = ""
         while True:
             rows = await self._query(
                 "rotate_keys", "fetch", self._sql.rotate_page, after, _ROTATE_PAGE
             )
             if not rows:
-                break
+                return
             after = rows[-1]["id"]
             for row in rows:
-                try:
-                    if await self._rotate_row(keys, row["id"], row["version"], row["data"]):
-                        rewritten += 1
-                except _UnreadableRowError as exc:
-                    _log.error("postgres store: rotate_keys skipped %s", exc.__cause__)
-                    unreadable.append(row["id"])
-        if unreadable:
-            shown = ", ".join(repr(connection_id) for connection_id in unreadable[:10])
-            more = f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
-            msg = (
-                f"postgres store: rotate_keys re-encrypted {rewritten} connection(s) but could "
-                f"not read {len(unreadable)}, which keep their old key: {shown}{more}"
-            )
-            raise StoreError(msg)
-        return rewritten
+                yield row["id"], row["version"], row["data"]
 
-    async def _rotate_row(
-        self, keys: KeyRing, connection_id: str, version: int, data: object
-    ) -> bool:
-        """Reseal one row with the primary key unless it is already; retry if it moves."""
-        action = f"rotate_keys of connection {connection_id!r}"
-        while True:
-            try:
-                fields = _decode(connection_id, "record", data)
-                if _sealed_with(fields, keys):
-                    return False
-                record = self._check_id(connection_id, fields)
-            except StoreError as exc:
-                raise _UnreadableRowError from exc
-            sealed = orjson.dumps(dump_record(record, keys)).decode()
-            # Retried when unavailable: same version, same plaintext, so a
-            # repeat after a lost acknowledgement is harmless.
-            written = await self._query(
-                action,
-                "fetchrow",
-                self._sql.rotate_write,
-                connection_id,
-                version,
-                sealed,
-                write=True,
-            )
-            if written is not None:
-                return True
-            row = await self._query(action, "fetchrow", self._sql.rotate_row, connection_id)
-            if row is None:
-                return False
-            version, data = row["version"], row["data"]
+    async def _reseal(self, connection_id: str, version: int, sealed: bytes) -> bool:
+        """Replace the row's data with *sealed* if its version is still *version*."""
+        # Retried when unavailable: same version, same plaintext, so a
+        # repeat after a lost acknowledgement is harmless.
+        written = await self._query(
+            f"rotate_keys of connection {connection_id!r}",
+            "fetchrow",
+            self._sql.rotate_write,
+            connection_id,
+            version,
+            sealed.decode(),
+            write=True,
+        )
+        return written is not None
+
+    async def _reread(self, connection_id: str) -> tuple[int, object] | None:
+        """The row's current ``(version, data)``, or ``None`` if it is gone."""
+        row = await self._query(
+            f"rotate_keys of connection {connection_id!r}",
+            "fetchrow",
+            self._sql.rotate_row,
+            connection_id,
+        )
+        return None if row is None else (row["version"], row["data"])
 
     # --- internals: running operations ----------------------------------------------------
 
@@ -948,15 +963,6 @@ class PostgresStore:
             record.updated_at,
             orjson.dumps(dump_record(record, self.keys)).decode(),
         )
-
-    def _load_record(self, connection_id: str, data: object) -> ConnectionRecord:
-        return self._check_id(connection_id, _decode(connection_id, "record", data))
-
-    def _check_id(self, connection_id: str, fields: dict[str, Any]) -> ConnectionRecord:
-        if fields.get("id") != connection_id:
-            msg = f"connection {connection_id!r}: stored record is corrupt (id mismatch)"
-            raise StoreError(msg)
-        return load_record(fields, self.keys)
 
     # --- internals: the listener ----------------------------------------------------------
 
@@ -1176,38 +1182,4 @@ def _event_row(event: ConnectionEvent) -> tuple[Any, ...]:
         event.sequence,
         event.at,
         orjson.dumps(dump_event(event)).decode(),
-    )
-
-
-def _decode(connection_id: str, what: str, data: object) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data)  # type: ignore[arg-type]  # checked by orjson
-    except (orjson.JSONDecodeError, TypeError):
-        value = None
-    if not isinstance(value, dict):
-        msg = f"connection {connection_id!r}: stored {what} is corrupt (not a JSON object)"
-        raise StoreError(msg)
-    return value
-
-
-def _load_event(connection_id: str, data: object) -> ConnectionEvent:
-    fields = _decode(connection_id, "event", data)
-    try:
-        return load_event(fields)
-    except StoreError as exc:
-        raise StoreError(f"connection {connection_id!r}: {exc}") from None
-
-
-def _sealed_with(fields: dict[str, Any], keys: KeyRing) -> bool:
-    """Whether every secret in the stored *fields* is an envelope of the primary key."""
-    secrets: list[object] = [fields.get("code")]
-    auth = fields.get("authorization")
-    if isinstance(auth, dict):
-        secrets.append(auth.get("code_verifier"))
-    tokens = fields.get("tokens")
-    if isinstance(tokens, dict):
-        secrets.extend([tokens.get("access_token"), tokens.get("refresh_token")])
-    return all(
-        value is None or (isinstance(value, str) and keys.key_of(value) == keys.primary)
-        for value in secrets
     )

@@ -48,10 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, final
 
 import aiosqlite
 import attrs
@@ -59,11 +58,22 @@ import orjson
 
 from .._crypto import KeyRing
 from .._errors import StoreError, VersionConflictError
-from .._records import dump_event, dump_record, load_event, load_record
-from ._memory import _check_event, _check_limit, _check_version
+from .._records import dump_event, dump_record
+from ._common import (
+    StoredRow,
+    check_event,
+    check_limit,
+    check_version,
+    load_listed,
+    load_stored_event,
+    load_stored_record,
+    rotate_keys,
+    wait_until,
+    wake,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
 
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord
@@ -71,13 +81,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
-_log = logging.getLogger("awx_connection.stores")
-
-_T = TypeVar("_T")
-
 #: First and longest pause between two polls of wait_for_update / wait_for_events.
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
+_POLL = (_POLL_FIRST, _POLL_MAX)
 
 #: Rows read per query by rotate_keys, so a large file is not loaded at once.
 _ROTATE_PAGE = 500
@@ -121,6 +128,14 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT PRIMARY KEY,
         position INTEGER NOT NULL
     );
+    """,
+    # 3: ids of handled webhooks (deduplication of at-least-once deliveries).
+    """
+    CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        at REAL NOT NULL
+    );
+    CREATE INDEX webhooks_at ON webhooks (at);
     """,
 )
 
@@ -291,17 +306,7 @@ class SQLiteStore:
             "ORDER BY created_at, id"
         )
         rows = await self._fetch("list_connections", sql, params)
-        records = []
-        for connection_id, data in rows:
-            try:
-                records.append(self._load(connection_id, data))
-            except StoreError as exc:
-                _log.error(
-                    "sqlite store: list_connections left out connection %r: %s",
-                    connection_id,
-                    exc,
-                )
-        return records
+        return load_listed("sqlite", rows, self._keys)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
@@ -312,11 +317,11 @@ class SQLiteStore:
                 SQLite failed.
             ValueError: The event belongs to another connection.
         """
-        _check_event(record, event)
+        check_event(record, event)
         async with self._transaction(f"insert of connection {record.id!r}") as db:
             await _execute(db, _INSERT_CONNECTION, self._columns(record))
             await _execute(db, _INSERT_EVENT, _event_row(event))
-        self._wake()
+        wake(self._waiters)
 
     async def update(
         self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
@@ -332,9 +337,9 @@ class SQLiteStore:
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
         """
-        _check_version(record, expected_version)
+        check_version(record, expected_version)
         if event is not None:
-            _check_event(record, event)
+            check_event(record, event)
         params = {**self._columns(record), "expected_version": expected_version}
         async with self._transaction(f"update of connection {record.id!r}") as db:
             if await _execute(db, _UPDATE_CONNECTION, params) != 1:
@@ -347,7 +352,7 @@ class SQLiteStore:
                 raise VersionConflictError(record.id, expected_version, actual)
             if event is not None:
                 await _execute(db, _INSERT_EVENT, _event_row(event))
-        self._wake()
+        wake(self._waiters)
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
@@ -356,7 +361,7 @@ class SQLiteStore:
             "SELECT data FROM events WHERE connection_id = ? AND sequence > ? ORDER BY sequence",
             (connection_id, after),
         )
-        return [_load_event(connection_id, data) for (data,) in rows]
+        return [load_stored_event(connection_id, data) for (data,) in rows]
 
     async def acquire_lease(
         self, connection_id: str, owner: str, *, until: float, now: float
@@ -416,7 +421,7 @@ class SQLiteStore:
             )
             return self._load(*rows[0]) if rows else None
 
-        return await self._poll(newer, timeout)
+        return await wait_until(newer, timeout, self._waiters, poll=_POLL)
 
     async def read_outbox(
         self, *, after: int = 0, limit: int = 1000
@@ -427,7 +432,7 @@ class SQLiteStore:
         Raises:
             ValueError: *limit* is less than 1.
         """
-        _check_limit(limit)
+        check_limit(limit)
         rows = await self._fetch(
             "read_outbox",
             "SELECT position, connection_id, data FROM events WHERE position > ? "
@@ -435,7 +440,8 @@ class SQLiteStore:
             (after, limit),
         )
         return [
-            (position, _load_event(connection_id, data)) for position, connection_id, data in rows
+            (position, load_stored_event(connection_id, data))
+            for position, connection_id, data in rows
         ]
 
     async def wait_for_events(self, *, after: int, timeout: float) -> bool:  # noqa: ASYNC109
@@ -456,7 +462,7 @@ class SQLiteStore:
             )
             return True if rows else None
 
-        return await self._poll(exists, timeout) is not None
+        return await wait_until(exists, timeout, self._waiters, poll=_POLL) is not None
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
@@ -486,7 +492,23 @@ class SQLiteStore:
         alike. Positions are never reused, so consumers' offsets stay valid.
         """
         async with self._transaction("prune_events") as db:
+            # Webhook ids older than the retention go too: Airwallex stops
+            # retrying a delivery after about three days.
+            await _execute(db, "DELETE FROM webhooks WHERE at < ?", (before,))
             return await _execute(db, "DELETE FROM events WHERE at < ?", (before,))
+
+    async def webhook_seen(self, event_id: str) -> bool:
+        """Whether a webhook with this event ``id`` was handled already."""
+        rows = await self._fetch("webhook_seen", "SELECT 1 FROM webhooks WHERE id = ?", (event_id,))
+        return bool(rows)
+
+    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
+        """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+        async with self._transaction("remember_webhook") as db:
+            inserted = await _execute(
+                db, "INSERT OR IGNORE INTO webhooks (id, at) VALUES (?, ?)", (event_id, at)
+            )
+        return inserted == 1
 
     async def rotate_keys(self) -> int:
         """
@@ -504,12 +526,19 @@ class SQLiteStore:
                 (each logged with its id; every other row was rotated and
                 stays rotated, so the call can simply be repeated).
         """
-        keys = self._keys
-        if keys is None:
-            msg = "sqlite store: rotate_keys needs keys; this store was opened with keys=None"
-            raise StoreError(msg)
-        rewritten = 0
-        unreadable: list[str] = []
+        return await rotate_keys(
+            "sqlite",
+            self._keys,
+            rows=self._rotation_rows,
+            write=self._reseal,
+            reread=self._reread,
+            # Decrypted even when already on the primary key: a row sealed
+            # under the primary's id with other key material must be reported.
+            decrypt_sealed=True,
+        )
+
+    async def _rotation_rows(self) -> AsyncGenerator[StoredRow, None]:
+        """Every row as ``(id, version, data)``, read a page at a time in rowid order."""
         last_rowid = 0
         while True:
             rows = await self._fetch(
@@ -519,56 +548,33 @@ class SQLiteStore:
                 (last_rowid, _ROTATE_PAGE),
             )
             if not rows:
-                break
+                return
             last_rowid = rows[-1][0]
             for _, connection_id, version, data in rows:
-                try:
-                    if await self._rotate_row(keys, connection_id, version, data):
-                        rewritten += 1
-                except _UnreadableRowError as exc:
-                    _log.error("sqlite store: rotate_keys skipped %s", exc.__cause__)
-                    unreadable.append(connection_id)
-        if unreadable:
-            shown = ", ".join(repr(connection_id) for connection_id in unreadable[:10])
-            more = f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
-            msg = (
-                f"sqlite store: rotate_keys re-encrypted {rewritten} connection(s) but could "
-                f"not read {len(unreadable)}, which keep their old key: {shown}{more}"
-            )
-            raise StoreError(msg)
-        return rewritten
+                yield connection_id, version, data
 
-    async def _rotate_row(
-        self, keys: KeyRing, connection_id: str, version: int, data: object
-    ) -> bool:
-        """Reseal one row with the primary key unless it is already; retry if it moves."""
-        action = f"rotate_keys of connection {connection_id!r}"
-        while True:
-            try:
-                # Decrypted even when already on the primary key: a row sealed
-                # under the primary's id with other key material must be reported.
-                record = self._load(connection_id, data)
-            except StoreError as exc:
-                raise _UnreadableRowError from exc
-            if not _needs_rotation(_decode(connection_id, "record", data), keys):
-                return False
-            sealed = orjson.dumps(dump_record(record, keys))
-            async with self._transaction(action) as db:
-                if await _execute(
+    async def _reseal(self, connection_id: str, version: int, sealed: bytes) -> bool:
+        """Replace the row's data with *sealed* if its version is still *version*."""
+        async with self._transaction(f"rotate_keys of connection {connection_id!r}") as db:
+            return bool(
+                await _execute(
                     db,
                     "UPDATE connections SET data = ? WHERE id = ? AND version = ?",
                     (sealed, connection_id, version),
-                ):
-                    return True
-            rows = await self._fetch(
-                action, "SELECT version, data FROM connections WHERE id = ?", (connection_id,)
+                )
             )
-            if not rows:
-                return False
-            version, data = rows[0]
+
+    async def _reread(self, connection_id: str) -> tuple[int, object] | None:
+        """The row's current ``(version, data)``, or ``None`` if it is gone."""
+        rows = await self._fetch(
+            f"rotate_keys of connection {connection_id!r}",
+            "SELECT version, data FROM connections WHERE id = ?",
+            (connection_id,),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def _load(self, connection_id: str, data: object) -> ConnectionRecord:
-        return _load_record(connection_id, data, self._keys)
+        return load_stored_record(connection_id, data, self._keys)
 
     def _columns(self, record: ConnectionRecord) -> dict[str, Any]:
         auth = record.authorization
@@ -583,38 +589,6 @@ class SQLiteStore:
             "updated_at": record.updated_at,
             "data": orjson.dumps(dump_record(record, self._keys)),
         }
-
-    def _wake(self) -> None:
-        """Resolve this object's pollers after a commit, so they re-check at once."""
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def _poll(self, check: Callable[[], Awaitable[_T | None]], seconds: float) -> _T | None:
-        """
-        Run *check* until it returns a value or *seconds* pass, backing off in between.
-
-        The file is the only place a write by another process shows up, so
-        the query always runs; a write through this object only cuts the
-        pause short.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        pause = _POLL_FIRST
-        while True:
-            found = await check()
-            remaining = deadline - loop.time()
-            if found is not None or remaining <= 0:
-                return found
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(waiter)
-            try:
-                woken, _ = await asyncio.wait({waiter}, timeout=min(pause, remaining))
-            finally:
-                self._waiters.discard(waiter)
-                waiter.cancel()
-            pause = _POLL_FIRST if woken else min(pause * 2, _POLL_MAX)
 
     @property
     def _where(self) -> str:
@@ -720,57 +694,5 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         raise
 
 
-class _UnreadableRowError(Exception):
-    """A row rotate_keys cannot decode or decrypt; the cause says why."""
-
-
 def _event_row(event: ConnectionEvent) -> tuple[str, int, float, bytes]:
     return (event.connection_id, event.sequence, event.at, orjson.dumps(dump_event(event)))
-
-
-def _needs_rotation(fields: dict[str, Any], keys: KeyRing) -> bool:
-    """
-    Whether any secret in stored *fields* is not sealed with the primary key.
-
-    Plaintext counts (rows written without keys get encrypted). Mirrors
-    where :func:`~awx_connection._records.dump_record` puts secrets.
-    """
-    auth = fields.get("authorization")
-    tokens = fields.get("tokens")
-    values = [fields.get("code")]
-    if isinstance(auth, dict):
-        values.append(auth.get("code_verifier"))
-    if isinstance(tokens, dict):
-        values.extend((tokens.get("access_token"), tokens.get("refresh_token")))
-    return any(
-        not isinstance(value, str) or keys.key_of(value) != keys.primary
-        for value in values
-        if value is not None
-    )
-
-
-def _decode(connection_id: str, what: str, data: object) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data)  # type: ignore[arg-type]  # checked by orjson
-    except (orjson.JSONDecodeError, TypeError):
-        value = None
-    if not isinstance(value, dict):
-        msg = f"connection {connection_id!r}: stored {what} is corrupt (not a JSON object)"
-        raise StoreError(msg)
-    return value
-
-
-def _load_record(connection_id: str, data: object, keys: KeyRing | None) -> ConnectionRecord:
-    fields = _decode(connection_id, "record", data)
-    if fields.get("id") != connection_id:
-        msg = f"connection {connection_id!r}: stored record is corrupt (id mismatch)"
-        raise StoreError(msg)
-    return load_record(fields, keys)
-
-
-def _load_event(connection_id: str, data: object) -> ConnectionEvent:
-    fields = _decode(connection_id, "event", data)
-    try:
-        return load_event(fields)
-    except StoreError as exc:
-        raise StoreError(f"connection {connection_id!r}: {exc}") from None

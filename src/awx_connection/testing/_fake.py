@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import warnings
-from typing import TYPE_CHECKING, Self, final
+from typing import TYPE_CHECKING, Any, Self, final
 
 from aiohttp import web
 
 from .._clock import SystemClock
 from ._fake_app import build_app
 from ._fake_state import AUTHORIZE_PATH, FakeState
+from ._fake_webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -77,7 +78,7 @@ class FakeAirwallex:
         port: Port to listen on; 0 picks a free one.
     """
 
-    __slots__ = ("_host", "_port", "_runner", "_state")
+    __slots__ = ("_host", "_port", "_runner", "_state", "_webhooks")
 
     def __init__(
         self,
@@ -123,6 +124,7 @@ class FakeAirwallex:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
+        self._webhooks: WebhookSender | None = None
 
     def __repr__(self) -> str:
         # Never the client secret: reprs end up in logs and test reports.
@@ -347,6 +349,60 @@ class FakeAirwallex:
             FakeProviderError: *account_id* is unknown.
         """
         return self._state.disconnect(account_id)
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    def set_webhook(self, url: str, secret: str, *, partner_events: bool = False) -> None:
+        """
+        Send signed webhooks to *url*: ``connection.disconnected`` when a
+        user disconnects or a reuse invalidates a connection (or
+        ``partner_connection.disconnected`` with ``account_ids`` when
+        *partner_events*), and whatever :meth:`send_webhook` is asked.
+        Non-200 answers are retried with backoff, keeping the event id.
+        """
+        sender = WebhookSender(self._state.clock, url, secret, partner_events=partner_events)
+        self._webhooks = sender
+        self._state.on_connection_lost = sender.connection_lost
+
+    def send_webhook(
+        self,
+        name: str,
+        account_id: str | None,
+        data: dict[str, Any] | None = None,
+        *,
+        created_at: float | None = None,
+    ) -> dict[str, Any]:
+        """
+        Post an event such as ``account.action_required`` now; returns its
+        envelope (with its ``id``). *created_at* backdates it.
+
+        Raises:
+            RuntimeError: :meth:`set_webhook` was not called.
+        """
+        sender = self._sender()
+        payload = sender.event(name, account_id, data, created_at=created_at)
+        sender.post(payload)
+        return payload
+
+    def resend_webhook(self, payload: dict[str, Any]) -> None:
+        """Deliver an already sent envelope again (as Airwallex's retries do)."""
+        self._sender().post(dict(payload))
+
+    @property
+    def webhooks(self) -> WebhookSender:
+        """The webhook sender (its ``sent`` and ``answers`` are for assertions)."""
+        return self._sender()
+
+    async def flush_webhooks(self) -> None:
+        """Wait until every webhook delivery started so far has finished."""
+        if self._webhooks is not None:
+            await self._webhooks.flush()
+
+    def _sender(self) -> WebhookSender:
+        if self._webhooks is None:
+            msg = "call set_webhook(url, secret) first"
+            raise RuntimeError(msg)
+        return self._webhooks
 
     # -- assertions --------------------------------------------------------------------
 

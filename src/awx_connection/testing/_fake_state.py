@@ -35,7 +35,7 @@ import attrs
 from ._fake_types import FakeCounters, FakeProviderError, Fault
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from .._clock import Clock
 
@@ -173,6 +173,10 @@ class FakeState:
     _issued: set[str] = attrs.field(init=False, factory=set)
     _faults: collections.deque[_QueuedFault] = attrs.field(init=False, factory=collections.deque)
     _refreshing: set[str] = attrs.field(init=False, factory=set)
+    #: Called with ``(account_id, reason)`` whenever a connection dies on the
+    #: provider's side (user disconnect, reuse invalidation); the webhook
+    #: sender hangs off it.
+    on_connection_lost: Callable[[str, str], None] | None = attrs.field(init=False, default=None)
     #: Opened by ``release_held()``; held responses wait on it.
     hold_gate: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
 
@@ -460,6 +464,8 @@ class FakeState:
         self.counters.reuse_violations += 1
         grant.status = "invalidated"
         self.counters.invalidations += 1
+        if self.on_connection_lost is not None:
+            self.on_connection_lost(grant.account_id, "token_reuse")
         return self._invalid_grant("refresh token reuse detected; connection invalidated")
 
     def _issue_tokens(self, grant: _Grant, now: float) -> TokenReply:
@@ -521,6 +527,8 @@ class FakeState:
             if grant.account_id == account_id and grant.status == "active":
                 grant.status = "revoked"
                 revoked += 1
+        if revoked and self.on_connection_lost is not None:
+            self.on_connection_lost(account_id, "user_initiated")
         return revoked
 
     def issued_secrets(self) -> frozenset[str]:

@@ -1,0 +1,50 @@
+"""
+aiohttp glue: a ready-made route handler for Airwallex webhooks.
+
+Other frameworks call :meth:`ConnectionManager.handle_webhook` with the
+request headers and raw body themselves; this is the same thing for aiohttp,
+including the body-size limit (read before buffering, so a huge body costs
+nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ._webhooks import MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from ._manager import ConnectionManager
+
+__all__ = ["webhook_handler"]
+
+
+def webhook_handler(
+    manager: ConnectionManager,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """
+    An aiohttp handler for the webhook endpoint::
+
+        app.router.add_post("/airwallex/webhooks", webhook_handler(manager))
+
+    It answers 200 once the delivery is handled (also for a duplicate), 401
+    for a bad or stale signature, 400 for a body that is not a JSON webhook,
+    413 for an oversized body.
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return web.json_response({"error": "body too large"}, status=413)
+        body = await request.content.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            return web.json_response({"error": "body too large"}, status=413)
+        result = await manager.handle_webhook(request.headers, body)
+        payload: dict[str, object] = {"result": result.detail}
+        if result.duplicate:
+            payload["duplicate"] = True
+        return web.json_response(payload, status=result.status)
+
+    return handle

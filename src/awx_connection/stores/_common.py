@@ -1,0 +1,321 @@
+"""
+What every store does the same way, whatever database holds its data.
+
+One job: the steps of the :class:`~awx_connection.Store` contract that do not
+depend on the database, written once, so each store module is left with its
+own database (SQL, transactions, errors, retries). That is the argument
+checks every store makes; waiting for its own (or, polling, other
+processes') writes; and, for the durable stores, decoding stored rows,
+leaving unreadable ones out of a listing, and the rotate_keys loop. What
+differs is passed in: a store's name for messages and log lines (*store*:
+``"sqlite"``, ``"postgres"``) and its database operations. No driver is
+imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from .._errors import StoreError
+from .._records import dump_record, load_event, load_record
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+
+    from .._crypto import KeyRing
+    from .._events import ConnectionEvent
+    from .._records import ConnectionRecord
+
+__all__ = [
+    "StoredRow",
+    "check_event",
+    "check_limit",
+    "check_version",
+    "load_listed",
+    "load_stored_event",
+    "load_stored_record",
+    "rotate_keys",
+    "wait_until",
+    "wake",
+]
+
+_log = logging.getLogger("awx_connection.stores")
+
+_T = TypeVar("_T")
+
+#: A stored connection row as rotate_keys reads it: ``(id, version, data)``.
+StoredRow = tuple[str, int, object]
+
+#: How many unreadable connection ids rotate_keys names in its error.
+_SHOWN_UNREADABLE = 10
+
+
+# --- argument checks ---------------------------------------------------------------------
+
+
+def check_version(record: ConnectionRecord, expected_version: int) -> None:
+    """Raise ``ValueError`` unless *record* is the version after *expected_version*."""
+    if record.version != expected_version + 1:
+        msg = (
+            f"connection {record.id!r}: the new record's version must be "
+            f"{expected_version + 1}, not {record.version}"
+        )
+        raise ValueError(msg)
+
+
+def check_limit(limit: int) -> None:
+    """Raise ``ValueError`` unless *limit* (of ``read_outbox``) is at least 1."""
+    if limit < 1:
+        msg = f"limit must be at least 1, not {limit}"
+        raise ValueError(msg)
+
+
+def check_event(record: ConnectionRecord, event: ConnectionEvent) -> None:
+    """Raise ``ValueError`` unless *event* belongs to *record*'s connection."""
+    if event.connection_id != record.id:
+        msg = f"connection {record.id!r}: the event belongs to {event.connection_id!r}"
+        raise ValueError(msg)
+
+
+# --- waiting -----------------------------------------------------------------------------
+
+
+def wake(waiters: set[asyncio.Future[None]]) -> None:
+    """Resolve and forget every future in *waiters*; each waiter re-checks its own condition."""
+    pending = list(waiters)
+    waiters.clear()
+    for waiter in pending:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[_T | None]],
+    seconds: float,
+    waiters: set[asyncio.Future[None]],
+    *,
+    poll: tuple[float, float] | None = None,
+) -> _T | None:
+    """
+    Run *check* until it returns a value or *seconds* pass; the value, or ``None``.
+
+    *check* always runs at least once. In between, the caller sleeps on a
+    future in *waiters*, which :func:`wake` resolves after each write made
+    through the same store object. Without *poll* that is the only way to
+    be woken early (every write happens in this process). With
+    ``poll=(first, longest)`` the sleep is also cut to a pause of *first*
+    seconds, doubling up to *longest* while nothing wakes it and starting
+    again from *first* after a wake: for a database that other processes
+    write, which nothing in this one would notice.
+    """
+    first, longest = (math.inf, math.inf) if poll is None else poll
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    pause = first
+    while True:
+        found = await check()
+        remaining = deadline - loop.time()
+        if found is not None or remaining <= 0:
+            return found
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters.add(waiter)
+        try:
+            woken, _ = await asyncio.wait({waiter}, timeout=min(pause, remaining))
+        finally:
+            waiters.discard(waiter)
+            waiter.cancel()
+        pause = first if woken else min(pause * 2, longest)
+
+
+# --- stored rows -------------------------------------------------------------------------
+
+
+def _decode(connection_id: str, what: str, data: object) -> dict[str, Any]:
+    """The stored JSON object *data* (a *what* of *connection_id*), or ``StoreError``."""
+    try:
+        value = orjson.loads(data)  # type: ignore[arg-type]  # checked by orjson
+    except (orjson.JSONDecodeError, TypeError):
+        value = None
+    if not isinstance(value, dict):
+        msg = f"connection {connection_id!r}: stored {what} is corrupt (not a JSON object)"
+        raise StoreError(msg)
+    return value
+
+
+def _record_from(
+    connection_id: str, fields: dict[str, Any], keys: KeyRing | None
+) -> ConnectionRecord:
+    """The record in decoded *fields*, checked to be the row's own."""
+    if fields.get("id") != connection_id:
+        msg = f"connection {connection_id!r}: stored record is corrupt (id mismatch)"
+        raise StoreError(msg)
+    return load_record(fields, keys)
+
+
+def load_stored_record(connection_id: str, data: object, keys: KeyRing | None) -> ConnectionRecord:
+    """
+    The record stored as JSON *data* in the row of *connection_id*.
+
+    Raises:
+        DecryptionError: A secret does not decrypt with *keys*.
+        StoreError: *data* does not decode, or is another connection's record.
+    """
+    return _record_from(connection_id, _decode(connection_id, "record", data), keys)
+
+
+def load_stored_event(connection_id: str, data: object) -> ConnectionEvent:
+    """
+    The event stored as JSON *data* for *connection_id*.
+
+    Raises:
+        StoreError: *data* does not decode (the message names the connection).
+    """
+    fields = _decode(connection_id, "event", data)
+    try:
+        return load_event(fields)
+    except StoreError as exc:
+        raise StoreError(f"connection {connection_id!r}: {exc}") from None
+
+
+def load_listed(
+    store: str, rows: Iterable[tuple[str, object]], keys: KeyRing | None
+) -> list[ConnectionRecord]:
+    """
+    The records of ``(id, data)`` *rows*, in order, for ``list_connections``.
+
+    A row that does not decrypt or decode is logged as an error (logger
+    ``awx_connection.stores``, naming the connection) and left out, so one
+    bad row cannot take the whole listing down; the row itself is untouched.
+    """
+    records = []
+    for connection_id, data in rows:
+        try:
+            records.append(load_stored_record(connection_id, data, keys))
+        except StoreError as exc:  # DecryptionError included
+            _log.error(
+                "%s store: list_connections left out connection %r: %s",
+                store,
+                connection_id,
+                exc,
+            )
+    return records
+
+
+# --- key rotation ------------------------------------------------------------------------
+
+
+class _UnreadableRowError(Exception):
+    """A row rotate_keys cannot decode or decrypt; the cause says why."""
+
+
+def _sealed_with_primary(fields: dict[str, Any], keys: KeyRing) -> bool:
+    """
+    Whether every secret in stored *fields* is an envelope of the primary key.
+
+    A plaintext secret makes it ``False`` (rows written without keys get
+    encrypted). Mirrors where :func:`~awx_connection._records.dump_record`
+    puts secrets.
+    """
+    secrets: list[object] = [fields.get("code")]
+    auth = fields.get("authorization")
+    if isinstance(auth, dict):
+        secrets.append(auth.get("code_verifier"))
+    tokens = fields.get("tokens")
+    if isinstance(tokens, dict):
+        secrets.extend([tokens.get("access_token"), tokens.get("refresh_token")])
+    return all(
+        value is None or (isinstance(value, str) and keys.key_of(value) == keys.primary)
+        for value in secrets
+    )
+
+
+async def rotate_keys(
+    store: str,
+    keys: KeyRing | None,
+    *,
+    rows: Callable[[], AsyncGenerator[StoredRow, None]],
+    write: Callable[[str, int, bytes], Awaitable[bool]],
+    reread: Callable[[str], Awaitable[tuple[int, object] | None]],
+    decrypt_sealed: bool,
+) -> int:
+    """
+    Reseal every row of *rows* not sealed with the primary key; return how many changed.
+
+    The store supplies its database's part:
+
+    * *rows*: every connection row, ``(id, version, data)``, a page at a time;
+    * *write*: ``(id, version, sealed JSON)``, the compare-and-swap that
+      replaces the row's data if its version is still *version* (leaving the
+      version alone); whether it did;
+    * *reread*: the row's current ``(version, data)``, ``None`` once deleted.
+
+    A row whose write loses to a concurrent one is re-read and tried again,
+    so a concurrent write is never undone. *decrypt_sealed*: whether a row
+    already sealed with the primary key is still decrypted (and reported if
+    it does not open) rather than skipped unread.
+
+    Raises:
+        StoreError: *keys* is ``None``; or some rows could not be read (each
+            logged with its id; every other row was rotated and stays
+            rotated, so the call can simply be repeated).
+    """
+    if keys is None:
+        msg = f"{store} store: rotate_keys needs keys; this store was opened with keys=None"
+        raise StoreError(msg)
+    rewritten = 0
+    unreadable: list[str] = []
+    async with contextlib.aclosing(rows()) as stored:
+        async for connection_id, version, data in stored:
+            try:
+                if await _rotate_row(
+                    keys, connection_id, version, data, write, reread, decrypt_sealed
+                ):
+                    rewritten += 1
+            except _UnreadableRowError as exc:
+                _log.error("%s store: rotate_keys skipped %s", store, exc.__cause__)
+                unreadable.append(connection_id)
+    if unreadable:
+        shown = ", ".join(repr(connection_id) for connection_id in unreadable[:_SHOWN_UNREADABLE])
+        extra = len(unreadable) - _SHOWN_UNREADABLE
+        more = f" and {extra} more" if extra > 0 else ""
+        msg = (
+            f"{store} store: rotate_keys re-encrypted {rewritten} connection(s) but could "
+            f"not read {len(unreadable)}, which keep their old key: {shown}{more}"
+        )
+        raise StoreError(msg)
+    return rewritten
+
+
+async def _rotate_row(
+    keys: KeyRing,
+    connection_id: str,
+    version: int,
+    data: object,
+    write: Callable[[str, int, bytes], Awaitable[bool]],
+    reread: Callable[[str], Awaitable[tuple[int, object] | None]],
+    decrypt_sealed: bool,
+) -> bool:
+    """Reseal one row with the primary key unless it is already; retry if it moves."""
+    while True:
+        try:
+            fields = _decode(connection_id, "record", data)
+            sealed = _sealed_with_primary(fields, keys)
+            if sealed and not decrypt_sealed:
+                return False
+            record = _record_from(connection_id, fields, keys)
+        except StoreError as exc:
+            raise _UnreadableRowError from exc
+        if sealed:
+            return False
+        if await write(connection_id, version, orjson.dumps(dump_record(record, keys))):
+            return True
+        current = await reread(connection_id)
+        if current is None:
+            return False
+        version, data = current

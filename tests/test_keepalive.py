@@ -1,0 +1,131 @@
+"""
+Keep-alive: idle connections survive 180 simulated days with a handful of
+rotations each, and a connection whose refresh token ran out while nobody
+ran the keep-alive moves to expired without a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from awx_connection import Config, ConnectionManager, ConnectionState, KeyRing, TimingPolicy
+from awx_connection._keepalive import due_at
+from awx_connection.stores import SQLiteStore
+from awx_connection.testing import FakeAirwallex, ManualClock
+
+DAY = 86400.0
+S = ConnectionState
+
+
+async def connect_many(manager: ConnectionManager, fake: FakeAirwallex, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        request = await manager.begin_authorization()
+        connection = await manager.complete_authorization(fake.approve(request.url))
+        ids.append(connection.id)
+    return ids
+
+
+async def test_idle_connections_survive_180_days(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """50 idle connections, a keep-alive pass every 6 hours for 180 days: none expires."""
+    store = SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate())
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:
+        ids = await connect_many(awx, awx_fake, 50)
+        expired = 0
+        for _ in range(int(180 * DAY / (6 * 3600))):
+            awx_clock.advance(6 * 3600)
+            report = await awx.keepalive_pass()
+            expired += report.expired
+            assert 0 == report.failed
+        states = {(await awx.get(cid)).state for cid in ids}
+        generations = [(await awx.get(cid)).token_generation for cid in ids]
+    assert 0 == expired
+    assert {S.ACTIVE} == states
+    assert 0 == awx_fake.counters.reuse_violations
+    # The fake's refresh tokens live 90 days: about one rotation every 40-45
+    # days, so 3-5 rotations per connection in 180 days, never one per 5 min.
+    assert all(3 <= g <= 5 for g in generations if g is not None), generations
+    assert awx_fake.counters.refreshes == sum(g for g in generations if g is not None)
+
+
+async def test_rotations_spread_by_jitter(awx_config: Config) -> None:
+    """Connections issued together come due at different times (stable per id)."""
+    from awx_connection._records import ConnectionRecord
+    from awx_connection._secrets import Secret
+    from awx_connection._tokens import TokenSet
+
+    tokens = TokenSet(Secret("a"), Secret("r"), 300.0, 90 * DAY, 0.0, 0)
+    dues = {
+        due_at(
+            ConnectionRecord(f"conn_{i}", S.ACTIVE, 1, 1, 0.0, 0.0, "x", tokens=tokens),
+            awx_config.timing,
+        )
+        for i in range(100)
+    }
+    assert len(dues) > 90
+    timing = awx_config.timing
+    for due in dues:
+        assert due is not None
+        remaining = 90 * DAY - due
+        assert timing.keepalive_remaining * 90 * DAY <= remaining
+        assert remaining <= (timing.keepalive_remaining + timing.keepalive_jitter) * 90 * DAY
+
+
+async def test_token_that_ran_out_is_expired_without_a_request(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """Nobody ran the keep-alive for 91 days: the pass expires the connection, sends nothing."""
+    async with ConnectionManager(awx_config, clock=awx_clock) as awx:
+        (connection_id,) = await connect_many(awx, awx_fake, 1)
+        awx_clock.advance(91 * DAY)
+        requests = awx_fake.counters.token_requests
+        report = await awx.keepalive_pass()
+        assert (1, 0, 1) == (report.checked, report.rotated, report.expired)
+        assert S.EXPIRED is (await awx.get(connection_id)).state
+        assert requests == awx_fake.counters.token_requests
+
+
+async def test_busy_connection_is_not_rotated_early(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """A pass on fresh connections rotates nothing (no refresh every five minutes)."""
+    async with ConnectionManager(awx_config, clock=awx_clock) as awx:
+        await connect_many(awx, awx_fake, 3)
+        for _ in range(12):
+            awx_clock.advance(300)
+            report = await awx.keepalive_pass()
+            assert 0 == report.rotated
+    assert 0 == awx_fake.counters.refreshes
+
+
+async def test_background_keepalive_runs_passes(
+    awx_fake: FakeAirwallex, awx_clock: ManualClock, awx_config: Config
+) -> None:
+    """keepalive=True runs passes every keepalive_interval (real seconds) by itself."""
+    import asyncio
+
+    import attrs
+
+    config = attrs.evolve(
+        awx_config, timing=attrs.evolve(awx_config.timing, keepalive_interval=0.01)
+    )
+    async with ConnectionManager(config, clock=awx_clock, keepalive=True) as awx:
+        (connection_id,) = await connect_many(awx, awx_fake, 1)
+        awx_clock.advance(50 * DAY)
+        for _ in range(200):
+            if (await awx.get(connection_id)).token_generation:
+                break
+            await asyncio.sleep(0.01)
+        assert 1 == (await awx.get(connection_id)).token_generation
+
+
+def test_keepalive_settings_are_validated() -> None:
+    """remaining + jitter must leave room before expiry."""
+    import pytest
+
+    from awx_connection import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        TimingPolicy(keepalive_remaining=0.95, keepalive_jitter=0.1)
