@@ -167,6 +167,19 @@ class TimingPolicy:
     lease_wait: float = attrs.field(default=45.0, validator=_positive)
     #: How long stored events are kept (``ConnectionManager.prune_events``).
     event_retention: float = attrs.field(default=30 * 86400.0, validator=_positive)
+    #: After a refresh failed for good (attempts used up, or a rejection such
+    #: as ``invalid_client``), callers get the same error without a new
+    #: request for this long (injected clock): no storm against a provider
+    #: that is down or refusing us.
+    failure_cooldown: float = attrs.field(default=5.0, validator=_non_negative)
+    #: The same, after ``invalid_client`` (a configuration problem).
+    invalid_client_cooldown: float = attrs.field(default=60.0, validator=_non_negative)
+    #: Token-endpoint requests in flight at once, across all connections: when
+    #: an outage ends, queued refreshes go out a few at a time.
+    max_concurrent_refreshes: int = attrs.field(default=32, validator=_positive)
+    #: Extra attempts for API calls through ``request()`` on 502/503/504 or a
+    #: network error, for idempotent methods only unless ``retry=True``.
+    api_retries: int = attrs.field(default=2, validator=_non_negative)
     #: Largest accepted distance between a webhook's ``x-timestamp`` and now.
     webhook_tolerance: float = attrs.field(default=300.0, validator=_positive)
     #: Keep-alive: an idle connection's refresh token is rotated once less

@@ -85,6 +85,10 @@ class _Live:
     #: The revealed access token while ``active``, else ``None``.
     token: str | None = None
     timing: TimingPolicy | None = None
+    #: The last refresh failure, handed to callers until ``failed_until``
+    #: (injected clock) instead of a new request.
+    failure: BaseException | None = None
+    failed_until: float = float("-inf")
 
     def __attrs_post_init__(self) -> None:
         self._derive(self.record)

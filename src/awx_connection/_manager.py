@@ -107,6 +107,12 @@ _UNUSABLE: dict[ConnectionState, type[ConnectionUnusableError]] = {
 }
 
 
+#: Methods retried by default (RFC 9110 section 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: API statuses worth a retry: the gateway, not the API, failed.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
 def _unusable(record: ConnectionRecord) -> ConnectionUnusableError:
     cls = _UNUSABLE.get(record.state, ConnectionUnusableError)
     return cls(record.id, record.state, record.reason)
@@ -156,11 +162,13 @@ class ConnectionManager:
     #: Run keep-alive passes every ``TimingPolicy.keepalive_interval`` seconds.
     keepalive: bool = attrs.field(default=False, kw_only=True)
     _webhook_subscribers: list[WebhookSubscription] = attrs.field(factory=list, init=False)
+    _refresh_gate: asyncio.Semaphore = attrs.field(init=False)
     #: This manager's identity as a lease owner: host, process, random.
     _owner: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._transport = Transport(self.config, session=self._session)
+        self._refresh_gate = asyncio.Semaphore(self.config.timing.max_concurrent_refreshes)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     # -- lifecycle ----------------------------------------------------------
@@ -602,6 +610,10 @@ class ConnectionManager:
             task = live.refresh_task
             joined = task is not None
             if task is None:
+                if live.failure is not None and self.clock.now() < live.failed_until:
+                    # The provider just failed this refresh for good: answer
+                    # with the same error rather than asking again.
+                    raise live.failure
                 task = asyncio.get_running_loop().create_task(
                     self._refresh_flight(live, stale_generation),
                     name=f"awx-connection-refresh-{live.record.id}",
@@ -619,8 +631,21 @@ class ConnectionManager:
         self._tasks.discard(task)
         if live.refresh_task is task:
             live.refresh_task = None
-        if not task.cancelled():
-            task.exception()  # mark retrieved: callers that gave up still saw it logged
+        if task.cancelled():
+            return
+        error = task.exception()  # also marks it retrieved for callers that gave up
+        timing = self.config.timing
+        if isinstance(error, ProviderError):
+            cooldown = (
+                timing.invalid_client_cooldown
+                if isinstance(error, InvalidClientError)
+                else timing.failure_cooldown
+            )
+            live.failure = error
+            live.failed_until = self.clock.now() + cooldown
+        elif error is None:
+            live.failure = None
+            live.failed_until = float("-inf")
 
     def _needs_refresh(self, record: ConnectionRecord, stale_generation: int | None) -> bool:
         tokens = record.tokens
@@ -748,9 +773,10 @@ class ConnectionManager:
                 record.journal is None or record.journal.unsafe_since is None
             )
             try:
-                new_tokens = await self._transport.refresh(
-                    tokens.refresh_token, generation=tokens.generation + 1, now=now
-                )
+                async with self._refresh_gate:
+                    new_tokens = await self._transport.refresh(
+                        tokens.refresh_token, generation=tokens.generation + 1, now=now
+                    )
             except InvalidGrantError:
                 return await self._after_invalid_grant(live, tokens)
             except ProviderError as exc:
@@ -978,7 +1004,13 @@ class ConnectionManager:
         return absolute
 
     async def request(
-        self, connection_id: str, method: str, url: str, **kwargs: Any
+        self,
+        connection_id: str,
+        method: str,
+        url: str,
+        *,
+        retry: bool | None = None,
+        **kwargs: Any,
     ) -> aiohttp.ClientResponse:
         """
         Call the Airwallex API on behalf of *connection_id*.
@@ -989,23 +1021,33 @@ class ConnectionManager:
         401 marks it ``revoked``. Use the response as ``async with`` or call
         ``release()``. Other keyword arguments go to aiohttp.
 
+        Args:
+            retry: Retry on 502/503/504 and network errors, up to
+                ``TimingPolicy.api_retries`` times with backoff. By default
+                only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) are
+                retried: a retried POST could, say, pay twice. A retried body
+                must be replayable (bytes, str, or ``json=``).
+
         Raises:
             ConnectionRevokedError: The provider rejected the refresh, or
                 answered 401 again right after one.
+            aiohttp.ClientError: The API could not be reached (after retries).
         """
         target = self._resolve(url)
         live = await self._get_live(connection_id)
+        if retry is None:
+            retry = method.upper() in _IDEMPOTENT
         headers = dict(kwargs.pop("headers", None) or {})
         token = await self.access_token(connection_id)
         generation = live.record.tokens.generation if live.record.tokens else None
         headers["Authorization"] = f"Bearer {token}"
-        response = await self._transport.session.request(method, target, headers=headers, **kwargs)
+        response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
             return response
         response.release()
         tokens = await self._fresh_tokens(live, stale_generation=generation)
         headers["Authorization"] = f"Bearer {tokens.access_token.reveal()}"
-        response = await self._transport.session.request(method, target, headers=headers, **kwargs)
+        response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
             return response
         response.release()
@@ -1015,6 +1057,31 @@ class ConnectionManager:
                     live, _T.REVOKE, "the API answered 401 right after a refresh", journal=None
                 )
         raise _unusable(live.record)
+
+    async def _send(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        retry: bool,
+        kwargs: dict[str, Any],
+    ) -> aiohttp.ClientResponse:
+        """One API call, retried on gateway errors and network failures if *retry*."""
+        attempts = 1 + (self.config.timing.api_retries if retry else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._transport.session.request(
+                    method, target, headers=headers, **kwargs
+                )
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt == attempts:
+                    raise
+            else:
+                if response.status not in _RETRY_STATUSES or attempt == attempts:
+                    return response
+                response.release()
+            await self._backoff(attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- internals ----------------------------------------------------------
 
