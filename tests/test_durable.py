@@ -17,6 +17,7 @@ from awx_connection import (
     Config,
     ConnectionEvent,
     ConnectionManager,
+    ConnectionRevokedError,
     ConnectionState,
     DecryptionError,
     KeyRing,
@@ -28,7 +29,7 @@ from awx_connection._cli import main as cli_main
 from awx_connection._records import ConnectionRecord
 from awx_connection._tokens import TokenSet
 from awx_connection.stores import SQLiteStore
-from awx_connection.testing import FakeAirwallex, ManualClock
+from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 S = ConnectionState
 
@@ -243,3 +244,29 @@ async def test_cli_keys_new_and_errors(
     assert 2 == await run_cli("db", "migrate")
     assert "no store" in capsys.readouterr().err
     assert 2 == await run_cli("db", "migrate", "--store", "mysql://x")
+
+
+async def test_revoked_by_another_process_mid_rotation(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """A rotation whose write loses to another process's revoke ends revoked, not in a crash."""
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with (
+        ConnectionManager(awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as a,
+        ConnectionManager(awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as b,
+    ):
+        connection_id = await connect(a, awx_fake)
+        awx_fake.inject(Fault(FaultKind.DELAY, grant_type="refresh_token", delay=0.3))
+        awx_clock.advance(301)
+        rotation = asyncio.ensure_future(a.access_token(connection_id))
+        for _ in range(200):  # wait until the rotation is in flight
+            if S.REFRESHING is (await b.get(connection_id)).state:
+                break
+            b._live.clear()
+            await asyncio.sleep(0.005)
+        await b.revoke(connection_id, "the customer asked us to disconnect")
+        with pytest.raises(ConnectionRevokedError):
+            await rotation
+        assert S.REVOKED is (await a.get(connection_id)).state
+    assert 0 == awx_fake.counters.reuse_violations

@@ -664,6 +664,7 @@ class ConnectionManager:
         async with live.lock:
             loop = asyncio.get_running_loop()
             give_up_at = loop.time() + self.config.timing.lease_wait
+            conflicts = 0
             while True:
                 # Another process may have rotated since we cached this
                 # record; presenting our older refresh token would be a
@@ -687,6 +688,14 @@ class ConnectionManager:
                         if record.state not in (_S.ACTIVE, _S.REFRESHING):
                             raise _unusable(record)
                         return await self._rotate(live)
+                    except VersionConflictError:
+                        # Another writer changed the connection under us (a
+                        # webhook revoked it, a paused holder woke up). Our
+                        # journal, if any, is in the store: look again.
+                        conflicts += 1
+                        if conflicts > 3:
+                            raise
+                        continue
                     finally:
                         await self._release_lease(live)
                 # Someone else rotates: wait for their write, then look again.
