@@ -39,11 +39,21 @@ async def test_diagram_prints_every_state() -> None:
 
 
 async def test_help_lists_commands() -> None:
-    """--help names every command."""
+    """--help names every command and the exit codes."""
     code, out, _ = await run(sys.executable, "-m", "awx_connection", "--help")
     assert 0 == code
-    for command in ("demo", "fake-server", "diagram"):
-        assert command in out
+    for command in (
+        "demo",
+        "fake-server",
+        "diagram",
+        "db",
+        "keys",
+        "connections",
+        "events",
+        "authorize",
+    ):
+        assert f"\n    {command}" in out
+    assert "3 connection not found" in out
 
 
 async def test_unknown_command_is_a_usage_error() -> None:

@@ -1,22 +1,49 @@
 """
-The ``awx-connection`` command.
+The ``awx-connection`` command: this module is the parser and the dispatcher.
 
 Subcommands: ``demo`` (one connection's whole life against the fake
 provider), ``fake-server`` (the fake Airwallex on 127.0.0.1), ``diagram``
 (the state machine as Mermaid), ``db migrate`` (create or upgrade a store's
-schema), ``keys new`` / ``keys rotate`` (encryption keys).
+schema), ``keys new`` / ``keys rotate`` (encryption keys), and the day-two
+commands, implemented in ``_cli_*`` modules: ``connections list|show|
+refresh|disconnect|reauthorize`` (``_cli_connections``), ``events tail``
+(``_cli_events``) and ``authorize`` (``_cli_authorize``). docs/cli.md shows
+each with an example.
 
 Stores are named by URL (``--store`` or ``AWX_STORE``): ``memory://``,
 ``sqlite:///path.db``, ``postgresql://user@host/db``. Encryption keys come
 from ``AWX_ENCRYPTION_KEYS`` only, never from the command line (it would
-land in shell history and ``ps``). Exit codes: 0 success, 1 failure,
-2 usage or configuration error.
+land in shell history and ``ps``); so do the client credentials
+(``Config.from_env()``), which only the commands that talk to Airwallex
+read: ``refresh``, ``reauthorize`` and ``authorize``. Reading commands need
+the store (and its keys) only.
+
+Output: a human view by default; ``--json`` prints one JSON object, or one
+per line for lists and streams. Nothing printed ever holds a token, code,
+verifier or the client secret; the authorize URLs printed by ``connections
+reauthorize`` and ``authorize`` carry ``state`` because a person must open
+them.
+
+Exit codes:
+
+* 0: success (also ``events tail --follow`` stopped by SIGINT or SIGTERM);
+* 1: the operation failed: the provider refused or failed, the connection
+  is revoked (or otherwise unusable) or in a state that forbids the
+  command, the store failed, ``authorize`` timed out or was declined;
+* 2: usage or configuration error: bad arguments, no store, missing or
+  invalid ``AWX_*`` variables;
+* 3: not found: no connection with that id;
+* 130: interrupted: ``authorize`` by SIGINT or SIGTERM before the
+  redirect, any other command by Ctrl-C;
+* 141: stdout was closed early (``... | head``), as for tools killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -24,13 +51,22 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AwxConnectionError, ConfigurationError
+from ._errors import AwxConnectionError, ConfigurationError, ConnectionNotFoundError
+from ._states import ConnectionState
 
 if TYPE_CHECKING:
     from ._crypto import KeyRing
     from ._store import Store
 
 __all__ = ["main"]
+
+#: Exit codes (see the module docstring).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def _cmd_diagram(_args: argparse.Namespace) -> int:
@@ -136,11 +172,214 @@ def _run_async(
     return run
 
 
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """
+    Run ``awx_connection.<module>.<function>(args)`` under asyncio.run,
+    importing the module when its command runs: the ``_cli_*`` modules import
+    this one (``_store_from``, the exit codes), so importing them here at the
+    top would be a cycle, and this module stays the parser and nothing else.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        implementation = getattr(importlib.import_module(f".{module}", __package__), function)
+        result: int = asyncio.run(implementation(args))
+        return result
+
+    return run
+
+
+_EPILOG = """\
+environment:
+  AWX_STORE            store URL when --store is not given
+  AWX_ENCRYPTION_KEYS  ID:BASE64 keys sealing stored secrets (first one encrypts)
+  AWX_CLIENT_ID, AWX_CLIENT_SECRET, AWX_REDIRECT_URI, AWX_ENVIRONMENT, AWX_BASE_URL,
+  AWX_SCOPES           credentials and endpoints; read by refresh, reauthorize, authorize
+
+exit codes:
+  0 ok, 1 operation failed, 2 usage or configuration error, 3 connection not found,
+  130 interrupted, 141 stdout closed early (| head)
+"""
+
+
+def _common(*, json_help: str) -> argparse.ArgumentParser:
+    """The options every day-two command takes: --store and --json."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="store URL (default: $AWX_STORE)")
+    common.add_argument("--json", action="store_true", help=json_help)
+    return common
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        msg = f"must be a positive number of seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _add_connections(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    one = _common(json_help="print one JSON object")
+    many = _common(json_help="print one JSON object per line")
+    connections = sub.add_parser("connections", help="list, inspect and act on stored connections")
+    commands = connections.add_subparsers(
+        dest="connections_command", required=True, metavar="COMMAND"
+    )
+
+    listing = commands.add_parser(
+        "list",
+        parents=[many],
+        help="stored connections, oldest first (needs no credentials)",
+        description="List stored connections matching every filter, oldest first.",
+    )
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=[state.value for state in ConnectionState],
+        metavar="STATE",
+        help="only this state (repeatable: any of them); one of %(choices)s",
+    )
+    listing.add_argument("--external-id", metavar="X", help="only this external id")
+    listing.add_argument("--account-id", metavar="A", help="only this Airwallex account")
+    listing.set_defaults(func=_lazy("_cli_connections", "list_connections"))
+
+    show = commands.add_parser("show", parents=[one], help="one connection (needs no credentials)")
+    show.add_argument("id", metavar="ID", help="connection id (conn_...)")
+    show.set_defaults(func=_lazy("_cli_connections", "show"))
+
+    refresh = commands.add_parser(
+        "refresh",
+        parents=[one],
+        help="rotate a connection's tokens now (reads AWX_CLIENT_* credentials)",
+        description="Rotate the connection's tokens now, whatever their expiry. "
+        "Single-flight with every other process on the store.",
+    )
+    refresh.add_argument("id", metavar="ID", help="connection id (conn_...)")
+    refresh.set_defaults(func=_lazy("_cli_connections", "refresh"))
+
+    disconnect = commands.add_parser(
+        "disconnect",
+        parents=[one],
+        help="mark a connection revoked",
+        description="Mark an active connection revoked (ConnectionManager.revoke). Only the "
+        "store changes: Airwallex is not called, so no credentials are needed.",
+    )
+    disconnect.add_argument("id", metavar="ID", help="connection id (conn_...)")
+    disconnect.add_argument(
+        "--reason",
+        default="disconnected by an operator (awx-connection CLI)",
+        metavar="TEXT",
+        help="why, stored with the revoked event",
+    )
+    disconnect.set_defaults(func=_lazy("_cli_connections", "disconnect"))
+
+    reauthorize = commands.add_parser(
+        "reauthorize",
+        parents=[one],
+        help="put a finished connection back to pending and print a new authorize URL",
+        description="Move a revoked, invalidated, expired, denied, failed or pending connection "
+        "back to pending and print a new authorize URL (reads AWX_CLIENT_* credentials). "
+        "This is the one command that prints a URL carrying the one-time OAuth 'state': "
+        "the operator must hand it to the customer, so treat it like a password reset "
+        "link and send it to that customer only. Its redirect must reach the service "
+        "that handles AWX_REDIRECT_URI with this store.",
+    )
+    reauthorize.add_argument("id", metavar="ID", help="connection id (conn_...)")
+    reauthorize.add_argument(
+        "--sign-up",
+        action="store_true",
+        help="let a customer without an Airwallex account create one first",
+    )
+    reauthorize.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPE",
+        help="scope to request (repeatable; default: the connection's scopes)",
+    )
+    reauthorize.set_defaults(func=_lazy("_cli_connections", "reauthorize"))
+
+
+def _add_events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    events = sub.add_parser("events", help="stored lifecycle events")
+    commands = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
+    tail = commands.add_parser(
+        "tail",
+        parents=[_common(json_help="print one JSON object per event, one per line")],
+        help="print stored events; --follow for new ones (needs no credentials)",
+        description="Print stored events in commit order. --follow keeps printing new ones "
+        "until SIGINT or SIGTERM (exit 0). With --consumer NAME, start after what NAME "
+        "last committed and commit what was printed (at-least-once across runs).",
+    )
+    tail.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new events until stopped"
+    )
+    which = tail.add_mutually_exclusive_group()
+    which.add_argument(
+        "--consumer",
+        metavar="NAME",
+        help="read as the durable consumer NAME, committing its position",
+    )
+    which.add_argument("--connection", metavar="ID", help="only this connection's events")
+    tail.add_argument(
+        "--poll-interval",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --follow, longest wait between checks for new events (default 1)",
+    )
+    tail.set_defaults(func=_lazy("_cli_events", "tail"))
+
+
+def _add_authorize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    authorize = sub.add_parser(
+        "authorize",
+        parents=[_common(json_help="print the resulting connection as one JSON object")],
+        help="connect an account from this machine: browser, callback server, exchange",
+        description="Developer flow: listen on AWX_REDIRECT_URI (an http://127.0.0.1:PORT/... "
+        "URI registered with Airwallex), print and open the authorize URL (it carries the "
+        "one-time 'state': open it yourself, do not share it), wait for the redirect, "
+        "complete the exchange, store the connection, print its id and state, exit. "
+        "Reads AWX_CLIENT_* credentials.",
+    )
+    authorize.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on; must be the port of AWX_REDIRECT_URI (default: that port)",
+    )
+    authorize.add_argument(
+        "--no-browser", action="store_true", help="only print the URL; do not open a browser"
+    )
+    authorize.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long without a redirect (default 300; exit 1)",
+    )
+    authorize.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPE",
+        help="scope to request (repeatable; default: $AWX_SCOPES)",
+    )
+    authorize.add_argument(
+        "--sign-up",
+        action="store_true",
+        help="let a customer without an Airwallex account create one first",
+    )
+    authorize.add_argument("--external-id", metavar="X", help="your key for this connection")
+    authorize.set_defaults(func=_lazy("_cli_authorize", "authorize"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs and the tests)."""
     parser = argparse.ArgumentParser(
         prog="awx-connection",
         description="Hold OAuth partner connections to Airwallex accounts.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -181,18 +420,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--store", help="store URL (default: $AWX_STORE)")
     rotate.set_defaults(func=_run_async(_keys_rotate))
+
+    _add_connections(sub)
+    _add_events(sub)
+    _add_authorize(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; return the exit code (see the module docstring)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # --help (0) and usage errors (2) end in SystemExit; return the code
+        # so that main() can also be called in-process.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         result: int = args.func(args)
     except ConfigurationError as exc:
         print(f"awx-connection: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except ConnectionNotFoundError as exc:
+        print(f"awx-connection: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except AwxConnectionError as exc:
         print(f"awx-connection: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        # A Ctrl-C outside the waits that handle it themselves: no traceback.
+        print("awx-connection: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, like tools that
+        # die of SIGPIPE, but only after the stack unwound (a consumer did
+        # not commit the event it could not print). Point stdout at
+        # /dev/null so the interpreter's final flush does not complain.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result
