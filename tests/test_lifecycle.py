@@ -539,3 +539,25 @@ async def test_stuck_exchange_can_be_abandoned(
     assert S.PENDING is (await awx_manager.get(request.connection_id)).state
     connection = await awx_manager.complete_authorization(awx_fake.approve(again.url))
     assert S.ACTIVE is connection.state
+
+
+async def test_statistics_count_what_happened(
+    awx_manager: ConnectionManager,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    awx_connect: Connect,
+) -> None:
+    """statistics() is a frozen snapshot of transitions, refresh requests and failures."""
+    connection = await awx_connect()
+    awx_fake.inject(Fault(FaultKind.DROP_AFTER_COMMIT, grant_type="refresh_token"))
+    awx_clock.advance(301)
+    await awx_manager.access_token(connection.id)
+    stats = awx_manager.statistics()
+    assert 1 == stats.connections_cached
+    assert 0 == stats.refreshes_in_flight
+    assert 2 == stats.refresh_requests
+    assert {"NetworkError": 1} == dict(stats.refresh_failures)
+    assert 1 == stats.transitions["refreshed"]
+    assert 1 == stats.transitions["exchanged"]
+    with pytest.raises(AttributeError):
+        stats.refresh_requests = 0  # type: ignore[misc]

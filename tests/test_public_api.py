@@ -57,6 +57,7 @@ EXPECTED = {
     "VersionConflictError",
     "mermaid",
     "KeepaliveReport",
+    "ManagerStatistics",
     "WebhookCallback",
     "WebhookError",
     "WebhookEvent",

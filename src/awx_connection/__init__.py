@@ -49,6 +49,7 @@ from ._manager import ConnectionManager
 from ._outbox import EventConsumer
 from ._secrets import Secret
 from ._states import TRANSITIONS, ConnectionState, Transition, Trigger, mermaid
+from ._statistics import ManagerStatistics
 from ._store import Store
 from ._webhooks import (
     WebhookCallback,
@@ -88,6 +89,7 @@ __all__ = [
     "KeepaliveReport",
     "KeyRing",
     "MalformedResponseError",
+    "ManagerStatistics",
     "NetworkError",
     "ProviderError",
     "ProviderUnavailableError",

@@ -29,6 +29,7 @@ lock at all.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -78,6 +79,7 @@ from ._outbox import EventConsumer
 from ._records import ConnectionRecord, PendingAuthorization, RotationJournal
 from ._secrets import Secret
 from ._states import ConnectionState, Trigger
+from ._statistics import ManagerStatistics
 from ._store import Store
 from ._tokens import TokenSet
 from ._transport import Transport
@@ -163,6 +165,7 @@ class ConnectionManager:
     keepalive: bool = attrs.field(default=False, kw_only=True)
     _webhook_subscribers: list[WebhookSubscription] = attrs.field(factory=list, init=False)
     _refresh_gate: asyncio.Semaphore = attrs.field(init=False)
+    _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     #: This manager's identity as a lease owner: host, process, random.
     _owner: str = attrs.field(init=False)
 
@@ -781,14 +784,17 @@ class ConnectionManager:
             unsafe_from_this_attempt = journal.unsafe_since == now and (
                 record.journal is None or record.journal.unsafe_since is None
             )
+            self._counts["refresh_requests"] += 1
             try:
                 async with self._refresh_gate:
                     new_tokens = await self._transport.refresh(
                         tokens.refresh_token, generation=tokens.generation + 1, now=now
                     )
             except InvalidGrantError:
+                self._counts["refresh_failure:InvalidGrantError"] += 1
                 return await self._after_invalid_grant(live, tokens)
             except ProviderError as exc:
+                self._counts[f"refresh_failure:{type(exc).__name__}"] += 1
                 if not exc.maybe_processed and unsafe_from_this_attempt:
                     # This attempt alone made the token unsafe, and it
                     # certainly did not reach the provider: undo that.
@@ -906,8 +912,10 @@ class ConnectionManager:
             event = parse_webhook(body)
         except WebhookError as exc:
             _log.warning("webhook refused (%s): %s", exc.status, exc)
+            self._counts["webhooks_refused"] += 1
             return WebhookResult(exc.status, str(exc))
         if await self.store.webhook_seen(event.id):
+            self._counts["webhooks_handled"] += 1
             return WebhookResult(200, "duplicate", event, duplicate=True)
         records: dict[str, ConnectionRecord] = {}
         for account_id in event.account_ids:
@@ -924,6 +932,7 @@ class ConnectionManager:
         for sub in [s for s in self._webhook_subscribers if s.matches(event)]:
             await sub.deliver(event)
         await self.store.remember_webhook(event.id, at=self.clock.now())
+        self._counts["webhooks_handled"] += 1
         return WebhookResult(200, "handled", event, revoked=tuple(revoked))
 
     async def _revoke_for_webhook(self, live: _Live, event: WebhookEvent) -> bool:
@@ -1183,7 +1192,29 @@ class ConnectionManager:
         self._publish(event)
         return event
 
+    def statistics(self) -> ManagerStatistics:
+        """A frozen snapshot of this manager's counters (see :class:`ManagerStatistics`)."""
+        counts = self._counts
+        return ManagerStatistics(
+            connections_cached=len(self._live),
+            refreshes_in_flight=sum(1 for live in self._live.values() if live.refresh_task),
+            transitions={
+                k.removeprefix("transition:"): v
+                for k, v in counts.items()
+                if k.startswith("transition:")
+            },
+            refresh_requests=counts["refresh_requests"],
+            refresh_failures={
+                k.removeprefix("refresh_failure:"): v
+                for k, v in counts.items()
+                if k.startswith("refresh_failure:")
+            },
+            webhooks_handled=counts["webhooks_handled"],
+            webhooks_refused=counts["webhooks_refused"],
+        )
+
     def _publish(self, event: ConnectionEvent) -> None:
+        self._counts[f"transition:{event.trigger.value}"] += 1
         _log.info(
             "connection %s: %s -> %s (%s)",
             event.connection_id,
