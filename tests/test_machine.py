@@ -327,3 +327,11 @@ async def test_advance_is_safe_under_concurrency() -> None:
     )
     assert [LEGAL[pair] for pair in pairs] == results
     assert {} == {k: v for k, v in AsyncMachine.async_tasks.items() if v}
+
+
+def test_transitions_info_noise_is_quieted_unless_configured() -> None:
+    """Importing the machine sets transitions' loggers to WARNING only if unset."""
+    import logging
+
+    for name in ("transitions.core", "transitions.extensions.asyncio"):
+        assert logging.WARNING == logging.getLogger(name).level

@@ -26,6 +26,7 @@ runs inside ``authorized`` and ``refreshing``, under the same lock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, final
 
@@ -74,6 +75,14 @@ class _Step:
 
     state: ConnectionState
 
+
+# transitions logs an INFO line for every callback stage of every trigger;
+# through this machine that is our internal bookkeeping, not news for the
+# application's logs. Quiet it unless the application set a level itself.
+for _name in ("transitions.core", "transitions.extensions.asyncio"):
+    _logger = logging.getLogger(_name)
+    if _logger.level == logging.NOTSET:
+        _logger.setLevel(logging.WARNING)
 
 MACHINE = _Machine(
     model=None,
