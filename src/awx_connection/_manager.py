@@ -801,7 +801,10 @@ class ConnectionManager:
                     journal = attrs.evolve(journal, unsafe_since=None)
                     await self._save(live, journal=journal)
                 retry = exc.retryable and attempt < timing.max_attempts
-                _log.warning(
+                # A rejected client is our configuration, not the customer's:
+                # every connection is affected, so it is an error.
+                _log.log(
+                    logging.ERROR if isinstance(exc, InvalidClientError) else logging.WARNING,
                     "connection %s: refresh attempt %d failed: %s%s",
                     connection_id,
                     attempt,
