@@ -6,6 +6,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import awx_connection
+import awx_connection.instrumentation
 import awx_connection.stores
 import awx_connection.testing
 
@@ -78,7 +79,12 @@ def test_all_is_exactly_the_public_api() -> None:
 
 def test_all_is_sorted() -> None:
     """Every public __all__ is in plain sorted() order, so diffs stay small."""
-    for module in (awx_connection, awx_connection.stores, awx_connection.testing):
+    for module in (
+        awx_connection,
+        awx_connection.instrumentation,
+        awx_connection.stores,
+        awx_connection.testing,
+    ):
         assert sorted(module.__all__) == list(module.__all__), module.__name__
 
 
