@@ -1,0 +1,160 @@
+"""
+The child side of the multi-process benchmarks (run as a script by run.py).
+
+    python benchmarks/_worker.py MODE '<json settings>'
+
+Modes:
+
+* ``tokens``: a ConnectionManager on the shared store with a FileClock,
+  obeying JSON commands on stdin, one JSON answer per line on stdout:
+  ``{"cmd": "tokens", "ids": [...], "per_connection": n}`` (that many
+  concurrent ``access_token()`` calls per connection) and ``{"cmd": "exit"}``.
+* ``consume``: a durable consumer on a PostgreSQL store; prints every event
+  it receives with the CLOCK_MONOTONIC time it arrived (system-wide, so the
+  parent can subtract its own readings).
+* ``load`` / ``bulk``: open a manager on a store holding many connections,
+  load every one of them into the manager (``load``: the public API,
+  ``connections()`` then ``get()`` each; ``bulk``: one
+  ``list_connections()`` adopted into the manager, what a bulk-load API
+  would do), and print the time and the RSS growth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import resource
+import sys
+import time
+from typing import Any
+
+import orjson
+from _common import EPOCH, build_store, config_for, rss_bytes
+
+from awx_connection import AwxConnectionError, ConnectionManager
+from awx_connection.testing import FileClock, ManualClock
+
+
+def reply(payload: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(payload).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _stdin() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def tokens(settings: dict[str, Any]) -> None:
+    clock = FileClock(settings["clock"])
+    config = config_for(settings["base_url"], settings["client_id"], settings["client_secret"])
+    reader = await _stdin()
+    store = build_store(settings["store"])
+    async with ConnectionManager(config, store=store, clock=clock) as awx:
+        reply({"ready": True})
+        while line := await reader.readline():
+            command = orjson.loads(line)
+            if command["cmd"] == "exit":
+                break
+            calls = [
+                awx.access_token(connection_id)
+                for connection_id in command["ids"]
+                for _ in range(command["per_connection"])
+            ]
+            started = time.perf_counter()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            errors = [repr(r) for r in results if isinstance(r, BaseException)]
+            reply(
+                {"ok": not errors, "errors": errors[:5], "seconds": time.perf_counter() - started}
+            )
+    clock.close()
+
+
+async def consume(settings: dict[str, Any]) -> None:
+    config = config_for(settings["base_url"], "bench-client", "bench-secret")
+    store = build_store(settings["store"])
+    async with (
+        ConnectionManager(config, store=store, clock=ManualClock(EPOCH)) as awx,
+        awx.consumer(settings["name"]) as events,
+    ):
+        async for event in events:
+            arrived = time.clock_gettime(time.CLOCK_MONOTONIC)
+            reply({"id": event.connection_id, "sequence": event.sequence, "at": arrived})
+
+
+async def load(settings: dict[str, Any], *, bulk: bool) -> None:
+    config = config_for(settings["base_url"], "bench-client", "bench-secret")
+    store = build_store(settings["store"])
+    async with ConnectionManager(config, store=store, clock=ManualClock(EPOCH)) as awx:
+        gc.collect()
+        before = rss_bytes()
+        started = time.perf_counter()
+        if bulk:
+            # What a bulk-load API would do: one query, records adopted as they are.
+            records = await awx.store.list_connections()
+            listed = time.perf_counter()
+            for record in records:
+                awx._adopt(record)
+            count = len(records)
+            last = records[-1].id
+            del records
+        else:
+            # The public API today: list the snapshots, then get() each
+            # connection, which reads it again and keeps it in the manager.
+            ids = [connection.id for connection in await awx.connections()]
+            listed = time.perf_counter()
+            for connection_id in ids:
+                await awx.get(connection_id)
+            count = len(ids)
+            last = ids[-1]
+            del ids
+        loaded = time.perf_counter()
+        # Served from memory now: no store read, no decryption.
+        token_started = time.perf_counter()
+        token = await awx.access_token(last)
+        token_us = (time.perf_counter() - token_started) * 1e6
+        gc.collect()
+        after = rss_bytes()
+        # What the allocator kept of freed memory (the listing's rows and
+        # snapshots): glibc returns it only when asked.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trimmed = rss_bytes()
+        reply(
+            {
+                "count": count,
+                "list_s": listed - started,
+                "load_s": loaded - started,
+                "rss_before": before,
+                "rss_after": after,
+                "bytes_per_conn": (after - before) / count,
+                "trimmed_bytes_per_conn": (trimmed - before) / count,
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "token_chars": len(token),
+                "token_us": token_us,
+            }
+        )
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    settings = orjson.loads(sys.argv[2])
+    if mode == "tokens":
+        asyncio.run(tokens(settings))
+    elif mode == "consume":
+        asyncio.run(consume(settings))
+    elif mode in ("load", "bulk"):
+        asyncio.run(load(settings, bulk=mode == "bulk"))
+    else:
+        msg = f"unknown mode {mode!r}"
+        raise SystemExit(msg)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AwxConnectionError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
