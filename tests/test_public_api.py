@@ -109,3 +109,13 @@ def test_version_matches_metadata() -> None:
 def test_package_is_typed() -> None:
     """py.typed ships, so users' type checkers read our annotations."""
     assert (Path(awx_connection.__file__).parent / "py.typed").exists()
+
+
+def test_import_does_not_load_the_aiohttp_server() -> None:
+    """import awx_connection leaves aiohttp.web (the server half) unloaded: cold start."""
+    import subprocess
+    import sys
+
+    code = "import sys, awx_connection; print('aiohttp.web' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "False" == out.stdout.strip()

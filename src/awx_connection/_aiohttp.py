@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from ._webhooks import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from ._manager import ConnectionManager
 
 __all__ = ["webhook_handler"]
@@ -34,6 +34,9 @@ def webhook_handler(
     for a bad or stale signature, 400 for a body that is not a JSON webhook,
     413 for an oversized body.
     """
+    # Imported here: aiohttp.web (the server half) costs ~16 ms at import,
+    # and most users of the library only need the client half.
+    from aiohttp import web
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if (request.content_length or 0) > MAX_BODY_BYTES:
