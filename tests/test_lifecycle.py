@@ -561,3 +561,15 @@ async def test_statistics_count_what_happened(
     assert 1 == stats.transitions["exchanged"]
     with pytest.raises(AttributeError):
         stats.refresh_requests = 0  # type: ignore[misc]
+
+
+async def test_manager_repr_is_short_and_secret_free(
+    awx_manager: ConnectionManager, awx_fake: FakeAirwallex, awx_connect: Connect
+) -> None:
+    """repr(manager) names the client and store, never a cached access token."""
+    connection = await awx_connect()
+    token = await awx_manager.access_token(connection.id)
+    text = repr(awx_manager)
+    assert token not in text
+    assert "connections_cached=1" in text
+    assert all(secret not in text for secret in awx_fake.issued_secrets())

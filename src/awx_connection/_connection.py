@@ -82,8 +82,8 @@ class _Live:
     refresh_task: asyncio.Task[TokenSet] | None = None
     #: Until when ``token`` may be handed out without refreshing.
     fresh_until: float = float("-inf")
-    #: The revealed access token while ``active``, else ``None``.
-    token: str | None = None
+    #: The revealed access token while ``active``, else ``None``. Never in a repr.
+    token: str | None = attrs.field(default=None, repr=False)
     timing: TimingPolicy | None = None
     #: The last refresh failure, handed to callers until ``failed_until``
     #: (injected clock) instead of a new request.

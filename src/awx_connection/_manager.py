@@ -125,7 +125,7 @@ def _new_connection_id() -> str:
 
 
 @final
-@attrs.define(eq=False)
+@attrs.define(eq=False, repr=False)
 class ConnectionManager:
     """
     Holds many Airwallex partner connections for one OAuth client.
@@ -157,17 +157,31 @@ class ConnectionManager:
     _session: aiohttp.ClientSession | None = attrs.field(
         default=None, kw_only=True, alias="session"
     )
-    _bus: EventBus = attrs.field(factory=EventBus, init=False)
-    _live: dict[str, _Live] = attrs.field(factory=dict, init=False)
-    _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
+    _bus: EventBus = attrs.field(factory=EventBus, init=False, repr=False)
+    # Internal state stays out of the repr: it is large, and the live cache
+    # holds revealed access tokens for the hot path.
+    _live: dict[str, _Live] = attrs.field(factory=dict, init=False, repr=False)
+    _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
     #: Run keep-alive passes every ``TimingPolicy.keepalive_interval`` seconds.
     keepalive: bool = attrs.field(default=False, kw_only=True)
-    _webhook_subscribers: list[WebhookSubscription] = attrs.field(factory=list, init=False)
-    _refresh_gate: asyncio.Semaphore = attrs.field(init=False)
-    _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _webhook_subscribers: list[WebhookSubscription] = attrs.field(
+        factory=list, init=False, repr=False
+    )
+    _refresh_gate: asyncio.Semaphore = attrs.field(init=False, repr=False)
+    _counts: collections.Counter[str] = attrs.field(
+        factory=collections.Counter, init=False, repr=False
+    )
     #: This manager's identity as a lease owner: host, process, random.
     _owner: str = attrs.field(init=False)
+
+    def __repr__(self) -> str:
+        # Short on purpose: a repr lands in logs and tracebacks, and the
+        # internals (the live cache holds revealed access tokens) must not.
+        return (
+            f"<ConnectionManager client_id={self.config.client_id!r} "
+            f"store={type(self.store).__name__} connections_cached={len(self._live)}>"
+        )
 
     def __attrs_post_init__(self) -> None:
         self._transport = Transport(self.config, session=self._session)
