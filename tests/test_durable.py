@@ -270,3 +270,68 @@ async def test_revoked_by_another_process_mid_rotation(
             await rotation
         assert S.REVOKED is (await a.get(connection_id)).state
     assert 0 == awx_fake.counters.reuse_violations
+
+
+@attrs.define(eq=False)
+class GatedStore:
+    """A real store whose chosen calls wait at a gate (the library decides everything)."""
+
+    inner: SQLiteStore
+    #: "leased" or a Trigger value -> (reached, go)
+    gates: dict[str, tuple[asyncio.Event, asyncio.Event]] = attrs.Factory(dict)
+
+    def gate(self, name: str) -> tuple[asyncio.Event, asyncio.Event]:
+        self.gates[name] = (asyncio.Event(), asyncio.Event())
+        return self.gates[name]
+
+    async def _pass(self, name: str) -> None:
+        pair = self.gates.pop(name, None)
+        if pair is not None:
+            pair[0].set()
+            await pair[1].wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def acquire_lease(self, *args: Any, **kwargs: Any) -> bool:
+        granted: bool = await self.inner.acquire_lease(*args, **kwargs)
+        if granted:
+            await self._pass("leased")
+        return granted
+
+    async def update(self, record: Any, *, expected_version: int, event: Any) -> None:
+        if event is not None:
+            await self._pass(event.trigger.value)
+        await self.inner.update(record, expected_version=expected_version, event=event)
+
+
+async def test_stalled_replica_never_sends_a_token_another_replica_rotated(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """A stalls past its lease; B rotates; A's identical journal write must not pass as its own."""
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as setup:
+        connection_id = await connect(setup, awx_fake)
+    gated = GatedStore(SQLiteStore(path, keys=keys))
+    leased = gated.gate("leased")
+    started = gated.gate("refresh_started")
+    async with (
+        ConnectionManager(awx_config, store=gated, clock=awx_clock) as a,  # type: ignore[arg-type]
+        ConnectionManager(awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as b,
+    ):
+        awx_clock.advance(301)
+        task_a = asyncio.ensure_future(a.access_token(connection_id))
+        await leased[0].wait()
+        awx_clock.advance(21)  # A stalls past its 20 s lease, at the same clock reading as B
+        leased[1].set()
+        await started[0].wait()  # A built its refresh_started record
+        token_b = await b.access_token(connection_id)  # B takes the lease and rotates 0 -> 1
+        started[1].set()  # A's compare-and-swap now loses to an identical-looking record
+        token_a = await task_a
+    assert token_b == token_a
+    assert 1 == awx_fake.counters.refreshes  # A never presented generation 0 again
+    assert 0 == awx_fake.counters.grace_reissues
+    assert 0 == awx_fake.counters.reuse_violations

@@ -725,6 +725,31 @@ class ConnectionManager:
                 if newer is not None:
                     live.record = newer
 
+    async def _still_ours(self, live: _Live) -> None:
+        """
+        Right before a refresh POST: renew the lease, then check nobody
+        wrote the connection meanwhile.
+
+        A lease that lapsed during a stall (a slow retry, a paused process)
+        may have been taken, used and released by another process; renewing
+        it then succeeds, so the renewal alone proves nothing. The re-read
+        does: if the version moved, another process rotated or resumed our
+        journal, and sending our token again would be a reuse.
+
+        Raises:
+            RefreshTimeoutError: Someone else holds the lease now.
+            VersionConflictError: The connection changed; the caller re-reads.
+        """
+        if not await self._take_lease(live):
+            raise RefreshTimeoutError(live.record.id)
+        stored = await self.store.get(live.record.id)
+        if stored is None or stored.version != live.record.version:
+            if stored is not None:
+                live.record = stored
+            raise VersionConflictError(
+                live.record.id, live.record.version, None if stored is None else stored.version
+            )
+
     async def _take_lease(self, live: _Live) -> bool:
         """Take or renew this process's refresh lease on the connection."""
         now = self.clock.now()
@@ -791,10 +816,7 @@ class ConnectionManager:
                     unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
                 )
                 await self._save(live, journal=journal)
-            if attempt > 1 and not await self._take_lease(live):
-                # Our lease lapsed and someone else may be rotating: stop
-                # before sending anything. The journal stays for them.
-                raise RefreshTimeoutError(connection_id)
+            await self._still_ours(live)
             unsafe_from_this_attempt = journal.unsafe_since == now and (
                 record.journal is None or record.journal.unsafe_since is None
             )
@@ -1170,7 +1192,11 @@ class ConnectionManager:
         """Persist a change that is not a transition (no event)."""
         record = live.record
         new = attrs.evolve(
-            record, version=record.version + 1, updated_at=self.clock.now(), **changes
+            record,
+            version=record.version + 1,
+            updated_at=self.clock.now(),
+            write_id=secrets.token_hex(8),
+            **changes,
         )
         await self._write(live, new, None)
 
@@ -1189,6 +1215,7 @@ class ConnectionManager:
             record,
             state=dest,
             version=record.version + 1,
+            write_id=secrets.token_hex(8),
             sequence=record.sequence + 1,
             updated_at=now,
             reason=reason,

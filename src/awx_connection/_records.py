@@ -103,6 +103,11 @@ class ConnectionRecord:
     #: A disconnect webhook created before it belongs to an earlier
     #: authorization and must not revoke this one (webhooks are unordered).
     activated_at: float | None = None
+    #: A random id of the write that produced this version. Two replicas can
+    #: compute byte-identical records (same clock reading, same input); this
+    #: tells "my write landed, only the acknowledgement was lost" apart from
+    #: "someone else wrote the same thing".
+    write_id: str = ""
 
 
 def _sealer(record_id: str, keys: KeyRing | None) -> Callable[[Secret | None, str], str | None]:
@@ -161,6 +166,7 @@ def dump_record(record: ConnectionRecord, keys: KeyRing | None = None) -> dict[s
             "scope": list(tokens.scope),
         },
         "activated_at": record.activated_at,
+        "write_id": record.write_id,
         "journal": None
         if journal is None
         else {
@@ -203,6 +209,9 @@ def load_record(data: dict[str, Any], keys: KeyRing | None = None) -> Connection
         DecryptionError: A secret did not decrypt (wrong key, tampering).
         StoreError: The data does not describe a valid record.
     """
+    if not isinstance(data, dict):
+        msg = f"stored record is corrupt (a JSON {type(data).__name__}, not an object)"
+        raise StoreError(msg)
     connection_id = str(data.get("id", "?"))
     _opt_secret = _opener(connection_id, keys)
     try:
@@ -252,6 +261,7 @@ def load_record(data: dict[str, Any], keys: KeyRing | None = None) -> Connection
                 else float(journal["unsafe_since"]),
             ),
             activated_at=None if data.get("activated_at") is None else float(data["activated_at"]),
+            write_id=str(data.get("write_id", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"connection {connection_id!r}: stored record is corrupt ({type(exc).__name__})"
