@@ -1,0 +1,250 @@
+"""
+A child process of the chaos soak (``benchmarks/soak.py``); run as a script.
+
+    python benchmarks/soak_worker.py worker|consumer
+
+The first line on stdin is the JSON settings (store, fake, clock, secrets):
+on stdin rather than in ``argv`` because ``argv`` is world-readable in
+``ps`` and the settings carry the client secret and the encryption key.
+Everything this process logs goes to stderr at DEBUG, which the parent
+points at a file and later scans for leaked secrets.
+
+``worker`` is one application replica. It opens a ConnectionManager on the
+shared store with the shared FileClock, answers ``{"ready": true}`` and then
+obeys one JSON command per line, answering one JSON line each:
+
+* ``{"cmd": "round", "ids": [...], "per_connection": n, "api": [...],
+  "keepalive": bool}``: all at once, ``n`` concurrent ``access_token()``
+  calls per id, one ``GET /api/v1/account/`` through ``request()`` per id
+  in ``api``, and a ``keepalive_pass()`` if asked; the answer counts
+  successes and errors by type. Errors are data here, not failures: a
+  revoked connection answers ``ConnectionRevokedError`` by design.
+* ``{"cmd": "refresh", "id": ...}``: force one rotation (the parent uses
+  it to kill a replica while the provider holds the rotated response);
+* ``{"cmd": "exit"}``.
+
+``consumer`` reads ``manager.consumer("soak")`` for ever and prints every
+event as ``{"e": [connection_id, sequence]}``, flushed, so the parent knows
+exactly what was handled even when it SIGKILLs this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import sys
+from typing import Any
+
+import aiohttp
+import orjson
+
+from awx_connection import (
+    AwxConnectionError,
+    Config,
+    ConnectionManager,
+    Endpoints,
+    KeyRing,
+    Store,
+    TimingPolicy,
+)
+from awx_connection.stores import SQLiteStore
+from awx_connection.testing import FileClock
+
+#: The consumer's name, shared by every run of the consumer process.
+CONSUMER = "soak"
+
+
+def build_store(spec: dict[str, Any]) -> Store:
+    """The store the parent created: an SQLite file or a PostgreSQL schema."""
+    keys = KeyRing.parse(spec["keys"])
+    if spec["kind"] == "postgres":
+        from awx_connection.stores import PostgresStore
+
+        # A pool of 4 per process (default 10): seven processes of one soak
+        # stay far below max_connections on a database others share too.
+        return PostgresStore(spec["dsn"], keys=keys, schema=spec["schema"], max_size=4)
+    return SQLiteStore(spec["path"], keys=keys)
+
+
+def build_config(settings: dict[str, Any]) -> Config:
+    """
+    The parent's and every child's configuration.
+
+    Backoff is tiny because retries pace real time while the soak moves
+    simulated time; everything else keeps the library's defaults, so the
+    grace margin, lease TTL and cooldowns under test are the shipped ones.
+    """
+    return Config(
+        client_id=settings["client_id"],
+        client_secret=settings["client_secret"],
+        redirect_uri=settings["redirect"],
+        endpoints=Endpoints.from_base_url(settings["base_url"]),
+        timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05),
+        default_scopes=("account_details:read",),
+    )
+
+
+def reply(payload: dict[str, Any]) -> None:
+    """One answer line, flushed at once: the parent may kill us right after."""
+    sys.stdout.write(orjson.dumps(payload).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _stdin() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+#: This harness's own log lines (which the secret scan reads too).
+_log = logging.getLogger("soak")
+
+
+def _failed(call: str, connection_id: str, exc: Exception) -> str:
+    """Log a typed error with its message (scanned for secrets later), return its type."""
+    _log.warning("%s(%s) failed: %s: %s", call, connection_id, type(exc).__name__, exc)
+    return type(exc).__name__
+
+
+async def _token(awx: ConnectionManager, connection_id: str) -> str | None:
+    try:
+        await awx.access_token(connection_id)
+    except AwxConnectionError as exc:
+        return _failed("access_token", connection_id, exc)
+    return None
+
+
+async def _api(awx: ConnectionManager, connection_id: str) -> str | None:
+    try:
+        async with await awx.request(connection_id, "GET", "/api/v1/account/") as response:
+            await response.read()
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except AwxConnectionError as exc:
+        return _failed("request", connection_id, exc)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return "api:" + _failed("request", connection_id, exc)
+
+
+async def _keepalive(awx: ConnectionManager) -> dict[str, int] | str:
+    try:
+        report = await awx.keepalive_pass()
+    except AwxConnectionError as exc:
+        return _failed("keepalive_pass", "*", exc)
+    return {
+        "checked": report.checked,
+        "rotated": report.rotated,
+        "expired": report.expired,
+        "failed": report.failed,
+    }
+
+
+async def _guarded(call: Any) -> Any:
+    """
+    Await *call*; an exception the library did not type is a finding, so it
+    is logged with its traceback and reported as ``unexpected:<type>``.
+    """
+    try:
+        return await call
+    except Exception as exc:
+        _log.exception("unexpected error")
+        return f"unexpected:{type(exc).__name__}"
+
+
+async def one_round(awx: ConnectionManager, command: dict[str, Any]) -> dict[str, Any]:
+    """Every call of one round at once, so replicas and callers really overlap."""
+    calls = [
+        _guarded(_token(awx, connection_id))
+        for connection_id in command["ids"]
+        for _ in range(command["per_connection"])
+    ]
+    calls.extend(_guarded(_api(awx, connection_id)) for connection_id in command["api"])
+    keepalive_task = (
+        asyncio.ensure_future(_guarded(_keepalive(awx))) if command["keepalive"] else None
+    )
+    results = await asyncio.gather(*calls)
+    keepalive = await keepalive_task if keepalive_task is not None else None
+    errors = collections.Counter(r for r in results if r is not None)
+    if isinstance(keepalive, str):
+        errors["keepalive:" + keepalive] += 1
+        keepalive = None
+    return {
+        "ok": sum(r is None for r in results),
+        "errors": dict(errors),
+        "keepalive": keepalive,
+    }
+
+
+async def run_worker(settings: dict[str, Any], reader: asyncio.StreamReader) -> None:
+    clock = FileClock(settings["clock"])
+    try:
+        async with ConnectionManager(
+            build_config(settings), store=build_store(settings["store"]), clock=clock
+        ) as awx:
+            reply({"ready": True})
+            while line := await reader.readline():
+                command = orjson.loads(line)
+                match command["cmd"]:
+                    case "round":
+                        reply(await one_round(awx, command))
+                    case "refresh":
+                        error = await _guarded(_refresh(awx, command["id"]))
+                        reply({"error": error})
+                    case "exit":
+                        break
+    finally:
+        clock.close()
+
+
+async def _refresh(awx: ConnectionManager, connection_id: str) -> str | None:
+    try:
+        await awx.refresh(connection_id)
+    except AwxConnectionError as exc:
+        return _failed("refresh", connection_id, exc)
+    return None
+
+
+async def run_consumer(settings: dict[str, Any], reader: asyncio.StreamReader) -> None:
+    clock = FileClock(settings["clock"])
+    try:
+        async with ConnectionManager(
+            build_config(settings), store=build_store(settings["store"]), clock=clock
+        ) as awx:
+            reply({"ready": True})
+            consume = asyncio.ensure_future(_consume(awx))
+            # stdin closes when the parent dies, however it dies: stop then,
+            # instead of polling an idle store for ever as an orphan.
+            await reader.read()
+            consume.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consume
+    finally:
+        clock.close()
+
+
+async def _consume(awx: ConnectionManager) -> None:
+    # batch=20: a kill re-delivers at most 20 events (at-least-once); the
+    # parent counts those duplicates but must never miss one.
+    async with awx.consumer(CONSUMER, batch=20, poll_interval=0.05) as events:
+        async for event in events:
+            reply({"e": [event.connection_id, event.sequence]})
+
+
+async def main(mode: str) -> None:
+    reader = await _stdin()
+    settings = orjson.loads(await reader.readline())
+    if mode == "consumer":
+        await run_consumer(settings, reader)
+    else:
+        await run_worker(settings, reader)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.DEBUG,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(main(sys.argv[1]))
