@@ -132,6 +132,15 @@ def authorize_url(
     return f"{base}{separator}{urlencode(params)}"
 
 
+def _is_text(value: str) -> bool:
+    """Whether *value* encodes as UTF-8 (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _clean(text: str) -> str:
     printable = "".join(c if c.isprintable() else " " for c in text)
     return printable[:_MAX_ERROR_CHARS]
@@ -146,9 +155,10 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
             parsed query parameters (as a web framework gives them).
 
     Raises:
-        CallbackError: The input is oversized, repeats a parameter, has a
-            value that is not a string, lacks ``state``, or has both or
-            neither of ``code`` and ``error``.
+        CallbackError: The input is oversized or not a parsable URL, repeats
+            a parameter, has a value that is not a string (or not valid
+            text), lacks ``state``, or has both or neither of ``code`` and
+            ``error``.
     """
     if isinstance(callback, str):
         if len(callback) > MAX_CALLBACK_CHARS:
@@ -157,7 +167,11 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
         # A URL or a path carries its query after '?'; a bare query string
         # may itself contain a literal '?' inside a value.
         is_url = "://" in callback or callback.startswith(("/", "?"))
-        query = urlsplit(callback).query if is_url else callback
+        try:
+            query = urlsplit(callback).query if is_url else callback
+        except ValueError:  # e.g. "https://[::1/cb?...": an unclosed IPv6 host
+            msg = "callback is not a parsable URL"
+            raise CallbackError(msg) from None
         raw: Mapping[str, Sequence[str]] = parse_qs(query, keep_blank_values=True)
     else:
         merged: dict[str, list[str]] = {}
@@ -181,6 +195,11 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
             raise CallbackError(msg)
         if values:
             params[name] = values[0]
+            if not _is_text(values[0]):
+                # A lone surrogate (bytes a framework decoded with
+                # surrogateescape) cannot be hashed, stored or sent as JSON.
+                msg = f"callback parameter {name!r} is not valid text"
+                raise CallbackError(msg)
     state = params.get("state", "")
     if not state:
         msg = "callback has no 'state' parameter"

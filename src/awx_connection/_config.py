@@ -47,14 +47,19 @@ def _is_loopback(host: str | None) -> bool:
 
 
 def _check_url(name: str, url: str, *, allow_insecure: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 host
+        msg = f"{name} must be an absolute http(s) URL, got {url!r}"
+        raise ConfigurationError(msg) from None
+    if parts.scheme not in ("http", "https") or not hostname:
         msg = f"{name} must be an absolute http(s) URL, got {url!r}"
         raise ConfigurationError(msg)
     if parts.fragment or url.endswith("#"):
         msg = f"{name} must not have a #fragment (RFC 6749 section 3.1), got {url!r}"
         raise ConfigurationError(msg)
-    if parts.scheme == "http" and not (allow_insecure or _is_loopback(parts.hostname)):
+    if parts.scheme == "http" and not (allow_insecure or _is_loopback(hostname)):
         msg = (
             f"{name} {url!r} is not HTTPS; tokens would travel in clear text. "
             "Use HTTPS, a loopback address, or allow_insecure=True."
@@ -108,13 +113,39 @@ class Endpoints:
         )
 
 
+def _number(attribute: attrs.Attribute[Any], value: object, *, whole: bool) -> None:
+    # bool is an int subclass, but True seconds (or attempts) is a mistake;
+    # a string or None would otherwise fail later with a bare TypeError.
+    kinds: type | tuple[type, ...] = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "a whole number" if whole else "a number"
+        msg = f"TimingPolicy.{attribute.name} must be {what}, got {value!r}"
+        raise ConfigurationError(msg)
+
+
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _number(attribute, value, whole=False)
     if not value > 0:
         msg = f"TimingPolicy.{attribute.name} must be > 0, got {value!r}"
         raise ConfigurationError(msg)
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _number(attribute, value, whole=False)
+    if not value >= 0:
+        msg = f"TimingPolicy.{attribute.name} must be >= 0, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+def _count(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    _number(attribute, value, whole=True)
+    if not value > 0:
+        msg = f"TimingPolicy.{attribute.name} must be > 0, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+def _count_or_zero(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    _number(attribute, value, whole=True)
     if not value >= 0:
         msg = f"TimingPolicy.{attribute.name} must be >= 0, got {value!r}"
         raise ConfigurationError(msg)
@@ -141,7 +172,7 @@ class TimingPolicy:
     #: Total timeout of one HTTP request to Airwallex.
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Attempts per token-endpoint operation (first try included).
-    max_attempts: int = attrs.field(default=4, validator=_positive)
+    max_attempts: int = attrs.field(default=4, validator=_count)
     #: First backoff delay; doubles per attempt, full jitter.
     backoff_base: float = attrs.field(default=0.25, validator=_non_negative)
     #: Largest backoff delay.
@@ -157,7 +188,7 @@ class TimingPolicy:
     #: ``refresh_token_expires_in`` (the shorter of the documented 60/90 days).
     default_refresh_ttl: float = attrs.field(default=60 * 86400.0, validator=_positive)
     #: Largest token-endpoint response body read, in bytes.
-    max_response_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    max_response_bytes: int = attrs.field(default=64 * 1024, validator=_count)
     #: How long a refresh lease lasts (renewed before every attempt). Shorter
     #: than ``grace - grace_margin``, so when a holder dies mid-rotation the
     #: next process can take over while the old token is still usable.
@@ -176,10 +207,10 @@ class TimingPolicy:
     invalid_client_cooldown: float = attrs.field(default=60.0, validator=_non_negative)
     #: Token-endpoint requests in flight at once, across all connections: when
     #: an outage ends, queued refreshes go out a few at a time.
-    max_concurrent_refreshes: int = attrs.field(default=32, validator=_positive)
+    max_concurrent_refreshes: int = attrs.field(default=32, validator=_count)
     #: Extra attempts for API calls through ``request()`` on 502/503/504 or a
     #: network error, for idempotent methods only unless ``retry=True``.
-    api_retries: int = attrs.field(default=2, validator=_non_negative)
+    api_retries: int = attrs.field(default=2, validator=_count_or_zero)
     #: Largest accepted distance between a webhook's ``x-timestamp`` and now.
     webhook_tolerance: float = attrs.field(default=300.0, validator=_positive)
     #: Keep-alive: an idle connection's refresh token is rotated once less
@@ -193,7 +224,7 @@ class TimingPolicy:
     #: Real seconds between keep-alive passes when the manager runs them.
     keepalive_interval: float = attrs.field(default=3600.0, validator=_positive)
     #: Keep-alive rotations running at once (no herd after an outage).
-    keepalive_concurrency: int = attrs.field(default=8, validator=_positive)
+    keepalive_concurrency: int = attrs.field(default=8, validator=_count)
 
     def __attrs_post_init__(self) -> None:
         if self.lease_ttl >= self.grace - self.grace_margin:
@@ -215,7 +246,9 @@ class TimingPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Upper bound of the delay before retry number *attempt* (1-based)."""
-        return float(min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+        # The exponent is capped: 2 ** 1024 does not fit a float, and a large
+        # max_attempts must not turn the 1025th backoff into an OverflowError.
+        return float(min(self.backoff_max, self.backoff_base * 2.0 ** min(attempt - 1, 1000)))
 
 
 def _scopes(value: Iterable[str]) -> tuple[str, ...]:
@@ -223,7 +256,18 @@ def _scopes(value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         msg = "default_scopes must be a sequence of scope names, not one string"
         raise ConfigurationError(msg)
-    return tuple(value)
+    try:
+        scopes = tuple(value)
+    except TypeError:
+        msg = f"default_scopes must be a sequence of scope names, got {value!r}"
+        raise ConfigurationError(msg) from None
+    # The names begin_authorization() would refuse are refused here, when
+    # the configuration is built, rather than at the first customer's click.
+    for scope in scopes:
+        if not isinstance(scope, str) or not scope or any(c.isspace() for c in scope):
+            msg = f"default_scopes: invalid scope {scope!r}"
+            raise ConfigurationError(msg)
+    return scopes
 
 
 def _secrets(values: Iterable[str | Secret]) -> tuple[Secret, ...]:

@@ -796,6 +796,13 @@ class ConnectionManager:
                 )
             else:
                 journal = record.journal or RotationJournal(tokens.generation, now)
+                if now >= tokens.refresh_expires_at:
+                    # Resuming a journal whose token aged out meanwhile:
+                    # sending it could only earn an invalid_grant.
+                    await self._transition(
+                        live, _T.EXPIRE, "the refresh token aged out", journal=None
+                    )
+                    raise _unusable(live.record)
                 if (
                     journal.unsafe_since is not None
                     and now >= journal.unsafe_since + timing.grace - timing.grace_margin
@@ -1233,6 +1240,9 @@ class ConnectionManager:
             external_id=new.external_id,
         )
         await self._write(live, new, event)
+        # A cached refresh failure belongs to the state it happened in.
+        live.failure = None
+        live.failed_until = float("-inf")
         self._publish(event)
         return event
 

@@ -154,7 +154,8 @@ def verify_signature(
     if not timestamp or not signature:
         msg = "missing x-timestamp or x-signature header"
         raise WebhookSignatureError(msg)
-    if not timestamp.isdigit() or len(timestamp) > 16:
+    # isascii(): str.isdigit() also accepts '²' and other digits int() refuses.
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 16:
         msg = "x-timestamp is not a millisecond timestamp"
         raise WebhookSignatureError(msg)
     if abs(now - int(timestamp) / 1000) > tolerance:
