@@ -6,6 +6,7 @@ ran the keep-alive moves to expired without a request.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from awx_connection import Config, ConnectionManager, ConnectionState, KeyRing, TimingPolicy
@@ -129,3 +130,26 @@ def test_keepalive_settings_are_validated() -> None:
 
     with pytest.raises(ConfigurationError):
         TimingPolicy(keepalive_remaining=0.95, keepalive_jitter=0.1)
+
+
+async def test_keepalive_resumes_a_rotation_left_refreshing(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """A rotation whose attempts all lost their responses is finished by the next pass."""
+    from awx_connection import NetworkError
+    from awx_connection.testing import Fault, FaultKind
+
+    async with ConnectionManager(awx_config, clock=awx_clock) as awx:
+        (connection_id,) = await connect_many(awx, awx_fake, 1)
+        awx_fake.inject(Fault(FaultKind.DROP_AFTER_COMMIT, grant_type="refresh_token", times=4))
+        awx_clock.advance(301)
+        with contextlib.suppress(NetworkError):
+            await awx.access_token(connection_id)
+        assert S.REFRESHING is (await awx.get(connection_id)).state
+        awx_clock.advance(10)  # inside the grace window, past the failure cooldown
+        report = await awx.keepalive_pass()
+        assert 1 == report.rotated
+        assert S.ACTIVE is (await awx.get(connection_id)).state
+    # Attempts 2-4 and the resumed one all presented the same token in grace.
+    assert 4 == awx_fake.counters.grace_reissues
+    assert 0 == awx_fake.counters.reuse_violations

@@ -1010,22 +1010,29 @@ class ConnectionManager:
         Rotate every active connection whose refresh token is due
         (:func:`~awx_connection._keepalive.due_at`), at most
         ``keepalive_concurrency`` at a time; expire those whose token already
-        ran out. Safe to run in every replica: leases make sure one rotates.
+        ran out; resume rotations left ``refreshing``. Safe to run in every
+        replica: leases make sure one rotates.
         """
         timing = self.config.timing
         now = self.clock.now()
-        records = await self.store.list_connections(states=[_S.ACTIVE])
-        due = [r for r in records if (when := due_at(r, timing)) is not None and now >= when]
+        records = await self.store.list_connections(states=[_S.ACTIVE, _S.REFRESHING])
+        # A connection left refreshing (its process died, or its attempts ran
+        # out on lost responses) is due at once: resuming its journal now,
+        # inside the grace window, beats waiting for the next use.
+        due = [
+            r
+            for r in records
+            if r.state is _S.REFRESHING or ((when := due_at(r, timing)) is not None and now >= when)
+        ]
         gate = asyncio.Semaphore(timing.keepalive_concurrency)
         counts = {"rotated": 0, "expired": 0, "failed": 0}
 
         async def rotate(record: ConnectionRecord) -> None:
             assert record.tokens is not None
+            stale = None if record.state is _S.REFRESHING else record.tokens.generation
             async with gate:
                 try:
-                    await self._fresh_tokens(
-                        self._adopt(record), stale_generation=record.tokens.generation
-                    )
+                    await self._fresh_tokens(self._adopt(record), stale_generation=stale)
                     counts["rotated"] += 1
                 except ConnectionExpiredError:
                     counts["expired"] += 1
