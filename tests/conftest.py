@@ -17,8 +17,30 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 pytest_plugins = ["awx_connection.testing.pytest_plugin"]
+
+# Hypothesis budgets for tests/test_stateful.py and tests/test_fuzz.py: CI is
+# fixed and derandomized; HYPOTHESIS_PROFILE=hunt searches much longer.
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    stateful_step_count=25,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+)
+settings.register_profile(
+    "dev", max_examples=60, stateful_step_count=25, deadline=None, database=None, print_blob=True
+)
+settings.register_profile(
+    "hunt", max_examples=2000, stateful_step_count=60, deadline=None, database=None, print_blob=True
+)
+settings.load_profile(
+    "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "dev")
+)
 
 POSTGRES_DSN = os.environ.get("AWX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -64,29 +64,7 @@ from awx_connection.stores import SQLiteStore
 from awx_connection.stores._common import load_stored_record
 from awx_connection.testing import FakeAirwallex, ManualClock
 
-settings.register_profile(
-    "ci",
-    max_examples=60,
-    stateful_step_count=25,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    print_blob=True,
-)
-settings.register_profile(
-    "dev", max_examples=60, stateful_step_count=25, deadline=None, database=None, print_blob=True
-)
-settings.register_profile(
-    "hunt",
-    max_examples=2000,
-    stateful_step_count=60,
-    deadline=None,
-    database=None,
-    print_blob=True,
-)
-settings.load_profile(
-    "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "dev")
-)
+# Hypothesis profiles (ci, dev, hunt) are registered in tests/conftest.py.
 
 S = ConnectionState
 T = TypeVar("T")

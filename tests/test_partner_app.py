@@ -86,6 +86,7 @@ def browser() -> Iterator[Browser]:
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true requires the browser tests: {reason}")
+        # A developer machine without Chromium still gets a useful run.
         pytest.skip(reason)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Coroutine
@@ -33,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
-from hypothesis import event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -60,29 +59,7 @@ from awx_connection._webhooks import sign
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
-settings.register_profile(
-    "ci",
-    max_examples=60,
-    stateful_step_count=25,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    print_blob=True,
-)
-settings.register_profile(
-    "dev", max_examples=60, stateful_step_count=25, deadline=None, database=None, print_blob=True
-)
-settings.register_profile(
-    "hunt",
-    max_examples=2000,
-    stateful_step_count=60,
-    deadline=None,
-    database=None,
-    print_blob=True,
-)
-settings.load_profile(
-    "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "dev")
-)
+# Hypothesis profiles (ci, dev, hunt) are registered in tests/conftest.py.
 
 S = ConnectionState
 T = TypeVar("T")
