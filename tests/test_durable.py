@@ -293,16 +293,16 @@ class GatedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def acquire_lease(self, *args: Any, **kwargs: Any) -> bool:
-        granted: bool = await self.inner.acquire_lease(*args, **kwargs)
-        if granted:
+    async def acquire_lease(self, *args: Any, **kwargs: Any) -> ConnectionRecord | None:
+        granted = await self.inner.acquire_lease(*args, **kwargs)
+        if granted is not None:
             await self._pass("leased")
         return granted
 
-    async def update(self, record: Any, *, expected_version: int, event: Any) -> None:
+    async def update(self, record: Any, *, expected_version: int, event: Any, **kw: Any) -> None:
         if event is not None:
             await self._pass(event.trigger.value)
-        await self.inner.update(record, expected_version=expected_version, event=event)
+        await self.inner.update(record, expected_version=expected_version, event=event, **kw)
 
 
 async def test_stalled_replica_never_sends_a_token_another_replica_rotated(

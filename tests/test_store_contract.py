@@ -129,7 +129,12 @@ async def insert(store: Store, connection_id: str = "c1", **changes: Any) -> Con
 
 
 async def update(
-    store: Store, record: ConnectionRecord, *, event: bool = True, **changes: Any
+    store: Store,
+    record: ConnectionRecord,
+    *,
+    event: bool = True,
+    release_lease: str | None = None,
+    **changes: Any,
 ) -> ConnectionRecord:
     """Move *record* one version on in *store*, with its next event unless ``event=False``."""
     newer = next_version(record, **changes)
@@ -137,6 +142,7 @@ async def update(
         newer,
         expected_version=record.version,
         event=make_event(record.id, newer.sequence) if event else None,
+        release_lease=release_lease,
     )
     return newer
 
@@ -447,7 +453,40 @@ async def test_concurrent_lease_requests_have_exactly_one_winner(store: Store) -
     granted = await asyncio.gather(
         *(store.acquire_lease("c1", f"worker-{n}", until=100.0, now=0.0) for n in range(20))
     )
-    assert 1 == sum(granted)
+    assert 1 == sum(grant is not None for grant in granted)
+
+
+async def test_a_granted_lease_comes_with_the_stored_record(store: Store) -> None:
+    """acquire_lease answers with the record it protects (the latest), or None when refused."""
+    record = await insert(store)
+    newer = await update(store, record, reason="written before the lease")
+    granted = await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    assert granted == newer
+    assert granted is not None
+    assert granted.tokens is not None
+    assert granted.tokens.refresh_token.reveal() == "refresh-1"
+    assert await store.acquire_lease("c1", "worker-b", until=100.0, now=1.0) is None
+    assert await store.acquire_lease("c1", "worker-a", until=150.0, now=1.0) == newer  # renewal
+
+
+async def test_an_update_can_end_its_owners_lease(store: Store) -> None:
+    """update(release_lease=owner) frees that owner's lease with the write, nobody else's."""
+    record = await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    newer = await update(store, record, reason="rotated", release_lease="worker-b")
+    assert await store.acquire_lease("c1", "worker-b", until=100.0, now=1.0) is None
+    newest = await update(store, newer, reason="rotated again", release_lease="worker-a")
+    assert await store.acquire_lease("c1", "worker-b", until=100.0, now=1.0) == newest
+
+
+async def test_a_refused_update_keeps_the_lease(store: Store) -> None:
+    """A compare-and-swap that loses writes nothing, and the lease stays where it was."""
+    record = await insert(store)
+    assert await store.acquire_lease("c1", "worker-a", until=100.0, now=0.0)
+    stale = attrs.evolve(record, version=5, reason="stale")
+    with pytest.raises(VersionConflictError):
+        await store.update(stale, expected_version=4, event=None, release_lease="worker-a")
+    assert await store.acquire_lease("c1", "worker-b", until=100.0, now=1.0) is None
 
 
 # --- the outbox --------------------------------------------------------------------------

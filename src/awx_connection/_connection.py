@@ -89,6 +89,13 @@ class _Live:
     #: (injected clock) instead of a new request.
     failure: BaseException | None = None
     failed_until: float = float("-inf")
+    #: Whether this process holds the connection's refresh lease (the
+    #: rotation's last write gives it up; otherwise ``release_lease`` does).
+    leased: bool = False
+    #: Until when (injected clock) the lease is certainly still ours: half
+    #: its term after it was taken or renewed. A refresh POST sent before
+    #: then needs no renewal first.
+    lease_sure_until: float = float("-inf")
 
     def __attrs_post_init__(self) -> None:
         self._derive(self.record)

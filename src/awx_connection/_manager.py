@@ -677,27 +677,34 @@ class ConnectionManager:
         """
         One rotation for this process: under the connection's local lock,
         take the cross-process lease, or wait for the process that holds it.
+
+        A rotation costs three store calls: the lease (which reads the
+        record in the same step), the journal, and the new tokens (which
+        also end the lease).
         """
         async with live.lock:
             loop = asyncio.get_running_loop()
             give_up_at = loop.time() + self.config.timing.lease_wait
             conflicts = 0
             while True:
-                # Another process may have rotated since we cached this
-                # record; presenting our older refresh token would be a
-                # reuse. One read per rotation buys that safety.
-                await self._reload(live)
                 record = live.record
                 if not self._needs_refresh(record, stale_generation):
+                    # A flight that finished while we queued for the lock.
                     assert record.tokens is not None
                     return record.tokens
                 if record.state not in (_S.ACTIVE, _S.REFRESHING) or record.tokens is None:
-                    raise _unusable(record)
+                    # Our copy may be old (reauthorized elsewhere): ask once.
+                    await self._reload(live)
+                    if live.record.state not in (_S.ACTIVE, _S.REFRESHING):
+                        raise _unusable(live.record)
+                    if live.record is not record:
+                        continue
+                    raise _unusable(record)  # pragma: no cover - active without tokens
                 if await self._take_lease(live):
                     try:
-                        # The previous holder may have finished between our
-                        # read and our lease: look again before rotating.
-                        await self._reload(live)
+                        # The lease came with the stored record: another
+                        # process may have rotated since we cached ours, and
+                        # presenting our older refresh token would be a reuse.
                         record = live.record
                         if not self._needs_refresh(record, stale_generation):
                             assert record.tokens is not None
@@ -727,37 +734,57 @@ class ConnectionManager:
 
     async def _still_ours(self, live: _Live) -> None:
         """
-        Right before a refresh POST: renew the lease, then check nobody
-        wrote the connection meanwhile.
+        Right before a refresh POST: make sure the lease is still ours and
+        nobody wrote the connection meanwhile.
 
-        A lease that lapsed during a stall (a slow retry, a paused process)
-        may have been taken, used and released by another process; renewing
-        it then succeeds, so the renewal alone proves nothing. The re-read
-        does: if the version moved, another process rotated or resumed our
-        journal, and sending our token again would be a reuse.
+        Within half its term of being taken or renewed (on the injected
+        clock every replica shares) the lease cannot have lapsed, so nobody
+        else can have taken it: nothing to check. Later (a slow retry, a
+        paused process), it may have been taken, used and released by
+        another process; renewing it then succeeds, so the renewal alone
+        proves nothing. The record read with the renewal does: if the
+        version moved, another process rotated or resumed our journal, and
+        sending our token again would be a reuse.
 
         Raises:
             RefreshTimeoutError: Someone else holds the lease now.
             VersionConflictError: The connection changed; the caller re-reads.
         """
-        if not await self._take_lease(live):
+        if live.leased and self.clock.now() < live.lease_sure_until:
+            return
+        expected = live.record.version
+        if not await self._take_lease(live, adopt=False):
             raise RefreshTimeoutError(live.record.id)
-        stored = await self.store.get(live.record.id)
-        if stored is None or stored.version != live.record.version:
-            if stored is not None:
-                live.record = stored
-            raise VersionConflictError(
-                live.record.id, live.record.version, None if stored is None else stored.version
-            )
+        if live.record.version != expected:
+            raise VersionConflictError(live.record.id, expected, live.record.version)
 
-    async def _take_lease(self, live: _Live) -> bool:
-        """Take or renew this process's refresh lease on the connection."""
+    async def _take_lease(self, live: _Live, *, adopt: bool = True) -> bool:
+        """
+        Take or renew this process's refresh lease on the connection.
+
+        The store answers with its record: a newer one replaces ours (with
+        *adopt*, else only when it differs, which the caller then reports).
+        """
         now = self.clock.now()
-        return await self.store.acquire_lease(
-            live.record.id, self._owner, until=now + self.config.timing.lease_ttl, now=now
+        ttl = self.config.timing.lease_ttl
+        stored = await self.store.acquire_lease(
+            live.record.id, self._owner, until=now + ttl, now=now
         )
+        if stored is None:
+            return False
+        live.leased = True
+        live.lease_sure_until = now + ttl / 2
+        if stored.version > live.record.version or (
+            not adopt and stored.version != live.record.version
+        ):
+            live.record = stored
+        return True
 
     async def _release_lease(self, live: _Live) -> None:
+        if not live.leased:
+            return  # the rotation's last write ended it
+        live.leased = False
+        live.lease_sure_until = float("-inf")
         try:
             await self.store.release_lease(live.record.id, self._owner)
         except StoreError as exc:
@@ -886,6 +913,7 @@ class ConnectionManager:
                     live,
                     _T.REFRESHED,
                     f"rotated to generation {new_tokens.generation}",
+                    release_lease=True,
                     tokens=new_tokens,
                     journal=None,
                     account_id=account_id,
@@ -1182,11 +1210,24 @@ class ConnectionManager:
             live.record = stored
 
     async def _write(
-        self, live: _Live, new: ConnectionRecord, event: ConnectionEvent | None
+        self,
+        live: _Live,
+        new: ConnectionRecord,
+        event: ConnectionEvent | None,
+        *,
+        release_lease: bool = False,
     ) -> None:
-        """Compare-and-swap *new* over ``live.record``; on a conflict, reload and re-raise."""
+        """
+        Compare-and-swap *new* over ``live.record``; on a conflict, reload and re-raise.
+
+        With *release_lease* (and the lease held) the write also ends this
+        process's lease.
+        """
+        release = self._owner if release_lease and live.leased else None
         try:
-            await self.store.update(new, expected_version=live.record.version, event=event)
+            await self.store.update(
+                new, expected_version=live.record.version, event=event, release_lease=release
+            )
         except (VersionConflictError, StoreUnavailableError):
             # A lost acknowledgement can hide a committed write: if the store
             # now holds exactly our record, the write happened.
@@ -1195,12 +1236,19 @@ class ConnectionManager:
             except StoreError:
                 stored = None
             if stored == new:
-                live.record = new
+                self._written(live, new, released=release is not None)
                 return
             if stored is not None and stored.version > live.record.version:
                 live.record = stored
             raise
+        self._written(live, new, released=release is not None)
+
+    @staticmethod
+    def _written(live: _Live, new: ConnectionRecord, *, released: bool) -> None:
         live.record = new
+        if released:
+            live.leased = False
+            live.lease_sure_until = float("-inf")
 
     async def _save(self, live: _Live, **changes: Any) -> None:
         """Persist a change that is not a transition (no event)."""
@@ -1215,12 +1263,19 @@ class ConnectionManager:
         await self._write(live, new, None)
 
     async def _transition(
-        self, live: _Live, trigger: Trigger, reason: str, **changes: Any
+        self,
+        live: _Live,
+        trigger: Trigger,
+        reason: str,
+        *,
+        release_lease: bool = False,
+        **changes: Any,
     ) -> ConnectionEvent:
         """
         Fire *trigger*: validate through the machine, write record and event
         by compare-and-swap, then update memory and publish. The caller holds
-        ``live.lock``.
+        ``live.lock``. With *release_lease*, the write also ends this
+        process's refresh lease.
         """
         record = live.record
         dest = await advance(record.id, record.state, trigger)
@@ -1246,7 +1301,7 @@ class ConnectionManager:
             account_id=new.account_id,
             external_id=new.external_id,
         )
-        await self._write(live, new, event)
+        await self._write(live, new, event, release_lease=release_lease)
         # A cached refresh failure belongs to the state it happened in.
         live.failure = None
         live.failed_until = float("-inf")

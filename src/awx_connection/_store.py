@@ -83,13 +83,21 @@ class Store(Protocol):
         ...
 
     async def update(
-        self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
+        self,
+        record: ConnectionRecord,
+        *,
+        expected_version: int,
+        event: ConnectionEvent | None,
+        release_lease: str | None = None,
     ) -> None:
         """
         Replace the record if the stored version is *expected_version*.
 
         ``record.version`` must be ``expected_version + 1``. The event, if
-        any, is appended in the same transaction.
+        any, is appended in the same transaction. With *release_lease*, the
+        write also gives up that owner's lease (as :meth:`release_lease`
+        would): the last write of a rotation ends it without another round
+        trip.
 
         Raises:
             VersionConflictError: The stored version differs (or the record is gone).
@@ -102,7 +110,7 @@ class Store(Protocol):
 
     async def acquire_lease(
         self, connection_id: str, owner: str, *, until: float, now: float
-    ) -> bool:
+    ) -> ConnectionRecord | None:
         """
         Take or renew the connection's lease for *owner* until *until*.
 
@@ -111,7 +119,11 @@ class Store(Protocol):
         Does not change the record's version.
 
         Returns:
-            Whether *owner* now holds the lease. ``False`` for an unknown id.
+            The stored record, read in the same step as the grant, when
+            *owner* now holds the lease; ``None`` when someone else does or
+            the id is unknown. Taking the lease and reading what it protects
+            together saves the rotation a round trip and leaves no moment
+            between the two for another writer.
         """
         ...
 

@@ -121,10 +121,16 @@ class MemoryStore:
         wake(self._waiters)
 
     async def update(
-        self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
+        self,
+        record: ConnectionRecord,
+        *,
+        expected_version: int,
+        event: ConnectionEvent | None,
+        release_lease: str | None = None,
     ) -> None:
         """
-        Replace the record if the stored version is *expected_version*.
+        Replace the record if the stored version is *expected_version*; with
+        *release_lease*, also give up that owner's lease.
 
         Raises:
             VersionConflictError: The stored version differs (or the record is gone).
@@ -152,6 +158,8 @@ class MemoryStore:
         self._index(current, record)
         if event is not None:
             self._append(event)
+        if release_lease is not None:
+            self._release(record.id, release_lease)
         wake(self._waiters)
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
@@ -161,7 +169,7 @@ class MemoryStore:
 
     async def acquire_lease(
         self, connection_id: str, owner: str, *, until: float, now: float
-    ) -> bool:
+    ) -> ConnectionRecord | None:
         """
         Take or renew the connection's lease for *owner* until *until*.
 
@@ -170,18 +178,23 @@ class MemoryStore:
         its version are left alone.
 
         Returns:
-            Whether *owner* now holds the lease; ``False`` for an unknown id.
+            The stored record if *owner* now holds the lease; ``None`` when
+            someone else does or the id is unknown.
         """
-        if connection_id not in self._records:
-            return False
+        record = self._records.get(connection_id)
+        if record is None:
+            return None
         held = self._leases.get(connection_id)
         if held is not None and held[0] != owner and held[1] > now:
-            return False
+            return None
         self._leases[connection_id] = (owner, until)
-        return True
+        return record
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
+        self._release(connection_id, owner)
+
+    def _release(self, connection_id: str, owner: str) -> None:
         held = self._leases.get(connection_id)
         if held is not None and held[0] == owner:
             del self._leases[connection_id]

@@ -208,6 +208,8 @@ class _Attempt:
     """What one try of a write got to: past ``COMMIT``, the outcome is unknown."""
 
     committing: bool = False
+    #: A single-statement write was sent at least once (it may have committed).
+    sent: bool = False
 
 
 @final
@@ -244,11 +246,40 @@ class _Sql:
             WITH written AS (
                 UPDATE {s}.connections
                 SET version = $2, state = $3, state_hash = $4, external_id = $5,
-                    account_id = $6, created_at = $7, updated_at = $8, data = $9::jsonb
+                    account_id = $6, created_at = $7, updated_at = $8, data = $9::jsonb,
+                    -- $11: the owner whose lease this write ends, or NULL for none.
+                    lease_until = CASE WHEN lease_owner = $11 THEN NULL ELSE lease_until END,
+                    lease_owner = CASE WHEN lease_owner = $11 THEN NULL ELSE lease_owner END
                 WHERE id = $1 AND version = $10
                 RETURNING id
             )
             SELECT pg_notify({connections_channel}, id) FROM written
+        """
+        # The compare-and-swap, the outbox lock and the event in one
+        # statement (one round trip, its own transaction). Each step feeds
+        # the next, so the lock is taken only if the row was written, and
+        # before the event's position is drawn from the sequence: positions
+        # still commit in order. $11 as in update.
+        self.update_with_event = f"""
+            WITH written AS (
+                UPDATE {s}.connections
+                SET version = $2, state = $3, state_hash = $4, external_id = $5,
+                    account_id = $6, created_at = $7, updated_at = $8, data = $9::jsonb,
+                    lease_until = CASE WHEN lease_owner = $11 THEN NULL ELSE lease_until END,
+                    lease_owner = CASE WHEN lease_owner = $11 THEN NULL ELSE lease_owner END
+                WHERE id = $1 AND version = $10
+                RETURNING id
+            ), locked AS (
+                SELECT pg_advisory_xact_lock({_lock_key("outbox", self.schema)}) FROM written
+            ), appended AS (
+                INSERT INTO {s}.events (connection_id, sequence, at, data)
+                SELECT $12::text, $13::bigint, $14::float8, $15::jsonb FROM locked
+                RETURNING position
+            )
+            SELECT
+                (SELECT count(pg_notify({connections_channel}, id)) FROM written) AS written,
+                (SELECT count(pg_notify({events_channel}, position::text)) FROM appended)
+                    AS appended
         """
         self.insert_event = f"""
             WITH written AS (
@@ -270,7 +301,7 @@ class _Sql:
         self.acquire_lease = f"""
             UPDATE {s}.connections SET lease_owner = $2, lease_until = $3
             WHERE id = $1 AND (lease_owner IS NULL OR lease_until <= $4 OR lease_owner = $2)
-            RETURNING 1
+            RETURNING id, data
         """
         self.release_lease = (
             f"UPDATE {s}.connections SET lease_owner = NULL, lease_until = NULL "
@@ -541,17 +572,30 @@ class PostgresStore:
         await self._write(f"insert of connection {record.id!r}", op)
 
     async def update(
-        self, record: ConnectionRecord, *, expected_version: int, event: ConnectionEvent | None
+        self,
+        record: ConnectionRecord,
+        *,
+        expected_version: int,
+        event: ConnectionEvent | None,
+        release_lease: str | None = None,
     ) -> None:
         """
-        Replace the record if the stored version is *expected_version*.
+        Replace the record if the stored version is *expected_version*; with
+        *release_lease*, the same statement also ends that owner's lease.
+
+        Record, outbox lock and event are one statement, committed on its
+        own: one round trip. Having no ``COMMIT`` of its own to lose, it is
+        retried when the database is unavailable; a retry that finds the
+        row already exactly ours (an earlier try committed, its answer was
+        lost) returns as a success.
 
         Raises:
             VersionConflictError: The stored version differs (or the record is gone).
             StoreError: The ``state`` hash or the event sequence is taken, or
                 the database failed; nothing was written.
-            StoreUnavailableError: The database failed while committing: the
-                write may or may not have happened; re-read before deciding.
+            StoreUnavailableError: The database stayed unavailable through
+                every retry: the write may or may not have happened; re-read
+                before deciding.
             ValueError: ``record.version`` is not ``expected_version + 1``, or
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
@@ -561,15 +605,34 @@ class PostgresStore:
             check_event(record, event)
         columns = self._columns(record)
         event_row = None if event is None else _event_row(event)
+        sql = self._sql
 
         async def op(connection: Any, attempt: _Attempt) -> None:
-            async with _transaction(connection, attempt):
-                written = await connection.fetch(self._sql.update, *columns, expected_version)
-                if not written:
-                    actual = await connection.fetchval(self._sql.version, record.id)
-                    raise VersionConflictError(record.id, expected_version, actual)
-                if event_row is not None:
-                    await self._append_event(connection, event_row)
+            # One statement, so no COMMIT of ours to lose: a failure is retried
+            # (committing stays False). If an earlier try did commit before
+            # its answer was lost, the retry's compare-and-swap misses, and
+            # the row, read back, is exactly ours: that is success.
+            resent = attempt.sent
+            attempt.sent = True
+            if event_row is None:
+                rows = await connection.fetch(sql.update, *columns, expected_version, release_lease)
+                written = len(rows)
+            else:
+                row = await connection.fetchrow(
+                    sql.update_with_event, *columns, expected_version, release_lease, *event_row
+                )
+                written = row["written"]
+            if written:
+                return
+            stored = await connection.fetchrow(sql.get, record.id)
+            if (
+                resent
+                and stored is not None
+                and load_stored_record(stored["id"], stored["data"], self.keys) == record
+            ):
+                return
+            actual = await connection.fetchval(sql.version, record.id)
+            raise VersionConflictError(record.id, expected_version, actual)
 
         await self._write(f"update of connection {record.id!r}", op)
 
@@ -588,15 +651,23 @@ class PostgresStore:
 
     async def acquire_lease(
         self, connection_id: str, owner: str, *, until: float, now: float
-    ) -> bool:
+    ) -> ConnectionRecord | None:
         """
-        Take or renew the lease for *owner* until *until* (one ``UPDATE``).
+        Take or renew the lease for *owner* until *until*, and read the
+        record, in one ``UPDATE ... RETURNING``.
 
         Granted when nobody holds it, when the holder's lease ended
         (``lease_until <= now``) or when *owner* holds it (renewal). The
         version does not change. Retried when the database is unavailable: a
         retry after a lost acknowledgement finds *owner* holding the lease and
         renews it, so it answers the same.
+
+        Returns:
+            The stored record if *owner* now holds the lease; ``None`` when
+            someone else does or the id is unknown.
+
+        Raises:
+            DecryptionError: The record does not decrypt (the lease is held).
         """
         row = await self._query(
             f"acquire_lease of connection {connection_id!r}",
@@ -608,7 +679,7 @@ class PostgresStore:
             now,
             write=True,
         )
-        return row is not None
+        return None if row is None else load_stored_record(row["id"], row["data"], self.keys)
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
@@ -835,6 +906,7 @@ class PostgresStore:
     async def _create_pool(self) -> Any:
         return await asyncpg.create_pool(
             self.dsn,
+            reset=_no_reset,
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.connect_timeout,
@@ -1085,6 +1157,21 @@ async def _transaction(connection: Any, attempt: _Attempt) -> AsyncIterator[None
         raise
     attempt.committing = True
     await transaction.commit()
+
+
+async def _no_reset(_connection: Any) -> None:
+    """
+    The pool's reset on release, made a no-op.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` every time a connection goes back to the pool:
+    one more round trip per store call (about 120 µs here, measured in
+    docs/performance.md). This store leaves nothing for it to reset: its
+    advisory locks are transaction-level, it never ``SET``s or declares
+    cursors, and ``LISTEN`` lives on a connection of its own, outside the
+    pool. A connection returned inside a failed transaction is still
+    cleaned up by the pool (it rolls back before calling reset).
+    """
 
 
 async def _close_quietly(connection: Any) -> None:
