@@ -1331,6 +1331,12 @@ class ConnectionManager:
 
     def _publish(self, event: ConnectionEvent) -> None:
         self._counts[f"transition:{event.trigger.value}"] += 1
+        if _log.isEnabledFor(logging.INFO):  # the extra dict alone costs a microsecond
+            self._log_transition(event)
+        self._bus.publish(event)
+
+    @staticmethod
+    def _log_transition(event: ConnectionEvent) -> None:
         _log.info(
             "connection %s: %s -> %s (%s)",
             event.connection_id,
@@ -1344,7 +1350,6 @@ class ConnectionManager:
                 "sequence": event.sequence,
             },
         )
-        self._bus.publish(event)
 
     async def _backoff(self, attempt: int) -> None:
         """Exponential backoff with full jitter."""
