@@ -35,7 +35,7 @@ from _common import (
 
 from awx_connection import Config, ConnectionEvent, ConnectionManager, ConnectionState, Trigger
 from awx_connection._machine import advance
-from awx_connection.testing import FakeAirwallex, ManualClock
+from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -358,6 +358,10 @@ async def bench_event_fanout(bench: Bench, sizes: Sizes) -> dict[str, Any]:
     )
 
 
+#: The token endpoint's answer time assumed for ``ratio_with_provider_latency``.
+PROVIDER_LATENCY_MS = 20
+
+
 async def bench_refresh_throughput(
     bench: Bench, sizes: Sizes, kind: str, tmp: Path
 ) -> dict[str, Any]:
@@ -407,15 +411,37 @@ async def _refresh_throughput(
         for _ in range(sizes.refresh_batch):
             await manager.refresh(connection_id)
         store.enabled = False
+        # The same pair with a provider that answers in PROVIDER_LATENCY_MS (an
+        # assumed internet round trip; the fake sleeps that long before every
+        # refresh it serves, for both sides alike): what the store's cost is
+        # against a token endpoint that is not on the same loop.
+        latency_rounds = max(1, sizes.refresh_rounds // 5)
+        latency_batch = max(1, sizes.refresh_batch // 2)
+        bench.fake.inject(
+            Fault(
+                FaultKind.DELAY,
+                grant_type="refresh_token",
+                delay=PROVIDER_LATENCY_MS / 1000,
+                times=2 * latency_rounds * latency_batch,
+            )
+        )
+        slow_base_us, slow_lib_us, _ = await paired(
+            raw_refresh, library_refresh, batch=latency_batch, rounds=latency_rounds
+        )
         connection = await manager.get(connection_id)
-    expected = 2 * sizes.refresh_rounds * sizes.refresh_batch + sizes.refresh_batch
+    expected = (
+        2 * sizes.refresh_rounds * sizes.refresh_batch
+        + sizes.refresh_batch
+        + 2 * latency_rounds * latency_batch
+    )
     refreshes = counters.refreshes - refreshes
     reuse = counters.reuse_violations - reuse
     throughput = base_us / lib_us  # rates: (1 / lib_us) / (1 / base_us)
     correct = (
         refreshes == expected
         and reuse == 0
-        and connection.token_generation == expected - sizes.refresh_rounds * sizes.refresh_batch
+        and connection.token_generation
+        == expected - (sizes.refresh_rounds * sizes.refresh_batch + latency_rounds * latency_batch)
         and connection.state is ConnectionState.ACTIVE
     )
     return result(
@@ -431,6 +457,8 @@ async def _refresh_throughput(
         raw_us=round(base_us, 1),
         per_round_ratio_p50=round(1 / per_round, 4),
         store_per_refresh=store.breakdown(sizes.refresh_batch),
+        provider_latency_ms=PROVIDER_LATENCY_MS,
+        ratio_with_provider_latency=round(slow_base_us / slow_lib_us, 4),
         refreshes=refreshes,
         reuse_violations=reuse,
         generation=connection.token_generation,
