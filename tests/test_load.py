@@ -10,6 +10,7 @@ which calls the manager makes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -250,3 +251,36 @@ async def test_held_connections_are_replaced_only_by_newer_versions(
         assert held["newer-held"].record is ahead
         # The holders themselves are kept (their locks and in-flight refreshes).
         assert all(awx._live[c] is live for c, live in held.items())
+
+
+async def test_load_leaves_the_garbage_collector_as_it_found_it(
+    awx_config: Config, awx_clock: ManualClock
+) -> None:
+    """The collector is paused per page only: back on after a load, even a failed one."""
+    store = CountingStore(MemoryStore())
+    await put(store.inner, active("c1", awx_clock.now()))
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:  # type: ignore[arg-type]
+        assert gc.isenabled()
+        assert 1 == await awx.load()
+        assert gc.isenabled()
+        store.inner = BrokenStore()
+        with pytest.raises(RuntimeError, match="listing failed"):
+            await awx.load()
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            store.inner = MemoryStore()
+            assert 1 == await awx.load()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
+
+class BrokenStore:
+    """A store whose listing fails."""
+
+    async def list_connections(self, **filters: Any) -> list[ConnectionRecord]:
+        raise RuntimeError("listing failed")
+
+    async def aclose(self) -> None:
+        pass
