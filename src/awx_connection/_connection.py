@@ -83,8 +83,8 @@ class _Live:
     cheap: ``record`` is a property rather than an attrs ``on_setattr``
     hook, which would route every attribute write through a Python-level
     ``__setattr__`` (the hook made ``_Live()`` cost 4 µs); and the
-    ``asyncio.Lock`` is made on first use, not with the holder (about 200 B
-    a connection that is never written).
+    ``asyncio.Lock`` is made on first use, not with the holder (about 100 B
+    less for a connection that is never written).
     """
 
     _record: ConnectionRecord = attrs.field(alias="record")

@@ -352,6 +352,12 @@ class ConnectionManager:
         :class:`~awx_connection.DecryptionError`. Secrets are decrypted here,
         not on first use: a tampered row is found now, not mid-request.
 
+        Python's cyclic garbage collector is paused while each page is read
+        and adopted (about 30 ms for 1,000), unless the application turned
+        it off itself: collecting over and over while the heap only grows
+        was a sixth of the time of a large load. Cycles made meanwhile are
+        collected after the page.
+
         Returns:
             How many connections the manager holds now.
 
