@@ -12,11 +12,12 @@ Modes:
 * ``consume``: a durable consumer on a PostgreSQL store; prints every event
   it receives with the CLOCK_MONOTONIC time it arrived (system-wide, so the
   parent can subtract its own readings).
-* ``load`` / ``bulk``: open a manager on a store holding many connections,
-  load every one of them into the manager (``load``: the public API,
-  ``connections()`` then ``get()`` each; ``bulk``: one
-  ``list_connections()`` adopted into the manager, what a bulk-load API
-  would do), and print the time and the RSS growth.
+* ``load`` / ``one_by_one``: open a manager on a store holding many
+  connections, hold every one of them in the manager (``load``:
+  ``ConnectionManager.load()``, a page of records at a time; ``one_by_one``:
+  what a process had to do before it existed, ``connections()`` for the
+  ids then ``get()`` each, one store read per connection), and print the
+  time, where it went and the RSS growth.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from typing import Any
 
 import orjson
-from _common import EPOCH, build_store, config_for, rss_bytes
+from _common import EPOCH, TimedStore, build_store, config_for, rss_bytes
 
 from awx_connection import AwxConnectionError, ConnectionManager
 from awx_connection.testing import FileClock, ManualClock
@@ -85,25 +86,16 @@ async def consume(settings: dict[str, Any]) -> None:
             reply({"id": event.connection_id, "sequence": event.sequence, "at": arrived})
 
 
-async def load(settings: dict[str, Any], *, bulk: bool) -> None:
+async def load(settings: dict[str, Any], *, one_by_one: bool) -> None:
     config = config_for(settings["base_url"], "bench-client", "bench-secret")
-    store = build_store(settings["store"])
-    async with ConnectionManager(config, store=store, clock=ManualClock(EPOCH)) as awx:
+    store = TimedStore(build_store(settings["store"]))
+    manager = ConnectionManager(config, store=store, clock=ManualClock(EPOCH))  # type: ignore[arg-type]
+    async with manager as awx:
         gc.collect()
         before = rss_bytes()
+        store.enabled = True
         started = time.perf_counter()
-        if bulk:
-            # What a bulk-load API would do: one query, records adopted as they are.
-            records = await awx.store.list_connections()
-            listed = time.perf_counter()
-            for record in records:
-                awx._adopt(record)
-            count = len(records)
-            last = records[-1].id
-            del records
-        else:
-            # The public API today: list the snapshots, then get() each
-            # connection, which reads it again and keeps it in the manager.
+        if one_by_one:
             ids = [connection.id for connection in await awx.connections()]
             listed = time.perf_counter()
             for connection_id in ids:
@@ -111,15 +103,20 @@ async def load(settings: dict[str, Any], *, bulk: bool) -> None:
             count = len(ids)
             last = ids[-1]
             del ids
+        else:
+            count = await awx.load()
+            listed = started
+            last = next(reversed(awx._live))
         loaded = time.perf_counter()
+        store.enabled = False
         # Served from memory now: no store read, no decryption.
         token_started = time.perf_counter()
         token = await awx.access_token(last)
         token_us = (time.perf_counter() - token_started) * 1e6
         gc.collect()
         after = rss_bytes()
-        # What the allocator kept of freed memory (the listing's rows and
-        # snapshots): glibc returns it only when asked.
+        # What the allocator kept of freed memory (pages of rows, listings):
+        # glibc returns it only when asked.
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         trimmed = rss_bytes()
         reply(
@@ -127,6 +124,8 @@ async def load(settings: dict[str, Any], *, bulk: bool) -> None:
                 "count": count,
                 "list_s": listed - started,
                 "load_s": loaded - started,
+                "store_calls": store.calls,
+                "store_s": store.seconds,
                 "rss_before": before,
                 "rss_after": after,
                 "bytes_per_conn": (after - before) / count,
@@ -145,8 +144,8 @@ def main() -> None:
         asyncio.run(tokens(settings))
     elif mode == "consume":
         asyncio.run(consume(settings))
-    elif mode in ("load", "bulk"):
-        asyncio.run(load(settings, bulk=mode == "bulk"))
+    elif mode in ("load", "one_by_one"):
+        asyncio.run(load(settings, one_by_one=mode == "one_by_one"))
     else:
         msg = f"unknown mode {mode!r}"
         raise SystemExit(msg)

@@ -15,6 +15,7 @@ never rewritten.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import logging
 import secrets
@@ -25,8 +26,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given
+from hypothesis import strategies as st
 
-from awx_connection._crypto import DecryptionError, KeyRing
+from awx_connection._crypto import DecryptionError, KeyRing, _b64decode, _b64encode
 from awx_connection._errors import ConfigurationError, StoreError
 from awx_connection._events import ConnectionEvent
 from awx_connection._records import ConnectionRecord, PendingAuthorization
@@ -137,6 +141,48 @@ def test_tampered_ciphertext_does_not_decrypt() -> None:
     envelope = ring.encrypt("token", connection_id="c1", field="code")
     with pytest.raises(DecryptionError, match="authentication failed"):
         ring.decrypt(flip(envelope), connection_id="c1", field="code")
+
+
+def test_envelopes_in_the_stored_format_open() -> None:
+    """
+    An envelope built by hand from the documented format (standard library
+    base64url, padding stripped) opens: the faster decoder reads every row
+    written before it.
+    """
+    key = secrets.token_bytes(32)
+    nonce = secrets.token_bytes(12)
+    plaintext = "tok-" + secrets.token_urlsafe(768)
+    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), b"c1/access_token")
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    envelope = f"awx1:k1:{b64(nonce)}:{b64(sealed)}"
+    ring = KeyRing([("k1", key)])
+    assert plaintext == ring.decrypt(envelope, connection_id="c1", field="access_token")
+
+
+def _stdlib_b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@given(st.binary(max_size=200) | st.text(max_size=40))
+def test_b64decode_is_the_standard_librarys(value: bytes | str) -> None:
+    """Same bytes, or the same kind of error, as base64.urlsafe_b64decode for any text."""
+    text = _b64encode(value) if isinstance(value, bytes) else value
+    try:
+        expected: bytes | type[Exception] = _stdlib_b64decode(text)
+    except ValueError as exc:  # binascii.Error and UnicodeEncodeError are ValueErrors
+        expected = ValueError if not isinstance(exc, binascii.Error) else binascii.Error
+    try:
+        actual: bytes | type[Exception] = _b64decode(text)
+    except binascii.Error:
+        actual = binascii.Error
+    except ValueError:
+        actual = ValueError
+    assert expected == actual
+    if isinstance(value, bytes):
+        assert value == actual
 
 
 def test_decryption_error_names_no_secret() -> None:

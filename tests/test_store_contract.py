@@ -336,6 +336,108 @@ async def test_list_connections_filters_and_orders_oldest_first(store: Store) ->
     assert await ids(account_id="nobody") == []
 
 
+async def _insert_page_fixture(store: Store) -> list[str]:
+    """Seven connections, several sharing a created_at; their ids oldest first."""
+    for connection_id, created_at in [
+        ("e", 2.0),
+        ("a", 2.0),
+        ("g", 1.0),
+        ("c", 2.0),
+        ("b", 3.0),
+        ("f", 2.0),
+        ("d", 0.5),
+    ]:
+        await insert(store, connection_id, created_at=created_at)
+    return ["d", "g", "a", "c", "e", "f", "b"]
+
+
+async def walk(store: Store, limit: int, **filters: Any) -> list[list[str]]:
+    """Every page of *limit* records, each page's ids, following the last record's key."""
+    pages: list[list[str]] = []
+    after: tuple[float, str] | None = None
+    while True:
+        page = await store.list_connections(after=after, limit=limit, **filters)
+        pages.append([record.id for record in page])
+        if len(page) < limit:
+            return pages
+        after = (page[-1].created_at, page[-1].id)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 8])
+async def test_list_connections_pages_by_created_at_then_id(store: Store, limit: int) -> None:
+    """Keyset pages (equal created_at split by id) add up to the whole listing, in order."""
+    oldest_first = await _insert_page_fixture(store)
+    pages = await walk(store, limit)
+    assert [oldest_first[i : i + limit] for i in range(0, len(oldest_first) + 1, limit)] == pages
+    assert oldest_first == [record.id for record in await store.list_connections()]
+
+
+async def test_list_connections_after_is_exclusive_and_works_without_limit(store: Store) -> None:
+    """*after* starts strictly after its key, inside a run of equal created_at too."""
+    await _insert_page_fixture(store)
+
+    async def ids(**filters: Any) -> list[str]:
+        return [record.id for record in await store.list_connections(**filters)]
+
+    assert ["e", "f", "b"] == await ids(after=(2.0, "c"))
+    assert ["e", "f"] == await ids(after=(2.0, "c"), limit=2)
+    assert ["a", "c", "e", "f", "b"] == await ids(after=(1.0, "g"))
+    assert ["a", "c", "e", "f", "b"] == await ids(after=(1.5, "zzz"))
+    assert ["b"] == await ids(after=(2.0, "zzz"))
+    assert [] == await ids(after=(3.0, "b"))
+    assert ["d", "g"] == await ids(after=(0.0, ""), limit=2)
+
+
+async def test_list_connections_pages_combine_with_filters(store: Store) -> None:
+    """Paging applies to the filtered listing: full pages of matching records only."""
+    oldest_first = await _insert_page_fixture(store)
+    for connection_id in ("g", "c", "f", "b"):
+        record = await store.get(connection_id)
+        assert record is not None
+        await update(store, record, state=S.ACTIVE, authorization=None)
+    assert [["g", "c"], ["f", "b"], []] == await walk(store, 2, states=[S.ACTIVE])
+    assert [["d", "a", "e"], []] == await walk(store, 3, states={S.PENDING})
+    assert [[]] == await walk(store, 2, states=[])
+    assert [["c"], []] == await walk(store, 1, states=[S.ACTIVE], external_id="ext-c")
+    assert oldest_first == [r for page in await walk(store, 4) for r in page]
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_list_connections_refuses_a_limit_below_one(store: Store, limit: int) -> None:
+    """A caller bug, refused before the data is looked at."""
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_connections(limit=limit)
+
+
+async def test_unreadable_rows_are_left_out_of_pages_without_shortening_them(
+    new_durable_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    Rows sealed with a key the ring lacks are logged once each and skipped; a
+    page is still filled from the rows after them, so only the last page is
+    short and a walk neither stops early nor repeats a row.
+    """
+    lost = KeyRing.generate("lost")
+    kept = KeyRing.generate("kept")
+    async with opened(new_durable_store(lost)) as store:
+        for connection_id, created_at in [("x1", 1.0), ("x2", 2.0), ("x3", 2.0), ("x4", 5.0)]:
+            await insert(store, connection_id, created_at=created_at)
+    async with opened(new_durable_store(kept)) as store:
+        for connection_id, created_at in [("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)]:
+            await insert(store, connection_id, created_at=created_at)
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            # Keys: a 1.0, x1 1.0, b 2.0, x2 2.0, x3 2.0, c 3.0, d 4.0, x4 5.0.
+            assert [["a", "b"], ["c", "d"], []] == await walk(store, 2)
+    logged = sorted(
+        connection_id
+        for connection_id in ("x1", "x2", "x3", "x4")
+        for entry in caplog.records
+        if f"{connection_id!r}" in entry.getMessage()
+    )
+    assert ["x1", "x2", "x3", "x4"] == logged
+    assert {logging.ERROR} == {entry.levelno for entry in caplog.records}
+
+
 async def test_read_events_in_sequence_order_after_a_position(store: Store) -> None:
     """Events come back ordered by sequence, only those after ``after``, per connection."""
     record = await insert(store)

@@ -41,7 +41,17 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """
+    Decode unpadded base64url exactly as ``base64.urlsafe_b64decode`` would.
+
+    Without its layers of Python (an ASCII encode, a byte translation, two
+    wrapper calls): loading a connection decodes two 1.4 KB envelopes, and
+    those layers were a quarter of it (4.5 -> 3.2 µs each; ``a2b_base64``
+    itself is 2.8). Same leniency: characters outside the alphabet are
+    skipped, non-ASCII text raises ``ValueError``, bad padding
+    ``binascii.Error``.
+    """
+    return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
 
 
 class DecryptionError(StoreError):
@@ -165,8 +175,11 @@ class KeyRing:
             DecryptionError: Unknown key id, malformed envelope, or a tag
                 mismatch (wrong key, tampered data, or moved to another row).
         """
-        parts = envelope.split(":")
-        if len(parts) != 4 or parts[0] != _PREFIX:
+        # maxsplit, then a check for a fifth part: the same test as a plain
+        # split, without splitting the 1.4 KB of ciphertext character by
+        # character (0.5 -> 0.15 µs).
+        parts = envelope.split(":", 3)
+        if len(parts) != 4 or parts[0] != _PREFIX or ":" in parts[3]:
             raise DecryptionError(connection_id, f"{field}: not an encrypted envelope")
         _, key_id, nonce_text, sealed_text = parts
         key = self._keys.get(key_id)

@@ -69,8 +69,26 @@ class Store(Protocol):
         states: Collection[ConnectionState] | None = None,
         external_id: str | None = None,
         account_id: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
     ) -> list[ConnectionRecord]:
-        """Every record matching all the given filters, oldest first."""
+        """
+        Every record matching all the given filters, oldest first.
+
+        "Oldest first" is the key ``(created_at, id)``, which is also what
+        pages it: with *after*, only records whose key is greater than
+        *after* are returned; with *limit*, at most *limit* of them. Pass the
+        key of a page's last record as the next page's *after*. Keyset paging
+        rather than an offset, so a page costs the same wherever it starts
+        and connections written meanwhile neither repeat nor hide others.
+
+        Rows that cannot be read (durable stores: they do not decrypt or
+        decode) are logged and left out, and do not count towards *limit*: a
+        page shorter than *limit* means there is nothing after it.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
         ...
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:

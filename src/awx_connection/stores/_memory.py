@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 from typing import TYPE_CHECKING, final
 
 import attrs
@@ -87,19 +88,32 @@ class MemoryStore:
         states: Collection[ConnectionState] | None = None,
         external_id: str | None = None,
         account_id: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
     ) -> list[ConnectionRecord]:
-        """Every record matching all the given filters, oldest first."""
+        """
+        Every record matching all the given filters, oldest first: by
+        ``(created_at, id)``, only keys greater than *after* if given, at most
+        *limit* records if given.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        if limit is not None:
+            check_limit(limit)
         wanted = None if states is None else frozenset(states)
-        return sorted(
-            (
-                record
-                for record in self._records.values()
-                if (wanted is None or record.state in wanted)
-                and (external_id is None or record.external_id == external_id)
-                and (account_id is None or record.account_id == account_id)
-            ),
-            key=lambda record: (record.created_at, record.id),
+        matching = (
+            record
+            for record in self._records.values()
+            if (wanted is None or record.state in wanted)
+            and (external_id is None or record.external_id == external_id)
+            and (account_id is None or record.account_id == account_id)
+            and (after is None or (record.created_at, record.id) > after)
         )
+        if limit is None:
+            return sorted(matching, key=_key)
+        # A page of a large store: no need to sort every record for each one.
+        return heapq.nsmallest(limit, matching, key=_key)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
@@ -320,3 +334,8 @@ def _state_hash(record: ConnectionRecord) -> str | None:
     """The hash :meth:`MemoryStore.find_by_state_hash` finds *record* by, if any."""
     auth = record.authorization
     return None if auth is None else auth.state_hash
+
+
+def _key(record: ConnectionRecord) -> tuple[float, str]:
+    """The order of :meth:`MemoryStore.list_connections`, and its paging key."""
+    return (record.created_at, record.id)

@@ -80,7 +80,7 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import asyncpg
@@ -230,7 +230,7 @@ class _Sql:
         self.outbox_lock = f"SELECT pg_advisory_xact_lock({_lock_key('outbox', self.schema)})"
         self.get = f"SELECT id, data FROM {s}.connections WHERE id = $1"
         self.find = f"SELECT id, data FROM {s}.connections WHERE state_hash = $1"
-        self.list_all = f"SELECT id, data FROM {s}.connections"
+        self.list_all = f"SELECT id, data, created_at FROM {s}.connections"
         self.version = f"SELECT version FROM {s}.connections WHERE id = $1"
         self.insert = f"""
             WITH written AS (
@@ -522,15 +522,26 @@ class PostgresStore:
         states: Collection[ConnectionState] | None = None,
         external_id: str | None = None,
         account_id: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
     ) -> list[ConnectionRecord]:
         """
-        Every record matching all the given filters, oldest first.
+        Every record matching all the given filters, oldest first: by
+        ``(created_at, id)``, only keys greater than *after* if given, at most
+        *limit* records if given. A page is a range of the
+        ``connections_created`` index.
 
         A row that does not decrypt or decode is logged (ERROR, logger
         ``awx_connection.stores``, naming the connection) and left out, so
         one bad row cannot take the whole listing down; it is never
-        rewritten or deleted.
+        rewritten or deleted. It does not count towards *limit*: the page is
+        filled from the rows after it.
+
+        Raises:
+            ValueError: *limit* is less than 1.
         """
+        if limit is not None:
+            check_limit(limit)
         clauses: list[str] = []
         params: list[Any] = []
         if states is not None:
@@ -544,10 +555,28 @@ class PostgresStore:
         if account_id is not None:
             params.append(account_id)
             clauses.append(f"account_id = ${len(params)}")
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"{self._sql.list_all}{where} ORDER BY created_at, id"
-        rows = await self._query("list_connections", "fetch", sql, *params)
-        return load_listed("postgres", ((row["id"], row["data"]) for row in rows), self.keys)
+        records: list[ConnectionRecord] = []
+        while True:
+            page_clauses = list(clauses)
+            page_params = list(params)
+            if after is not None:
+                page_params.extend(after)
+                n = len(page_params)
+                page_clauses.append(f"(created_at, id) > (${n - 1}, ${n})")
+            where = f" WHERE {' AND '.join(page_clauses)}" if page_clauses else ""
+            sql = f"{self._sql.list_all}{where} ORDER BY created_at, id"
+            if limit is None:
+                rows = await self._query("list_connections", "fetch", sql, *page_params)
+                return load_listed("postgres", _id_and_data(rows), self.keys)
+            wanted = limit - len(records)
+            page_params.append(wanted)
+            sql += f" LIMIT ${len(page_params)}"
+            rows = await self._query("list_connections", "fetch", sql, *page_params)
+            records.extend(load_listed("postgres", _id_and_data(rows), self.keys))
+            if len(rows) < wanted or len(records) >= limit:
+                return records
+            # Rows were left out: fill the page from the rows after the last one read.
+            after = (rows[-1]["created_at"], rows[-1]["id"])
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
@@ -1270,3 +1299,8 @@ def _event_row(event: ConnectionEvent) -> tuple[Any, ...]:
         event.at,
         orjson.dumps(dump_event(event)).decode(),
     )
+
+
+def _id_and_data(rows: list[Any]) -> Iterator[tuple[str, object]]:
+    """The ``(id, data)`` of each ``list_connections`` row, for ``load_listed``."""
+    return ((row["id"], row["data"]) for row in rows)

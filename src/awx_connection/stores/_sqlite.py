@@ -147,6 +147,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webhooks_at ON webhooks (at);
     """,
+    # 4: the key list_connections orders and pages by, so that a page is an
+    # index range rather than a scan and sort of the whole table (ConnectionManager.load).
+    """
+    CREATE INDEX connections_created ON connections (created_at, id);
+    """,
 )
 
 # Run after busy_timeout, by _enable_wal. secure_delete: a replaced row's old
@@ -301,20 +306,36 @@ class SQLiteStore:
         states: Collection[ConnectionState] | None = None,
         external_id: str | None = None,
         account_id: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
     ) -> list[ConnectionRecord]:
         """
-        Every record matching all the given filters, oldest first.
+        Every record matching all the given filters, oldest first: by
+        ``(created_at, id)``, only keys greater than *after* if given, at most
+        *limit* records if given.
 
         A row that does not decrypt or decode is logged as an error (naming
         the connection) and left out, so one bad row cannot take the whole
-        listing down; the row itself is left untouched.
+        listing down; the row itself is left untouched. It does not count
+        towards *limit*: the page is filled from the rows after it.
+
+        Raises:
+            ValueError: *limit* is less than 1.
         """
+        if limit is not None:
+            check_limit(limit)
+        paged = after is not None or limit is not None
         clauses = ["1"]
-        params: list[str] = []
+        params: list[Any] = []
         if states is not None:
             if not states:
                 return []
-            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            # Paged, `+state` keeps SQLite off the state index: it then walks
+            # connections_created in key order and stops after `limit` rows,
+            # where the state index would sort every matching row per page
+            # (10 s instead of 0.15 s for 100,000 rows in 100 pages).
+            column = "+state" if paged else "state"
+            clauses.append(f"{column} IN ({', '.join('?' * len(states))})")
             params.extend(state.value for state in states)
         if external_id is not None:
             clauses.append("external_id = ?")
@@ -322,12 +343,28 @@ class SQLiteStore:
         if account_id is not None:
             clauses.append("account_id = ?")
             params.append(account_id)
-        sql = (
-            f"SELECT id, data FROM connections WHERE {' AND '.join(clauses)} "
-            "ORDER BY created_at, id"
-        )
-        rows = await self._fetch("list_connections", sql, params)
-        return load_listed("sqlite", rows, self._keys)
+        if not paged:
+            sql = (
+                f"SELECT id, data FROM connections WHERE {' AND '.join(clauses)} "
+                "ORDER BY created_at, id"
+            )
+            rows = await self._fetch("list_connections", sql, params)
+            return load_listed("sqlite", rows, self._keys)
+        records: list[ConnectionRecord] = []
+        while True:
+            wanted = -1 if limit is None else limit - len(records)  # LIMIT -1: no limit
+            keyset = [] if after is None else ["(created_at, id) > (?, ?)"]
+            sql = (
+                f"SELECT id, data, created_at FROM connections "
+                f"WHERE {' AND '.join([*clauses, *keyset])} ORDER BY created_at, id LIMIT ?"
+            )
+            rows = await self._fetch("list_connections", sql, [*params, *(after or ()), wanted])
+            records.extend(load_listed("sqlite", ((i, data) for i, data, _ in rows), self._keys))
+            if limit is None or len(rows) < wanted or len(records) >= limit:
+                return records
+            # Rows were left out: fill the page from the rows after the last one read.
+            last_id, _, last_created = rows[-1]
+            after = (last_created, last_id)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
