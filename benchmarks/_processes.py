@@ -301,6 +301,21 @@ async def bench_scale(sizes: Sizes, kind: str, tmp: Path) -> list[dict[str, Any]
             token_us_after_load=round(loaded["token_us"], 2),
         )
     ]
+    keepalive_s = loaded["keepalive_s"]
+    if loaded["keepalive_checked"] != count:
+        msg = f"the keep-alive pass checked {loaded['keepalive_checked']} of {count}"
+        raise AssertionError(msg)
+    lines.append(
+        result(
+            f"keepalive_pass_100k_s{suffix}",
+            keepalive_s,
+            "s",
+            "<= 3",
+            keepalive_s <= 3,
+            connections=count,
+            measured="ConnectionManager.keepalive_pass() right after load(), nothing due",
+        )
+    )
     if kind == "sqlite":
         lines.append(
             result(

@@ -125,12 +125,19 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
         ),
         Spec(
             "scale",
-            (("scale_100k_load_s", "s", "<= 3"), ("scale_100k_bytes_per_conn", "B", "<= 4096")),
+            (
+                ("scale_100k_load_s", "s", "<= 3"),
+                ("keepalive_pass_100k_s", "s", "<= 3"),
+                ("scale_100k_bytes_per_conn", "B", "<= 4096"),
+            ),
             lambda: bench_scale(sizes, "sqlite", tmp),
         ),
         Spec(
             "scale_postgres",
-            (("scale_100k_load_s_postgres", "s", "<= 3"),),
+            (
+                ("scale_100k_load_s_postgres", "s", "<= 3"),
+                ("keepalive_pass_100k_s_postgres", "s", "<= 3"),
+            ),
             lambda: bench_scale(sizes, "postgres", tmp),
             postgres=True,
             skip=None if sizes.scale_postgres else "runs without --quick (about a minute more)",

@@ -34,6 +34,8 @@ NAMES = {
     "scale_100k_load_s",
     "scale_100k_bytes_per_conn",
     "scale_100k_load_s_postgres",
+    "keepalive_pass_100k_s",
+    "keepalive_pass_100k_s_postgres",
     "refresh_throughput_ratio_sqlite",
     "refresh_throughput_ratio_postgres",
     "event_fanout_ratio",
@@ -147,6 +149,9 @@ def test_scale_loads_every_connection(smoke: dict[str, dict[str, Any]]) -> None:
     assert load["connections"] == memory["connections"] > 0
     assert 2048 == memory["token_bytes"]
     assert ran(smoke, "scale_100k_load_s_postgres")["connections"] == load["connections"]
+    # The worker checks that the pass saw every connection, or the line errs.
+    assert ran(smoke, "keepalive_pass_100k_s")["connections"] == load["connections"]
+    assert ran(smoke, "keepalive_pass_100k_s_postgres")["connections"] == load["connections"]
 
 
 def test_events_are_delivered(smoke: dict[str, dict[str, Any]]) -> None:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import awx_connection._manager
 from awx_connection import Config, ConnectionManager, ConnectionState, KeyRing, TimingPolicy
 from awx_connection._keepalive import due_at
 from awx_connection.stores import SQLiteStore
@@ -153,3 +157,35 @@ async def test_keepalive_resumes_a_rotation_left_refreshing(
     # Attempts 2-4 and the resumed one all presented the same token in grace.
     assert 4 == awx_fake.counters.grace_reissues
     assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_a_pass_reads_the_store_a_page_at_a_time(
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """11 connections, pages of 4: every one is checked and every due one rotated, once."""
+    monkeypatch.setattr(awx_connection._manager, "_KEEPALIVE_PAGE", 4)
+    store = SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate())
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:
+        ids = await connect_many(awx, awx_fake, 11)
+        pages = []
+        listing = SQLiteStore.list_connections
+
+        async def counted(self: SQLiteStore, **kwargs: Any) -> Any:
+            page = await listing(self, **kwargs)
+            pages.append((kwargs.get("limit"), len(page)))
+            return page
+
+        monkeypatch.setattr(SQLiteStore, "list_connections", counted)
+        report = await awx.keepalive_pass()
+        assert (11, 0) == (report.checked, report.rotated)  # nothing due yet
+        assert [(4, 4), (4, 4), (4, 3)] == pages
+        awx_clock.advance(60 * DAY)  # every 90-day token is past its keep-alive point
+        report = await awx.keepalive_pass()
+        generations = [(await awx.get(cid)).token_generation for cid in ids]
+    assert (11, 11, 0) == (report.checked, report.rotated, report.failed)
+    assert [1] * 11 == generations
+    assert 11 == awx_fake.counters.refreshes

@@ -37,7 +37,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Self, final
 from urllib.parse import urljoin, urlsplit
 
@@ -115,6 +115,9 @@ _UNUSABLE: dict[ConnectionState, type[ConnectionUnusableError]] = {
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: API statuses worth a retry: the gateway, not the API, failed.
 _RETRY_STATUSES = frozenset({502, 503, 504})
+
+#: Records a keep-alive pass reads at a time.
+_KEEPALIVE_PAGE = 1000
 
 
 def _unusable(record: ConnectionRecord) -> ConnectionUnusableError:
@@ -367,6 +370,25 @@ class ConnectionManager:
         if page_size < 1:
             msg = f"page_size must be at least 1, not {page_size}"
             raise ValueError(msg)
+
+        def adopt(page: list[ConnectionRecord]) -> None:
+            for record in page:
+                self._adopt(record)
+
+        await self._each_page(states, page_size, adopt)
+        return len(self._live)
+
+    async def _each_page(
+        self,
+        states: Collection[ConnectionState] | None,
+        page_size: int,
+        handle: Callable[[list[ConnectionRecord]], None],
+    ) -> None:
+        """
+        Call *handle* with every stored record of *states*, a page at a time
+        (keyset paging on ``(created_at, id)``), the cyclic collector paused
+        while each page is read and handled.
+        """
         if states is not None:
             states = frozenset(states)
         after: tuple[float, str] | None = None
@@ -375,10 +397,9 @@ class ConnectionManager:
                 page = await self.store.list_connections(
                     states=states, after=after, limit=page_size
                 )
-                for record in page:
-                    self._adopt(record)
+                handle(page)
             if len(page) < page_size:
-                return len(self._live)
+                return
             last = page[-1]
             after = (last.created_at, last.id)
 
@@ -1123,15 +1144,25 @@ class ConnectionManager:
         """
         timing = self.config.timing
         now = self.clock.now()
-        records = await self.store.list_connections(states=[_S.ACTIVE, _S.REFRESHING])
-        # A connection left refreshing (its process died, or its attempts ran
-        # out on lost responses) is due at once: resuming its journal now,
-        # inside the grace window, beats waiting for the next use.
-        due = [
-            r
-            for r in records
-            if r.state is _S.REFRESHING or ((when := due_at(r, timing)) is not None and now >= when)
-        ]
+        # Read a page at a time and keep only what is due: a pass over
+        # 100,000 idle connections holds one page of records, not all.
+        checked = 0
+        due: list[ConnectionRecord] = []
+
+        def pick(page: list[ConnectionRecord]) -> None:
+            nonlocal checked
+            checked += len(page)
+            # A connection left refreshing (its process died, or its attempts
+            # ran out on lost responses) is due at once: resuming its journal
+            # now, inside the grace window, beats waiting for the next use.
+            due.extend(
+                r
+                for r in page
+                if r.state is _S.REFRESHING
+                or ((when := due_at(r, timing)) is not None and now >= when)
+            )
+
+        await self._each_page((_S.ACTIVE, _S.REFRESHING), _KEEPALIVE_PAGE, pick)
         gate = asyncio.Semaphore(timing.keepalive_concurrency)
         counts = {"rotated": 0, "expired": 0, "failed": 0}
 
@@ -1154,7 +1185,7 @@ class ConnectionManager:
                     )
 
         await asyncio.gather(*(rotate(r) for r in due))
-        return KeepaliveReport(checked=len(records), **counts)
+        return KeepaliveReport(checked=checked, **counts)
 
     async def _keepalive_loop(self) -> None:
         while True:
