@@ -60,6 +60,15 @@ class _Machine(AsyncMachine):
         for func in funcs:
             await self.callback(func, event_data)  # type: ignore[arg-type]  # stub too narrow
 
+    def __getattr__(self, name: str) -> Any:
+        # Every transition asks hasattr(machine, "model_graphs") (set only by
+        # the diagrams extension); the stock __getattr__ first tries to parse
+        # the name as a dynamic callback (on_enter_<state>...) before
+        # failing, about a microsecond per transition. Fail at once instead.
+        if name == "model_graphs":
+            raise AttributeError(name)
+        return super().__getattr__(name)
+
     @staticmethod
     async def await_all(
         callables: list[Callable[..., Coroutine[Any, Any, bool | None]]],
@@ -71,9 +80,9 @@ class _Machine(AsyncMachine):
 @final
 @attrs.define(eq=False)
 class _Step:
-    """The scratch model a trigger moves: only the ``state`` attribute."""
+    """The scratch model a trigger moves: only the ``state`` attribute (a state's name)."""
 
-    state: ConnectionState
+    state: str
 
 
 # transitions logs an INFO line for every callback stage of every trigger;
@@ -84,14 +93,21 @@ for _name in ("transitions.core", "transitions.extensions.asyncio"):
     if _logger.level == logging.NOTSET:
         _logger.setLevel(logging.WARNING)
 
+# States by name, not as the Enum: transitions resolves an Enum state's name
+# through the enum's descriptors about twenty times per trigger, a few
+# percent of a transition; its behaviour is the same either way.
 MACHINE = _Machine(
     model=None,
-    states=ConnectionState,
+    states=[state.name for state in ConnectionState],
     transitions=[
-        {"trigger": row.trigger.value, "source": list(row.sources), "dest": row.dest}
+        {
+            "trigger": row.trigger.value,
+            "source": [source.name for source in row.sources],
+            "dest": row.dest.name,
+        }
         for row in TRANSITIONS
     ],
-    initial=ConnectionState.PENDING,
+    initial=ConnectionState.PENDING.name,
     auto_transitions=False,
     send_event=True,
 )
@@ -116,8 +132,8 @@ async def advance(connection_id: str, state: ConnectionState, trigger: Trigger) 
     """
     if (state, trigger) not in _ALLOWED:
         raise IllegalTransitionError(connection_id, trigger, state)
-    step = _Step(state)
+    step = _Step(state.name)
     moved = await MACHINE.events[trigger.value].trigger(step)
     if not moved:  # pragma: no cover - no conditions in the table today
         raise IllegalTransitionError(connection_id, trigger, state)
-    return step.state
+    return ConnectionState[step.state]
