@@ -64,8 +64,9 @@ class Sizes:
     mp_connections: int
     mp_expiries: int
     scale_connections: int
-    #: Whether the PostgreSQL scale run (about a minute: 100,000 round trips) is made.
-    scale_postgres: bool
+    #: Whether the PostgreSQL scale run also loads one connection at a time
+    #: for comparison (``one_by_one_*``: about 35 s of 100,000 round trips).
+    scale_postgres_one_by_one: bool
     refresh_rounds: int
     refresh_batch: int
     fanout_events: int
@@ -86,7 +87,7 @@ class Sizes:
                 mp_connections=3,
                 mp_expiries=2,
                 scale_connections=300,
-                scale_postgres=True,
+                scale_postgres_one_by_one=True,
                 refresh_rounds=2,
                 refresh_batch=3,
                 fanout_events=200,
@@ -105,7 +106,7 @@ class Sizes:
                 mp_connections=20,
                 mp_expiries=5,
                 scale_connections=100_000,
-                scale_postgres=False,
+                scale_postgres_one_by_one=False,
                 refresh_rounds=15,
                 refresh_batch=20,
                 fanout_events=5_000,
@@ -123,7 +124,7 @@ class Sizes:
             mp_connections=20,
             mp_expiries=10,
             scale_connections=100_000,
-            scale_postgres=True,
+            scale_postgres_one_by_one=True,
             refresh_rounds=40,
             refresh_batch=25,
             fanout_events=5_000,

@@ -140,7 +140,6 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
             ),
             lambda: bench_scale(sizes, "postgres", tmp),
             postgres=True,
-            skip=None if sizes.scale_postgres else "runs without --quick (about a minute more)",
         ),
         throughput("sqlite"),
         throughput("postgres"),
