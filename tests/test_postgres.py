@@ -224,10 +224,10 @@ async def test_undecryptable_row_fails_get_and_is_left_out_of_listings(
         # An envelope moved to another row does not decrypt (it is bound to its row).
         tampered = f"""
             UPDATE "{postgres_schema}".connections SET data = jsonb_set(
-                data, '{{tokens,access_token}}',
-                (SELECT data->'tokens'->'access_token' FROM "{postgres_schema}".connections
-                 WHERE id = 'healthy'))
-            WHERE id = 'broken' RETURNING data::text
+                data::jsonb, '{{tokens,access_token}}',
+                (SELECT data::jsonb->'tokens'->'access_token' FROM "{postgres_schema}".connections
+                 WHERE id = 'healthy'))::text
+            WHERE id = 'broken' RETURNING data
         """
         before = await raw.fetchval(tampered)
         with pytest.raises(DecryptionError, match="'broken'") as caught:
@@ -299,7 +299,7 @@ async def test_a_change_without_notification_is_found_by_the_recheck(
         await asyncio.sleep(0.2)
         await raw.execute(
             f'UPDATE "{postgres_schema}".connections '
-            "SET version = 2, data = jsonb_set(data, '{version}', '2') WHERE id = 'c1'"
+            "SET version = 2, data = jsonb_set(data::jsonb, '{version}', '2')::text WHERE id = 'c1'"
         )
         found = await asyncio.wait_for(waiting, 1.0)
         assert found is not None
@@ -399,6 +399,33 @@ async def test_a_newer_schema_is_refused(postgres_dsn: str, postgres_schema: str
     with pytest.raises(StoreError, match="newer"):
         await store.open()
     await store.aclose()
+
+
+async def test_records_written_as_jsonb_survive_migration_3(
+    postgres_dsn: str, postgres_schema: str, raw: Any
+) -> None:
+    """A schema at version 2 (record as jsonb) moves to text with every record intact."""
+    keys = KeyRing.generate()
+    store = PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)
+    async with opened(store):
+        record = await insert(store)
+    s = f'"{postgres_schema}"'
+    await raw.execute(
+        f"ALTER TABLE {s}.connections ALTER COLUMN data TYPE JSONB USING data::jsonb;"
+        f"UPDATE {s}.schema_version SET version = 2"
+    )
+    again = PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)
+    async with opened(again):
+        assert len(MIGRATIONS) == await again.schema_version()
+        assert record == await again.get("c1")
+        newer = await update(again, record, reason="written as text")
+        assert newer == await again.get("c1")
+    column_type = await raw.fetchval(
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_schema = $1 AND table_name = 'connections' AND column_name = 'data'",
+        postgres_schema,
+    )
+    assert "text" == column_type
 
 
 # --- leases across replicas --------------------------------------------------------------
