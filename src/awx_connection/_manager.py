@@ -1244,12 +1244,18 @@ class ConnectionManager:
             aiohttp.ClientError: The API could not be reached (after retries).
         """
         target = self._resolve(url)
-        live = await self._get_live(connection_id)
+        # access_token()'s fast path inlined: this is every API call's path.
+        live = self._live.get(connection_id) or await self._get_live(connection_id)
         if retry is None:
             retry = method.upper() in _IDEMPOTENT
         headers = dict(kwargs.pop("headers", None) or {})
-        token = await self.access_token(connection_id)
-        generation = live.record.tokens.generation if live.record.tokens else None
+        if live.fresh_until > self.clock.now():
+            token: str = live.token  # type: ignore[assignment]  # set whenever fresh_until is finite
+        else:
+            token = await self.access_token(connection_id)
+        # The generation of the token just sent (read after a refresh, if any).
+        tokens = live.record.tokens
+        generation = tokens.generation if tokens is not None else None
         headers["Authorization"] = f"Bearer {token}"
         response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
