@@ -279,6 +279,8 @@ class GatedStore:
     inner: SQLiteStore
     #: "leased" or a Trigger value -> (reached, go)
     gates: dict[str, tuple[asyncio.Event, asyncio.Event]] = attrs.Factory(dict)
+    #: The ``now`` of every acquire_lease call.
+    leases: list[float] = attrs.Factory(list)
 
     def gate(self, name: str) -> tuple[asyncio.Event, asyncio.Event]:
         self.gates[name] = (asyncio.Event(), asyncio.Event())
@@ -294,6 +296,7 @@ class GatedStore:
         return getattr(self.inner, name)
 
     async def acquire_lease(self, *args: Any, **kwargs: Any) -> ConnectionRecord | None:
+        self.leases.append(kwargs["now"])
         granted = await self.inner.acquire_lease(*args, **kwargs)
         if granted is not None:
             await self._pass("leased")
@@ -334,4 +337,40 @@ async def test_stalled_replica_never_sends_a_token_another_replica_rotated(
     assert token_b == token_a
     assert 1 == awx_fake.counters.refreshes  # A never presented generation 0 again
     assert 0 == awx_fake.counters.grace_reissues
+    assert 0 == awx_fake.counters.reuse_violations
+
+
+@pytest.mark.parametrize(
+    ("stall", "leases"),
+    [(4.0, 1), (6.0, 2)],
+    ids=["POST-within-5s-of-the-lease", "POST-later-renews-first"],
+)
+async def test_a_refresh_post_renews_the_lease_unless_it_is_young(
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    tmp_path: Path,
+    stall: float,
+    leases: int,
+) -> None:
+    """
+    The lease is renewed (and the record compared) before a refresh POST
+    unless it is younger than (lease_ttl - request_timeout) / 2 = 5 s, so
+    the POST is over before the lease can lapse.
+    """
+    timing = awx_config.timing
+    assert 5.0 == (timing.lease_ttl - timing.request_timeout) / 2
+    gated = GatedStore(SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()))
+    async with ConnectionManager(awx_config, store=gated, clock=awx_clock) as awx:  # type: ignore[arg-type]
+        connection_id = await connect(awx, awx_fake)
+        awx_clock.advance(301)
+        leased = gated.gate("leased")
+        rotation = asyncio.ensure_future(awx.refresh(connection_id))
+        await leased[0].wait()
+        awx_clock.advance(stall)  # time passes between the lease and the POST
+        leased[1].set()
+        connection = await rotation
+    assert leases == len(gated.leases)
+    assert 1 == connection.token_generation
+    assert 1 == awx_fake.counters.refreshes
     assert 0 == awx_fake.counters.reuse_violations

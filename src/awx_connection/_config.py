@@ -189,9 +189,11 @@ class TimingPolicy:
     default_refresh_ttl: float = attrs.field(default=60 * 86400.0, validator=_positive)
     #: Largest token-endpoint response body read, in bytes.
     max_response_bytes: int = attrs.field(default=64 * 1024, validator=_count)
-    #: How long a refresh lease lasts (renewed before every attempt). Shorter
-    #: than ``grace - grace_margin``, so when a holder dies mid-rotation the
-    #: next process can take over while the old token is still usable.
+    #: How long a refresh lease lasts. Renewed before an attempt unless it was
+    #: taken within ``(lease_ttl - request_timeout) / 2``, so a POST is always
+    #: over before the lease can lapse. Shorter than ``grace - grace_margin``,
+    #: so when a holder dies mid-rotation the next process can take over
+    #: while the old token is still usable.
     lease_ttl: float = attrs.field(default=20.0, validator=_positive)
     #: Real seconds a process waits for another process's rotation before
     #: giving up with RefreshTimeoutError.

@@ -102,9 +102,9 @@ class _Live:
     #: Whether this process holds the connection's refresh lease (the
     #: rotation's last write gives it up; otherwise ``release_lease`` does).
     leased: bool = False
-    #: Until when (injected clock) the lease is certainly still ours: half
-    #: its term after it was taken or renewed. A refresh POST sent before
-    #: then needs no renewal first.
+    #: Until when (injected clock) a refresh POST may be sent without
+    #: renewing the lease first: one sent before then is over (answered or
+    #: timed out) well before the lease can lapse.
     lease_sure_until: float = float("-inf")
 
     def __attrs_post_init__(self) -> None:

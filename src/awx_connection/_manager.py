@@ -838,9 +838,11 @@ class ConnectionManager:
         Right before a refresh POST: make sure the lease is still ours and
         nobody wrote the connection meanwhile.
 
-        Within half its term of being taken or renewed (on the injected
-        clock every replica shares) the lease cannot have lapsed, so nobody
-        else can have taken it: nothing to check. Later (a slow retry, a
+        Shortly after it was taken or renewed (on the injected clock every
+        replica shares), the lease cannot lapse before a POST sent now is
+        over, so nobody else can take it meanwhile: nothing to check.
+        "Shortly" is half of what the lease has beyond ``request_timeout``
+        (5 s by default), leaving the other half as slack. Later (a slow retry, a
         paused process), it may have been taken, used and released by
         another process; renewing it then succeeds, so the renewal alone
         proves nothing. The record read with the renewal does: if the
@@ -874,7 +876,10 @@ class ConnectionManager:
         if stored is None:
             return False
         live.leased = True
-        live.lease_sure_until = now + ttl / 2
+        # A POST sent before this is over (answered or timed out) with half
+        # of the lease's spare term still ahead: ttl 20 s, request timeout
+        # 10 s -> 5 s. Never, if the timeout is not shorter than the lease.
+        live.lease_sure_until = now + (ttl - self.config.timing.request_timeout) / 2
         if stored.version > live.record.version or (
             not adopt and stored.version != live.record.version
         ):
