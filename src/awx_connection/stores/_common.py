@@ -26,18 +26,20 @@ from .._errors import StoreError
 from .._records import dump_record, load_event, load_record
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 
     from .._crypto import KeyRing
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord
 
 __all__ = [
+    "ListedRow",
     "StoredRow",
     "check_event",
     "check_limit",
     "check_version",
     "load_listed",
+    "load_page",
     "load_stored_event",
     "load_stored_record",
     "rotate_keys",
@@ -205,6 +207,38 @@ def load_listed(
                 exc,
             )
     return records
+
+
+#: A listed row as ``load_page`` takes it: ``(id, data, created_at)``.
+ListedRow = tuple[str, object, float]
+
+
+async def load_page(
+    store: str,
+    keys: KeyRing | None,
+    fetch: Callable[[tuple[float, str] | None, int | None], Awaitable[Sequence[ListedRow]]],
+    *,
+    after: tuple[float, str] | None,
+    limit: int | None,
+) -> list[ConnectionRecord]:
+    """
+    The records of one keyset page of ``list_connections``, as :func:`load_listed` loads them.
+
+    *fetch(after, wanted)* returns the rows keyed above *after* in
+    ``(created_at, id)`` order, at most *wanted* (all when ``None``). A row
+    left out because it does not decrypt does not count towards *limit*:
+    the page is filled from the rows after the last one read, so only the
+    last page of a walk is short, and each bad row is logged once per walk.
+    """
+    records: list[ConnectionRecord] = []
+    while True:
+        wanted = None if limit is None else limit - len(records)
+        rows = await fetch(after, wanted)
+        records.extend(load_listed(store, ((row[0], row[1]) for row in rows), keys))
+        if limit is None or wanted is None or len(rows) < wanted or len(records) >= limit:
+            return records
+        last_id, _, last_created = rows[-1]
+        after = (last_created, last_id)
 
 
 # --- key rotation ------------------------------------------------------------------------

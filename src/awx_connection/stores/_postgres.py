@@ -82,7 +82,7 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import asyncpg
@@ -97,7 +97,7 @@ from ._common import (
     check_event,
     check_limit,
     check_version,
-    load_listed,
+    load_page,
     load_stored_event,
     load_stored_record,
     rotate_keys,
@@ -562,8 +562,8 @@ class PostgresStore:
         if account_id is not None:
             params.append(account_id)
             clauses.append(f"account_id = ${len(params)}")
-        records: list[ConnectionRecord] = []
-        while True:
+
+        async def fetch(after: tuple[float, str] | None, wanted: int | None) -> list[Any]:
             page_clauses = list(clauses)
             page_params = list(params)
             if after is not None:
@@ -572,18 +572,13 @@ class PostgresStore:
                 page_clauses.append(f"(created_at, id) > (${n - 1}, ${n})")
             where = f" WHERE {' AND '.join(page_clauses)}" if page_clauses else ""
             sql = f"{self._sql.list_all}{where} ORDER BY created_at, id"
-            if limit is None:
-                rows = await self._query("list_connections", "fetch", sql, *page_params)
-                return load_listed("postgres", _id_and_data(rows), self.keys)
-            wanted = limit - len(records)
-            page_params.append(wanted)
-            sql += f" LIMIT ${len(page_params)}"
+            if wanted is not None:
+                page_params.append(wanted)
+                sql += f" LIMIT ${len(page_params)}"
             rows = await self._query("list_connections", "fetch", sql, *page_params)
-            records.extend(load_listed("postgres", _id_and_data(rows), self.keys))
-            if len(rows) < wanted or len(records) >= limit:
-                return records
-            # Rows were left out: fill the page from the rows after the last one read.
-            after = (rows[-1]["created_at"], rows[-1]["id"])
+            return [(row["id"], row["data"], row["created_at"]) for row in rows]
+
+        return await load_page("postgres", self.keys, fetch, after=after, limit=limit)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
@@ -1306,8 +1301,3 @@ def _event_row(event: ConnectionEvent) -> tuple[Any, ...]:
         event.at,
         orjson.dumps(dump_event(event)).decode(),
     )
-
-
-def _id_and_data(rows: list[Any]) -> Iterator[tuple[str, object]]:
-    """The ``(id, data)`` of each ``list_connections`` row, for ``load_listed``."""
-    return ((row["id"], row["data"]) for row in rows)

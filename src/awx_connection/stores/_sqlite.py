@@ -73,6 +73,7 @@ from ._common import (
     check_limit,
     check_version,
     load_listed,
+    load_page,
     load_stored_event,
     load_stored_record,
     rotate_keys,
@@ -350,21 +351,19 @@ class SQLiteStore:
             )
             rows = await self._fetch("list_connections", sql, params)
             return load_listed("sqlite", rows, self._keys)
-        records: list[ConnectionRecord] = []
-        while True:
-            wanted = -1 if limit is None else limit - len(records)  # LIMIT -1: no limit
+
+        async def fetch(after: tuple[float, str] | None, wanted: int | None) -> list[Any]:
             keyset = [] if after is None else ["(created_at, id) > (?, ?)"]
             sql = (
                 f"SELECT id, data, created_at FROM connections "
                 f"WHERE {' AND '.join([*clauses, *keyset])} ORDER BY created_at, id LIMIT ?"
             )
-            rows = await self._fetch("list_connections", sql, [*params, *(after or ()), wanted])
-            records.extend(load_listed("sqlite", ((i, data) for i, data, _ in rows), self._keys))
-            if limit is None or len(rows) < wanted or len(records) >= limit:
-                return records
-            # Rows were left out: fill the page from the rows after the last one read.
-            last_id, _, last_created = rows[-1]
-            after = (last_created, last_id)
+            limit_param = -1 if wanted is None else wanted  # LIMIT -1: no limit
+            return await self._fetch(
+                "list_connections", sql, [*params, *(after or ()), limit_param]
+            )
+
+        return await load_page("sqlite", self._keys, fetch, after=after, limit=limit)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
