@@ -269,6 +269,10 @@ async def test_revoked_by_another_process_mid_rotation(
         with pytest.raises(ConnectionRevokedError):
             await rotation
         assert S.REVOKED is (await a.get(connection_id)).state
+        # The provider did rotate for A; A counted (and logged) the pair it threw away.
+        assert 1 == awx_fake.counters.refreshes
+        assert 1 == a.statistics().rotations_discarded
+        assert 0 == b.statistics().rotations_discarded
     assert 0 == awx_fake.counters.reuse_violations
 
 
@@ -374,3 +378,61 @@ async def test_a_refresh_post_renews_the_lease_unless_it_is_young(
     assert 1 == connection.token_generation
     assert 1 == awx_fake.counters.refreshes
     assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_slot(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    Replica A's refresh of Y waits for a token-endpoint slot (the gate
+    bounding concurrent refreshes) while its lease on Y runs out and replica
+    B rotates Y. When A gets the slot it must look at its lease again, not
+    send Y's old refresh token: inside the grace window that would be a
+    re-issue retiring B's stored pair, and B's next refresh a reuse.
+
+    The soak of 2026-11-25 met this once in 511,183 refreshes.
+    """
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as setup:
+        x = await connect(setup, awx_fake)
+        y = await connect(setup, awx_fake)
+    one_slot = attrs.evolve(
+        awx_config, timing=attrs.evolve(awx_config.timing, max_concurrent_refreshes=1)
+    )
+    gated = GatedStore(SQLiteStore(path, keys=keys))
+    async with (
+        ConnectionManager(one_slot, store=gated, clock=awx_clock) as a,  # type: ignore[arg-type]
+        ConnectionManager(awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as b,
+    ):
+        awx_clock.advance(301)
+        # X's refresh takes A's only slot: the provider commits, then holds the answer.
+        awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
+        task_x = asyncio.ensure_future(a.access_token(x))
+        for _ in range(500):
+            if awx_fake.counters.held_responses:
+                break
+            await asyncio.sleep(0.01)
+        assert 1 == awx_fake.counters.held_responses
+        # A leases Y and queues for the slot.
+        leased = gated.gate("leased")
+        task_y = asyncio.ensure_future(a.access_token(y))
+        await leased[0].wait()
+        leased[1].set()
+        await asyncio.sleep(0.05)
+        assert not task_y.done()
+        awx_clock.advance(21)  # A's lease on Y lapses while it queues
+        token_b = await b.access_token(y)  # B takes Y over and rotates it
+        awx_fake.release_held()  # the slot frees; X's answer is lost, A retries X
+        token_a = await task_y
+        await task_x
+        assert token_a == token_b
+        assert 0 == a.statistics().rotations_discarded  # A never sent Y's old token
+        # B's stored pair is the provider's current one: the next rotation works.
+        awx_clock.advance(301)
+        await b.access_token(y)
+        await a.access_token(y)
+    assert 0 == awx_fake.counters.reuse_violations
+    assert 1 == awx_fake.counters.grace_reissues  # X's lost answer, and only that

@@ -129,6 +129,20 @@ def _new_connection_id() -> str:
     return "conn_" + secrets.token_hex(12)
 
 
+@attrs.frozen
+class _Sent:
+    """What one refresh attempt presented, and what came back."""
+
+    #: The tokens whose refresh token was presented.
+    presented: TokenSet
+    #: The journal as stored before the request.
+    journal: RotationJournal
+    #: True when this attempt first made the presented token unsafe.
+    first_unsafe: bool
+    new_tokens: TokenSet | None = None
+    error: ProviderError | None = None
+
+
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """
@@ -910,122 +924,159 @@ class ConnectionManager:
         timing = self.config.timing
         connection_id = live.record.id
         for attempt in range(1, timing.max_attempts + 1):
-            record = live.record
-            tokens = record.tokens
-            assert tokens is not None
-            now = self.clock.now()
-            if record.state is _S.ACTIVE:
-                if now >= tokens.refresh_expires_at:
-                    await self._transition(live, _T.EXPIRE, "the refresh token aged out")
-                    raise _unusable(live.record)
-                journal = RotationJournal(
-                    generation=tokens.generation, started_at=now, attempts=1, unsafe_since=now
-                )
-                await self._transition(
-                    live,
-                    _T.REFRESH_STARTED,
-                    f"rotating refresh token generation {tokens.generation}",
-                    journal=journal,
-                )
-            else:
-                journal = record.journal or RotationJournal(tokens.generation, now)
-                if now >= tokens.refresh_expires_at:
-                    # Resuming a journal whose token aged out meanwhile:
-                    # sending it could only earn an invalid_grant.
-                    await self._transition(
-                        live, _T.EXPIRE, "the refresh token aged out", journal=None
-                    )
-                    raise _unusable(live.record)
-                if (
-                    journal.unsafe_since is not None
-                    and now >= journal.unsafe_since + timing.grace - timing.grace_margin
-                ):
-                    await self._transition(
-                        live,
-                        _T.INVALIDATE,
-                        "the rotation went unanswered past the grace window; "
-                        "the old refresh token was not presented again",
-                        journal=None,
-                    )
-                    raise _unusable(live.record)
-                # Persist "in flight" before sending: a crash mid-request
-                # leaves a deadline behind for whoever resumes.
-                journal = attrs.evolve(
-                    journal,
-                    attempts=journal.attempts + 1,
-                    unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
-                )
-                await self._save(live, journal=journal)
-            await self._still_ours(live)
-            unsafe_from_this_attempt = journal.unsafe_since == now and (
-                record.journal is None or record.journal.unsafe_since is None
-            )
-            self._counts["refresh_requests"] += 1
-            try:
-                async with self._refresh_gate:
-                    new_tokens = await self._transport.refresh(
-                        tokens.refresh_token, generation=tokens.generation + 1, now=now
-                    )
-            except InvalidGrantError:
-                self._counts["refresh_failure:InvalidGrantError"] += 1
-                return await self._after_invalid_grant(live, tokens)
-            except ProviderError as exc:
-                self._counts[f"refresh_failure:{type(exc).__name__}"] += 1
-                if not exc.maybe_processed and unsafe_from_this_attempt:
-                    # This attempt alone made the token unsafe, and it
-                    # certainly did not reach the provider: undo that.
-                    journal = attrs.evolve(journal, unsafe_since=None)
-                    await self._save(live, journal=journal)
-                retry = exc.retryable and attempt < timing.max_attempts
-                # A rejected client is our configuration, not the customer's:
-                # every connection is affected, so it is an error.
-                _log.log(
-                    logging.ERROR if isinstance(exc, InvalidClientError) else logging.WARNING,
-                    "connection %s: refresh attempt %d failed: %s%s",
-                    connection_id,
-                    attempt,
-                    exc,
-                    "; retrying" if retry else "",
-                    extra={"connection_id": connection_id, "state": live.record.state.value},
-                )
-                if retry:
-                    await self._backoff(attempt)
-                    # A 429 "concurrent refresh" means someone else holds
-                    # this token right now: see whether they finished.
-                    await self._reload(live)
-                    adopted = live.record.tokens
-                    if (
-                        live.record.state is _S.ACTIVE
-                        and adopted is not None
-                        and adopted.generation > tokens.generation
-                    ):
-                        return adopted
-                    continue
-                if journal.unsafe_since is None:
-                    await self._transition(
-                        live,
-                        _T.REFRESH_ABORTED,
-                        f"refresh failed, tokens unchanged ({exc.code or exc.status or 'network'})",
-                        journal=None,
-                    )
-                raise
-            else:
-                account_id = record.account_id
+            # Everything an attempt decides from the clock and the lease (the
+            # grace deadline, whether the lease is still ours) is decided
+            # after a slot is free: a refresh queued behind an outage's
+            # backlog may wait longer than its lease, and another replica
+            # may have rotated meanwhile.
+            async with self._refresh_gate:
+                sent = await self._attempt(live)
+            if sent.error is None:
+                assert sent.new_tokens is not None
+                new_tokens = sent.new_tokens
+                account_id = live.record.account_id
                 if account_id is None:
                     account_id = await self._fetch_account_id(
                         connection_id, new_tokens.access_token
                     )
+                try:
+                    await self._transition(
+                        live,
+                        _T.REFRESHED,
+                        f"rotated to generation {new_tokens.generation}",
+                        release_lease=True,
+                        tokens=new_tokens,
+                        journal=None,
+                        account_id=account_id,
+                    )
+                except VersionConflictError:
+                    # The provider rotated for us, but the connection moved
+                    # in the store meanwhile. Our pair is thrown away; if
+                    # another replica presented the same token, the provider
+                    # kept only the later of the two pairs. Rare by design
+                    # (the lease), so loud when it happens.
+                    self._counts["rotations_discarded"] += 1
+                    _log.warning(
+                        "connection %s: the provider rotated generation %d, but the "
+                        "connection changed in the store meanwhile; discarding the new "
+                        "tokens and re-reading",
+                        connection_id,
+                        sent.presented.generation,
+                        extra={"connection_id": connection_id},
+                    )
+                    raise
+                return new_tokens
+            exc = sent.error
+            if isinstance(exc, InvalidGrantError):
+                self._counts["refresh_failure:InvalidGrantError"] += 1
+                return await self._after_invalid_grant(live, sent.presented)
+            self._counts[f"refresh_failure:{type(exc).__name__}"] += 1
+            journal = sent.journal
+            if not exc.maybe_processed and sent.first_unsafe:
+                # This attempt alone made the token unsafe, and it
+                # certainly did not reach the provider: undo that.
+                journal = attrs.evolve(journal, unsafe_since=None)
+                await self._save(live, journal=journal)
+            retry = exc.retryable and attempt < timing.max_attempts
+            # A rejected client is our configuration, not the customer's:
+            # every connection is affected, so it is an error.
+            _log.log(
+                logging.ERROR if isinstance(exc, InvalidClientError) else logging.WARNING,
+                "connection %s: refresh attempt %d failed: %s%s",
+                connection_id,
+                attempt,
+                exc,
+                "; retrying" if retry else "",
+                extra={"connection_id": connection_id, "state": live.record.state.value},
+            )
+            if retry:
+                await self._backoff(attempt)
+                # A 429 "concurrent refresh" means someone else holds
+                # this token right now: see whether they finished.
+                await self._reload(live)
+                adopted = live.record.tokens
+                if (
+                    live.record.state is _S.ACTIVE
+                    and adopted is not None
+                    and adopted.generation > sent.presented.generation
+                ):
+                    return adopted
+                continue
+            if journal.unsafe_since is None:
                 await self._transition(
                     live,
-                    _T.REFRESHED,
-                    f"rotated to generation {new_tokens.generation}",
-                    release_lease=True,
-                    tokens=new_tokens,
+                    _T.REFRESH_ABORTED,
+                    f"refresh failed, tokens unchanged ({exc.code or exc.status or 'network'})",
                     journal=None,
-                    account_id=account_id,
                 )
-                return new_tokens
+            raise exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, live: _Live) -> _Sent:
+        """
+        One refresh attempt, holding a token-endpoint slot: journal it, check
+        the grace deadline and the lease, present the refresh token.
+
+        Provider errors are returned, not raised, so the caller handles them
+        (and backs off) after giving the slot back.
+        """
+        timing = self.config.timing
+        record = live.record
+        tokens = record.tokens
+        assert tokens is not None
+        now = self.clock.now()
+        if record.state is _S.ACTIVE:
+            if now >= tokens.refresh_expires_at:
+                await self._transition(live, _T.EXPIRE, "the refresh token aged out")
+                raise _unusable(live.record)
+            journal = RotationJournal(
+                generation=tokens.generation, started_at=now, attempts=1, unsafe_since=now
+            )
+            await self._transition(
+                live,
+                _T.REFRESH_STARTED,
+                f"rotating refresh token generation {tokens.generation}",
+                journal=journal,
+            )
+        else:
+            journal = record.journal or RotationJournal(tokens.generation, now)
+            if now >= tokens.refresh_expires_at:
+                # Resuming a journal whose token aged out meanwhile:
+                # sending it could only earn an invalid_grant.
+                await self._transition(live, _T.EXPIRE, "the refresh token aged out", journal=None)
+                raise _unusable(live.record)
+            if (
+                journal.unsafe_since is not None
+                and now >= journal.unsafe_since + timing.grace - timing.grace_margin
+            ):
+                await self._transition(
+                    live,
+                    _T.INVALIDATE,
+                    "the rotation went unanswered past the grace window; "
+                    "the old refresh token was not presented again",
+                    journal=None,
+                )
+                raise _unusable(live.record)
+            # Persist "in flight" before sending: a crash mid-request
+            # leaves a deadline behind for whoever resumes.
+            journal = attrs.evolve(
+                journal,
+                attempts=journal.attempts + 1,
+                unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
+            )
+            await self._save(live, journal=journal)
+        await self._still_ours(live)
+        first_unsafe = journal.unsafe_since == now and (
+            record.journal is None or record.journal.unsafe_since is None
+        )
+        self._counts["refresh_requests"] += 1
+        try:
+            new_tokens = await self._transport.refresh(
+                tokens.refresh_token, generation=tokens.generation + 1, now=now
+            )
+        except ProviderError as exc:
+            return _Sent(tokens, journal, first_unsafe, error=exc)
+        return _Sent(tokens, journal, first_unsafe, new_tokens=new_tokens)
 
     async def _after_invalid_grant(self, live: _Live, presented: TokenSet) -> TokenSet:
         """
@@ -1449,6 +1500,7 @@ class ConnectionManager:
             },
             webhooks_handled=counts["webhooks_handled"],
             webhooks_refused=counts["webhooks_refused"],
+            rotations_discarded=counts["rotations_discarded"],
         )
 
     def _publish(self, event: ConnectionEvent) -> None:

@@ -36,3 +36,9 @@ class ManagerStatistics:
     webhooks_handled: int
     #: Webhook deliveries refused (400/401).
     webhooks_refused: int
+    #: Refreshes the provider answered whose new tokens could not be stored,
+    #: because the connection changed in the store meanwhile (another replica
+    #: rotated it, or a revocation). Expected to stay 0: each one means a
+    #: second replica presented the same refresh token (a lease overlap,
+    #: see docs/replicas.md), and one of the two new pairs is already dead.
+    rotations_discarded: int = 0
