@@ -108,6 +108,11 @@ SETTLE_LIMIT = 40.0
 #: Real seconds a child may take to start or to answer one command; the
 #: longest legitimate wait is TimingPolicy.lease_wait (45 s).
 ANSWER_TIMEOUT = 90.0
+#: The library's WARNING for a rotation whose new tokens it could not store
+#: (ManagerStatistics.rotations_discarded): a customer's disconnect landing
+#: mid-rotation, or two replicas presenting the same refresh token. Counted
+#: in the workers' logs, which survive their SIGKILLs.
+DISCARDED = b"discarding the new tokens"
 #: Real seconds the consumer may take to catch up at the end.
 CATCH_UP_TIMEOUT = 30.0
 #: Extra rounds at the end to consume queued faults and finish the
@@ -995,15 +1000,16 @@ class StoreSoak:
             msg = "the secret scan does not find a planted token fragment"
             raise SoakError(msg)
         leaks: dict[str, int] = {}
+        discarded = 0
         children = [*self.workers, *self.retired]
         if self.consumer is not None:
             children.append(self.consumer)
         for child in children:
-            found = secret_index.count(child.log.read_bytes()) + secret_index.count(
-                b"".join(child.lines)
-            )
+            log = child.log.read_bytes()
+            found = secret_index.count(log) + secret_index.count(b"".join(child.lines))
             if found:
                 leaks[child.log.name] = found
+            discarded += log.count(DISCARDED)
         at_rest = secret_index.count((await stored_text(self.spec)).encode("latin-1", "replace"))
         self.index = secret_index
         faults = {kind.value: 0 for kind in FAULT_KINDS}
@@ -1022,6 +1028,7 @@ class StoreSoak:
             "refreshes": counters["refreshes"],
             "grace_reissues": counters["grace_reissues"],
             "reuse_violations": counters["reuse_violations"],
+            "rotations_discarded": discarded,
             "invalidated": states.get("invalidated", 0),
             "revoked_expected": self.chaos["disconnect"],
             "revoked_unexpected": revoked_unexpected,
@@ -1063,6 +1070,7 @@ SUMMED = (
     "refreshes",
     "grace_reissues",
     "reuse_violations",
+    "rotations_discarded",
     "invalidated",
     "revoked_expected",
     "revoked_unexpected",
@@ -1138,6 +1146,9 @@ def summary(report: dict[str, Any]) -> str:
         "  faults: " + ", ".join(f"{k}={v}" for k, v in sorted(report["faults"].items())),
     ]
     lines += [f"  {key}: {report[key]}" for key in MUST_BE_ZERO]
+    lines.append(
+        f"  rotations_discarded (lease overlaps or disconnects): {report['rotations_discarded']}"
+    )
     for kind, result in report["stores"].items():
         if "error" in result:
             lines.append(f"  {kind}: ERROR {result['error']}")

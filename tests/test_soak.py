@@ -83,6 +83,7 @@ async def test_soak_smoke(postgres_dsn: str) -> None:
         "faults",
         "refreshes",
         "revoked_expected",
+        "rotations_discarded",
         "seconds",
         *MUST_BE_ZERO,
     ):
