@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 import pytest
 
@@ -26,7 +27,7 @@ from awx_connection import (
     Trigger,
 )
 from awx_connection._cli import main as cli_main
-from awx_connection._records import ConnectionRecord
+from awx_connection._records import ConnectionRecord, RotationJournal
 from awx_connection._tokens import TokenSet
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
@@ -323,7 +324,6 @@ async def test_stalled_replica_never_sends_a_token_another_replica_rotated(
     ) as setup:
         connection_id = await connect(setup, awx_fake)
     gated = GatedStore(SQLiteStore(path, keys=keys))
-    leased = gated.gate("leased")
     started = gated.gate("refresh_started")
     async with (
         ConnectionManager(awx_config, store=gated, clock=awx_clock) as a,  # type: ignore[arg-type]
@@ -331,10 +331,8 @@ async def test_stalled_replica_never_sends_a_token_another_replica_rotated(
     ):
         awx_clock.advance(301)
         task_a = asyncio.ensure_future(a.access_token(connection_id))
-        await leased[0].wait()
+        await started[0].wait()  # A checked its lease and built its refresh_started record
         awx_clock.advance(21)  # A stalls past its 20 s lease, at the same clock reading as B
-        leased[1].set()
-        await started[0].wait()  # A built its refresh_started record
         token_b = await b.access_token(connection_id)  # B takes the lease and rotates 0 -> 1
         started[1].set()  # A's compare-and-swap now loses to an identical-looking record
         token_a = await task_a
@@ -411,15 +409,12 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
         # X's refresh takes A's only slot: the provider commits, then holds the answer.
         awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
         task_x = asyncio.ensure_future(a.access_token(x))
-        for _ in range(500):
-            if awx_fake.counters.held_responses:
-                break
-            await asyncio.sleep(0.01)
-        assert 1 == awx_fake.counters.held_responses
+        await held(awx_fake)
         # A leases Y and queues for the slot.
         leased = gated.gate("leased")
         task_y = asyncio.ensure_future(a.access_token(y))
-        await leased[0].wait()
+        async with asyncio.timeout(30):
+            await leased[0].wait()
         leased[1].set()
         await asyncio.sleep(0.05)
         assert not task_y.done()
@@ -436,3 +431,134 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
         await a.access_token(y)
     assert 0 == awx_fake.counters.reuse_violations
     assert 1 == awx_fake.counters.grace_reissues  # X's lost answer, and only that
+
+
+async def held(fake: FakeAirwallex) -> None:
+    """Until the fake holds a committed refresh answer (HOLD_AFTER_COMMIT)."""
+    async with asyncio.timeout(30):
+        while not fake.counters.held_responses:  # noqa: ASYNC110 - the fake has no event for it
+            await asyncio.sleep(0.01)
+
+
+async def test_a_refresh_whose_lease_was_taken_while_it_queued_waits_for_the_holder(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    Replica A's refresh of Y queues for a token-endpoint slot; its lease
+    lapses and replica B takes it, but has written nothing yet when A gets
+    the slot. A must see the lease is B's before writing anything (a journal
+    written under B's lease would start the grace clock for a token A never
+    sends) and wait for B's rotation like any replica that finds Y leased.
+    """
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as setup:
+        x = await connect(setup, awx_fake)
+        y = await connect(setup, awx_fake)
+    one_slot = attrs.evolve(
+        awx_config, timing=attrs.evolve(awx_config.timing, max_concurrent_refreshes=1)
+    )
+    store_a = GatedStore(SQLiteStore(path, keys=keys))
+    store_b = GatedStore(SQLiteStore(path, keys=keys))
+    async with (
+        ConnectionManager(one_slot, store=store_a, clock=awx_clock) as a,  # type: ignore[arg-type]
+        ConnectionManager(awx_config, store=store_b, clock=awx_clock) as b,  # type: ignore[arg-type]
+    ):
+        awx_clock.advance(301)
+        awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
+        task_x = asyncio.ensure_future(a.access_token(x))
+        await held(awx_fake)
+        leased = store_a.gate("leased")
+        task_y = asyncio.ensure_future(a.access_token(y))
+        async with asyncio.timeout(30):
+            await leased[0].wait()
+        leased[1].set()
+        awx_clock.advance(21)  # A's lease on Y lapses while it queues
+        started_b = store_b.gate("refresh_started")
+        task_b = asyncio.ensure_future(b.access_token(y))
+        async with asyncio.timeout(30):
+            await started_b[0].wait()  # B holds Y's lease, its journal not yet written
+        awx_fake.release_held()  # A's slot frees: A looks at Y's lease and finds B's
+        await asyncio.sleep(0.2)
+        assert not task_y.done()
+        started_b[1].set()
+        token_b = await task_b
+        token_a = await task_y
+        await task_x
+        assert token_a == token_b
+        assert 0 == a.statistics().rotations_discarded
+        assert 0 == b.statistics().rotations_discarded
+        stored = await b.store.get(y)
+        assert stored is not None
+        assert S.ACTIVE is stored.state
+        assert stored.tokens is not None
+        assert 1 == stored.tokens.generation
+        # Y's history: one rotation, started and finished by B.
+        triggers = [e.trigger for e in await b.history(y)]
+        assert 1 == triggers.count(Trigger.REFRESH_STARTED)
+    assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_refreshes(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    Z was left ``refreshing`` by a replica that died with its POST in flight,
+    so Z's token is only safe until the grace window closes; Y's refresh is
+    fresh and has no deadline. Queued behind a full token endpoint, Z goes
+    first though it queued last.
+    """
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as setup:
+        x, y, z = [await connect(setup, awx_fake) for _ in range(3)]
+    awx_clock.advance(301)
+    store = SQLiteStore(path, keys=keys)
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as dead:
+        # What a replica leaves behind when it dies right after sending Z's token.
+        live = await dead._get_live(z)
+        assert live.record.tokens is not None
+        journal = RotationJournal(
+            live.record.tokens.generation, awx_clock.now(), attempts=1, unsafe_since=awx_clock.now()
+        )
+        await dead._save(live, state=S.REFRESHING, journal=journal)
+    one_slot = attrs.evolve(
+        awx_config, timing=attrs.evolve(awx_config.timing, max_concurrent_refreshes=1)
+    )
+    presented: list[bytes] = []
+
+    async def on_chunk(_: object, __: object, params: aiohttp.TraceRequestChunkSentParams) -> None:
+        presented.append(params.chunk)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(on_chunk)
+    async with (
+        aiohttp.ClientSession(trace_configs=[trace]) as session,
+        ConnectionManager(
+            one_slot, store=SQLiteStore(path, keys=keys), clock=awx_clock, session=session
+        ) as a,
+    ):
+        tokens = {}
+        for connection_id in (y, z):
+            record = await a.store.get(connection_id)
+            assert record is not None and record.tokens is not None
+            tokens[connection_id] = record.tokens.refresh_token.reveal().encode()
+        awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
+        task_x = asyncio.ensure_future(a.access_token(x))
+        await held(awx_fake)
+        task_y = asyncio.ensure_future(a.access_token(y))
+        await asyncio.sleep(0.05)
+        task_z = asyncio.ensure_future(a.access_token(z))
+        await asyncio.sleep(0.05)
+        awx_fake.release_held()
+        async with asyncio.timeout(30):
+            await asyncio.gather(task_x, task_y, task_z)
+    # X first (it held the slot), then X's retry of its lost answer, which
+    # is urgent too; then Z before Y.
+    order = [t for body in presented for t in (tokens[y], tokens[z]) if t in body]
+    assert [tokens[z], tokens[y]] == order
+    assert 0 == awx_fake.counters.reuse_violations

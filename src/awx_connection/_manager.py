@@ -75,6 +75,7 @@ from ._errors import (
     VersionConflictError,
 )
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
+from ._gate import RefreshGate
 from ._keepalive import KeepaliveReport, due_at
 from ._machine import advance
 from ._outbox import EventConsumer
@@ -129,6 +130,10 @@ def _unusable(record: ConnectionRecord) -> ConnectionUnusableError:
 
 def _new_connection_id() -> str:
     return "conn_" + secrets.token_hex(12)
+
+
+class _LeaseLost(Exception):
+    """Internal: the refresh lease is another process's now (never escapes a flight)."""
 
 
 @attrs.frozen
@@ -195,7 +200,8 @@ class ConnectionManager:
             manager creates and closes its own.
     """
 
-    config: Config
+    #: Fixed for the manager's life: its transport and caches are built from it.
+    config: Config = attrs.field(on_setattr=attrs.setters.frozen)
     store: Store = attrs.field(factory=MemoryStore, kw_only=True)
     clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
     _transport: Transport = attrs.field(init=False)
@@ -213,7 +219,7 @@ class ConnectionManager:
     _webhook_subscribers: list[WebhookSubscription] = attrs.field(
         factory=list, init=False, repr=False
     )
-    _refresh_gate: asyncio.Semaphore = attrs.field(init=False, repr=False)
+    _refresh_gate: RefreshGate = attrs.field(init=False, repr=False)
     _counts: collections.Counter[str] = attrs.field(
         factory=collections.Counter, init=False, repr=False
     )
@@ -232,7 +238,7 @@ class ConnectionManager:
 
     def __attrs_post_init__(self) -> None:
         self._transport = Transport(self.config, session=self._session)
-        self._refresh_gate = asyncio.Semaphore(self.config.timing.max_concurrent_refreshes)
+        self._refresh_gate = RefreshGate(self.config.timing.max_concurrent_refreshes)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     # -- lifecycle ----------------------------------------------------------
@@ -839,6 +845,11 @@ class ConnectionManager:
                         if conflicts > 3:
                             raise
                         continue
+                    except _LeaseLost:
+                        # Our lease lapsed while we queued for a token-endpoint
+                        # slot, and another process holds it now: wait for it
+                        # below, like any process that finds the lease taken.
+                        pass
                     finally:
                         await self._release_lease(live)
                 # Someone else rotates: wait for their write, then look again.
@@ -868,14 +879,14 @@ class ConnectionManager:
         sending our token again would be a reuse.
 
         Raises:
-            RefreshTimeoutError: Someone else holds the lease now.
+            _LeaseLost: Someone else holds the lease now; the caller waits.
             VersionConflictError: The connection changed; the caller re-reads.
         """
         if live.leased and self.clock.now() < live.lease_sure_until:
             return
         expected = live.record.version
         if not await self._take_lease(live, adopt=False):
-            raise RefreshTimeoutError(live.record.id)
+            raise _LeaseLost(live.record.id)
         if live.record.version != expected:
             raise VersionConflictError(live.record.id, expected, live.record.version)
 
@@ -892,6 +903,8 @@ class ConnectionManager:
             live.record.id, self._owner, until=now + ttl, now=now
         )
         if stored is None:
+            live.leased = False
+            live.lease_sure_until = float("-inf")
             return False
         live.leased = True
         # A POST sent before this is over (answered or timed out) with half
@@ -932,8 +945,11 @@ class ConnectionManager:
             # grace deadline, whether the lease is still ours) is decided
             # after a slot is free: a refresh queued behind an outage's
             # backlog may wait longer than its lease, and another replica
-            # may have rotated meanwhile.
-            async with self._refresh_gate:
+            # may have rotated meanwhile. A token that may already have
+            # reached the provider has a deadline, so its retry goes first.
+            journal = live.record.journal
+            urgent = journal is not None and journal.unsafe_since is not None
+            async with self._refresh_gate.slot(urgent=urgent):
                 sent = await self._attempt(live)
             if sent.error is None:
                 assert sent.new_tokens is not None
@@ -1025,7 +1041,13 @@ class ConnectionManager:
         (and backs off) after giving the slot back.
         """
         timing = self.config.timing
+        # Before writing anything: while this process queued for the slot,
+        # its lease may have lapsed and another replica taken it.
+        await self._still_ours(live)
         record = live.record
+        if record.state not in (_S.ACTIVE, _S.REFRESHING):
+            # A retry re-read a connection revoked meanwhile.
+            raise _unusable(record)
         tokens = record.tokens
         assert tokens is not None
         now = self.clock.now()
@@ -1069,7 +1091,7 @@ class ConnectionManager:
                 unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
             )
             await self._save(live, journal=journal)
-        await self._still_ours(live)
+        await self._still_ours(live)  # free while the lease is young, as it is now
         first_unsafe = journal.unsafe_since == now and (
             record.journal is None or record.journal.unsafe_since is None
         )

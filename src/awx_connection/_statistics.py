@@ -37,8 +37,9 @@ class ManagerStatistics:
     #: Webhook deliveries refused (400/401).
     webhooks_refused: int
     #: Refreshes the provider answered whose new tokens could not be stored,
-    #: because the connection changed in the store meanwhile (another replica
-    #: rotated it, or a revocation). Expected to stay 0: each one means a
-    #: second replica presented the same refresh token (a lease overlap,
-    #: see docs/replicas.md), and one of the two new pairs is already dead.
+    #: because the connection changed in the store meanwhile: another process
+    #: revoked it (a customer's disconnect landing mid-rotation), or another
+    #: replica presented the same refresh token (a lease overlap, see
+    #: docs/replicas.md), in which case one of the two new pairs is already
+    #: dead and the connection's next rotation may invalidate it.
     rotations_discarded: int = 0
