@@ -73,15 +73,19 @@ def build_config(settings: dict[str, Any]) -> Config:
     The parent's and every child's configuration.
 
     Backoff is tiny because retries pace real time while the soak moves
-    simulated time; everything else keeps the library's defaults, so the
-    grace margin, lease TTL and cooldowns under test are the shipped ones.
+    simulated time. The request timeout is 1 s instead of 10 (the fake
+    answers in milliseconds, a DELAY fault in at most 0.8 s), which makes the
+    resume delay, real time too, 1.2 s instead of 12: a replica resuming a
+    journal that another replica left while the soak moved the clock 21 s
+    waits that long first. Everything else keeps the library's defaults, so
+    the grace margin, lease TTL and cooldowns under test are the shipped ones.
     """
     return Config(
         client_id=settings["client_id"],
         client_secret=settings["client_secret"],
         redirect_uri=settings["redirect"],
         endpoints=Endpoints.from_base_url(settings["base_url"]),
-        timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05),
+        timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05, request_timeout=1.0),
         default_scopes=("account_details:read",),
     )
 

@@ -57,7 +57,7 @@ async def main(settings: dict[str, Any]) -> None:
         client_secret=settings["client_secret"],
         redirect_uri=settings["redirect"],
         endpoints=Endpoints.from_base_url(settings["base_url"]),
-        timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05),
+        timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05, resume_delay=0.05),
         default_scopes=("account_details:read",),
     )
     loop = asyncio.get_running_loop()

@@ -562,3 +562,78 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
     order = [t for body in presented for t in (tokens[y], tokens[z]) if t in body]
     assert [tokens[z], tokens[y]] == order
     assert 0 == awx_fake.counters.reuse_violations
+
+
+def with_resume_delay(config: Config, seconds: float) -> Config:
+    return attrs.evolve(config, timing=attrs.evolve(config.timing, resume_delay=seconds))
+
+
+async def test_a_replica_resumes_another_replicas_rotation_only_once_it_stood_still(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    A's refresh was answered, but A has not written the new tokens yet when
+    its lease lapses (by the clock the replicas share; think of a clock
+    jump, or skew). B finds A's journal and an expired lease; B must not
+    present the same token while A's request may still be on its way: it
+    waits until the journal has stood still for ``resume_delay``, and A's
+    write lands first. Without the wait B gets a grace re-issue, which
+    retires the pair A was sent.
+    """
+    config = with_resume_delay(awx_config, 0.5)
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    gated = GatedStore(SQLiteStore(path, keys=keys))
+    async with (
+        ConnectionManager(config, store=gated, clock=awx_clock) as a,  # type: ignore[arg-type]
+        ConnectionManager(config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as b,
+    ):
+        connection_id = await connect(a, awx_fake)
+        awx_clock.advance(301)
+        refreshed = gated.gate(Trigger.REFRESHED.value)
+        task_a = asyncio.ensure_future(a.access_token(connection_id))
+        async with asyncio.timeout(30):
+            await refreshed[0].wait()  # the provider rotated for A; A's write waits
+        awx_clock.advance(21)  # A's lease lapses
+        task_b = asyncio.ensure_future(b.access_token(connection_id))
+        await asyncio.sleep(0.2)
+        assert not task_b.done()  # B waits for A's journal to stand still
+        refreshed[1].set()
+        async with asyncio.timeout(30):
+            token_a, token_b = await asyncio.gather(task_a, task_b)
+        assert token_a == token_b
+        assert 0 == b.statistics().refresh_requests  # B never presented the token
+        assert 0 == a.statistics().rotations_discarded
+    assert 1 == awx_fake.counters.refreshes
+    assert 0 == awx_fake.counters.grace_reissues
+    assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_only_another_processs_journal_is_waited_for(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """A journal this process wrote is resumed at once; one it only read, after resume_delay."""
+    config = with_resume_delay(awx_config, 0.5)
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as a:
+        mine, theirs = [await connect(a, awx_fake) for _ in range(2)]
+        awx_clock.advance(301)
+        for connection_id in (mine, theirs):
+            # A rotation left unfinished: journal written, nothing sent.
+            live = await a._get_live(connection_id)
+            assert live.record.tokens is not None
+            journal = RotationJournal(live.record.tokens.generation, awx_clock.now(), attempts=1)
+            await a._save(live, state=S.REFRESHING, journal=journal)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await a.access_token(mine)
+        assert loop.time() - started < 0.4
+        async with ConnectionManager(
+            config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+        ) as b:
+            started = loop.time()
+            await b.access_token(theirs)
+            assert loop.time() - started >= 0.5
+    assert 2 == awx_fake.counters.refreshes
+    assert 0 == awx_fake.counters.reuse_violations

@@ -212,7 +212,7 @@ class Env:
             client_secret=self.fake.client_secret,
             redirect_uri=REDIRECT,
             endpoints=Endpoints.from_base_url(self.fake.base_url),
-            timing=TimingPolicy(backoff_base=0.0002, backoff_max=0.001),
+            timing=TimingPolicy(backoff_base=0.0002, backoff_max=0.001, resume_delay=0.001),
             default_scopes=("account_details:read",),
             webhook_secrets=(WEBHOOK_SECRET,),
         )
@@ -645,6 +645,8 @@ _COUNT_FIELDS = {
     "api_retries",
     "keepalive_concurrency",
 }
+#: Fields whose None means "derive it" (resume_delay from request_timeout).
+_OPTIONAL_FIELDS = {"resume_delay"}
 _NUMBERS = st.integers(-(10**12), 10**12) | st.floats() | st.booleans()
 _CONFIG_VALUES = _NUMBERS | st.none() | st.text(max_size=5) | st.just([1])
 
@@ -662,6 +664,8 @@ def test_timing_policy_is_valid_or_a_configuration_error(changes: dict[str, Any]
         return
     for name in _TIMING_FIELDS:
         value = getattr(timing, name)
+        if name in _OPTIONAL_FIELDS and value is None:
+            continue
         assert _is_number(value), name
         assert value >= 0, name
         if name in _COUNT_FIELDS:
@@ -671,6 +675,7 @@ def test_timing_policy_is_valid_or_a_configuration_error(changes: dict[str, Any]
     assert timing.skew_ratio < 1
     assert timing.skew(300.0) >= 0
     assert timing.backoff(timing.max_attempts) >= 0
+    assert timing.resume_wait >= 0
 
 
 _SCHEMES = st.sampled_from(["http", "https", "HTTP", "ftp", "javascript", ""])

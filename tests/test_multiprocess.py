@@ -133,7 +133,7 @@ class World:
             client_secret=self.fake.client_secret,
             redirect_uri=REDIRECT,
             endpoints=Endpoints.from_base_url(self.fake.base_url),
-            timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05),
+            timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05, resume_delay=0.05),
             default_scopes=("account_details:read",),
         )
         return ConnectionManager(config, store=make_store(self.spec), clock=self.clock)

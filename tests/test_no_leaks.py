@@ -101,7 +101,7 @@ def config(awx_fake: FakeAirwallex) -> Config:
         client_secret=awx_fake.client_secret,
         redirect_uri=REDIRECT,
         endpoints=Endpoints.from_base_url(awx_fake.base_url),
-        timing=TimingPolicy(backoff_base=0.0005, backoff_max=0.002),
+        timing=TimingPolicy(backoff_base=0.0005, backoff_max=0.002, resume_delay=0.002),
         default_scopes=("account_details:read",),
         webhook_secrets=(WEBHOOK_SECRET,),
     )

@@ -198,6 +198,13 @@ class TimingPolicy:
     #: Real seconds a process waits for another process's rotation before
     #: giving up with RefreshTimeoutError.
     lease_wait: float = attrs.field(default=45.0, validator=_positive)
+    #: Real seconds (this process's monotonic clock) another process's
+    #: unfinished rotation must have been seen unchanged before it is
+    #: resumed; ``None`` means ``1.2 * request_timeout``. The lease says when
+    #: the other process's turn is over by the replicas' clocks, which may
+    #: disagree; this says its last request is over, whatever the clocks say.
+    #: Shrink it in tests only.
+    resume_delay: float | None = attrs.field(default=None)
     #: How long stored events are kept (``ConnectionManager.prune_events``).
     event_retention: float = attrs.field(default=30 * 86400.0, validator=_positive)
     #: After a refresh failed for good (attempts used up, or a rejection such
@@ -228,7 +235,14 @@ class TimingPolicy:
     #: Keep-alive rotations running at once (no herd after an outage).
     keepalive_concurrency: int = attrs.field(default=8, validator=_count)
 
+    @property
+    def resume_wait(self) -> float:
+        """``resume_delay``, or its default: 1.2 x ``request_timeout``."""
+        return 1.2 * self.request_timeout if self.resume_delay is None else self.resume_delay
+
     def __attrs_post_init__(self) -> None:
+        if self.resume_delay is not None:
+            _non_negative(self, attrs.fields(TimingPolicy).resume_delay, self.resume_delay)
         if self.lease_ttl >= self.grace - self.grace_margin:
             msg = "TimingPolicy.lease_ttl must be shorter than grace - grace_margin"
             raise ConfigurationError(msg)

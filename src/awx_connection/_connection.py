@@ -10,6 +10,7 @@ refresh, and two fields precomputed for the ``access_token()`` hot path.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import final
 
 import attrs
@@ -106,6 +107,12 @@ class _Live:
     #: renewing the lease first: one sent before then is over (answered or
     #: timed out) well before the lease can lapse.
     lease_sure_until: float = float("-inf")
+    #: The version of the unfinished rotation (journal) last seen, and since
+    #: when (``time.monotonic()``; minus infinity when this process wrote it):
+    #: another process's journal is resumed only once it has been seen
+    #: unchanged for ``TimingPolicy.resume_wait``.
+    journal_version: int = -1
+    journal_seen_at: float = float("-inf")
 
     def __attrs_post_init__(self) -> None:
         self._derive(self._record)
@@ -134,7 +141,15 @@ class _Live:
             lock = self._lock = asyncio.Lock()
         return lock
 
+    def written(self, record: ConnectionRecord) -> None:
+        """Adopt a record this process just wrote: its journal, if any, is ours."""
+        self.record = record
+        self.journal_seen_at = float("-inf")
+
     def _derive(self, record: ConnectionRecord) -> None:
+        if record.journal is not None and record.version != self.journal_version:
+            self.journal_version = record.version
+            self.journal_seen_at = time.monotonic()
         tokens = record.tokens
         if record.state is ConnectionState.ACTIVE and tokens is not None and self.timing:
             self.fresh_until = tokens.access_expires_at - self.timing.skew(tokens.access_lifetime)

@@ -37,6 +37,7 @@ import os
 import random
 import secrets
 import socket
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Self, final
 from urllib.parse import urljoin, urlsplit
@@ -947,6 +948,7 @@ class ConnectionManager:
             # backlog may wait longer than its lease, and another replica
             # may have rotated meanwhile. A token that may already have
             # reached the provider has a deadline, so its retry goes first.
+            await self._until_quiet(live)
             journal = live.record.journal
             urgent = journal is not None and journal.unsafe_since is not None
             async with self._refresh_gate.slot(urgent=urgent):
@@ -1031,6 +1033,35 @@ class ConnectionManager:
                 )
             raise exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _until_quiet(self, live: _Live) -> None:
+        """
+        Before resuming another process's unfinished rotation: wait until it
+        has been seen unchanged for ``resume_wait`` real seconds.
+
+        The lease expired by the injected clock, which replicas may read
+        differently (skew, or a soak that moves it in jumps); the other
+        process's request may still be on its way. Its requests end within
+        ``request_timeout`` of its journal write, real time, so once the
+        journal has stood still that long, presenting the same token again
+        cannot overlap with it. A process that has been waiting on the lease
+        has mostly waited long enough already.
+
+        Raises:
+            VersionConflictError: The other process finished meanwhile; the
+                caller re-reads.
+        """
+        record = live.record
+        if record.state is not _S.REFRESHING or record.journal is None:
+            return
+        deadline = live.journal_seen_at + self.config.timing.resume_wait
+        while (remaining := deadline - time.monotonic()) > 0:
+            newer = await self.store.wait_for_update(
+                record.id, after_version=record.version, timeout=remaining
+            )
+            if newer is not None:
+                live.record = newer
+                raise VersionConflictError(record.id, record.version, newer.version)
 
     async def _attempt(self, live: _Live) -> _Sent:
         """
@@ -1459,7 +1490,7 @@ class ConnectionManager:
 
     @staticmethod
     def _written(live: _Live, new: ConnectionRecord, *, released: bool) -> None:
-        live.record = new
+        live.written(new)
         if released:
             live.leased = False
             live.lease_sure_until = float("-inf")

@@ -55,13 +55,13 @@ async def awx_fake(awx_clock: ManualClock) -> AsyncIterator[FakeAirwallex]:
 
 @pytest.fixture
 def awx_config(awx_fake: FakeAirwallex) -> Config:
-    """Configuration pointing at ``awx_fake``, with backoffs shrunk for tests."""
+    """Configuration pointing at ``awx_fake``, backoffs and resume delay shrunk for tests."""
     return Config(
         client_id=awx_fake.client_id,
         client_secret=awx_fake.client_secret,
         redirect_uri=REDIRECT_URI,
         endpoints=Endpoints.from_base_url(awx_fake.base_url),
-        timing=TimingPolicy(backoff_base=0.001, backoff_max=0.01),
+        timing=TimingPolicy(backoff_base=0.001, backoff_max=0.01, resume_delay=0.01),
         default_scopes=("account_details:read",),
     )
 
