@@ -286,6 +286,8 @@ class GatedStore:
     gates: dict[str, tuple[asyncio.Event, asyncio.Event]] = attrs.Factory(dict)
     #: The ``now`` of every acquire_lease call.
     leases: list[float] = attrs.Factory(list)
+    #: wait_for_update calls.
+    waits: int = 0
 
     def gate(self, name: str) -> tuple[asyncio.Event, asyncio.Event]:
         self.gates[name] = (asyncio.Event(), asyncio.Event())
@@ -299,6 +301,10 @@ class GatedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    async def wait_for_update(self, *args: Any, **kwargs: Any) -> ConnectionRecord | None:
+        self.waits += 1
+        return await self.inner.wait_for_update(*args, **kwargs)
 
     async def acquire_lease(self, *args: Any, **kwargs: Any) -> ConnectionRecord | None:
         self.leases.append(kwargs["now"])
@@ -416,8 +422,7 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
         async with asyncio.timeout(30):
             await leased[0].wait()
         leased[1].set()
-        await asyncio.sleep(0.05)
-        assert not task_y.done()
+        await queued(a, 1)
         awx_clock.advance(21)  # A's lease on Y lapses while it queues
         token_b = await b.access_token(y)  # B takes Y over and rotates it
         awx_fake.release_held()  # the slot frees; X's answer is lost, A retries X
@@ -431,6 +436,13 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
         await a.access_token(y)
     assert 0 == awx_fake.counters.reuse_violations
     assert 1 == awx_fake.counters.grace_reissues  # X's lost answer, and only that
+
+
+async def queued(manager: ConnectionManager, waiting: int) -> None:
+    """Until *waiting* refreshes queue for one of the manager's token-endpoint slots."""
+    async with asyncio.timeout(30):
+        while manager._refresh_gate.waiting < waiting:  # noqa: ASYNC110 - no event for it
+            await asyncio.sleep(0.005)
 
 
 async def held(fake: FakeAirwallex) -> None:
@@ -475,6 +487,7 @@ async def test_a_refresh_whose_lease_was_taken_while_it_queued_waits_for_the_hol
         async with asyncio.timeout(30):
             await leased[0].wait()
         leased[1].set()
+        await queued(a, 1)
         awx_clock.advance(21)  # A's lease on Y lapses while it queues
         started_b = store_b.gate("refresh_started")
         task_b = asyncio.ensure_future(b.access_token(y))
@@ -551,9 +564,9 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
         task_x = asyncio.ensure_future(a.access_token(x))
         await held(awx_fake)
         task_y = asyncio.ensure_future(a.access_token(y))
-        await asyncio.sleep(0.05)
+        await queued(a, 1)
         task_z = asyncio.ensure_future(a.access_token(z))
-        await asyncio.sleep(0.05)
+        await queued(a, 2)
         awx_fake.release_held()
         async with asyncio.timeout(30):
             await asyncio.gather(task_x, task_y, task_z)
@@ -580,7 +593,7 @@ async def test_a_replica_resumes_another_replicas_rotation_only_once_it_stood_st
     write lands first. Without the wait B gets a grace re-issue, which
     retires the pair A was sent.
     """
-    config = with_resume_delay(awx_config, 0.5)
+    config = with_resume_delay(awx_config, 2.0)  # A's write ends B's wait long before
     path = tmp_path / "awx.db"
     keys = KeyRing.generate()
     gated = GatedStore(SQLiteStore(path, keys=keys))
@@ -612,28 +625,92 @@ async def test_a_replica_resumes_another_replicas_rotation_only_once_it_stood_st
 async def test_only_another_processs_journal_is_waited_for(
     awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
 ) -> None:
-    """A journal this process wrote is resumed at once; one it only read, after resume_delay."""
-    config = with_resume_delay(awx_config, 0.5)
+    """
+    A journal this process wrote is resumed at once; one it only read, after
+    resume_delay; one whose attempts all certainly failed (not unsafe), at once.
+    """
+    config = with_resume_delay(awx_config, 1.0)
     path = tmp_path / "awx.db"
     keys = KeyRing.generate()
-    async with ConnectionManager(config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as a:
-        mine, theirs = [await connect(a, awx_fake) for _ in range(2)]
+    store_a = GatedStore(SQLiteStore(path, keys=keys))
+    async with ConnectionManager(config, store=store_a, clock=awx_clock) as a:  # type: ignore[arg-type]
+        mine, theirs, failed = [await connect(a, awx_fake) for _ in range(3)]
         awx_clock.advance(301)
-        for connection_id in (mine, theirs):
-            # A rotation left unfinished: journal written, nothing sent.
+        for connection_id in (mine, theirs, failed):
+            # A rotation left unfinished: journal written, its token maybe sent
+            # (except for `failed`).
             live = await a._get_live(connection_id)
             assert live.record.tokens is not None
-            journal = RotationJournal(live.record.tokens.generation, awx_clock.now(), attempts=1)
+            now = awx_clock.now()
+            unsafe = None if connection_id == failed else now
+            journal = RotationJournal(
+                live.record.tokens.generation, now, attempts=1, unsafe_since=unsafe
+            )
             await a._save(live, state=S.REFRESHING, journal=journal)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         await a.access_token(mine)
-        assert loop.time() - started < 0.4
-        async with ConnectionManager(
-            config, store=SQLiteStore(path, keys=keys), clock=awx_clock
-        ) as b:
+        assert 0 == store_a.waits
+        store_b = GatedStore(SQLiteStore(path, keys=keys))
+        async with ConnectionManager(config, store=store_b, clock=awx_clock) as b:  # type: ignore[arg-type]
+            await b.access_token(failed)
+            assert 0 == store_b.waits
+            loop = asyncio.get_running_loop()
             started = loop.time()
             await b.access_token(theirs)
-            assert loop.time() - started >= 0.5
-    assert 2 == awx_fake.counters.refreshes
+            assert loop.time() - started >= 1.0
+            assert store_b.waits >= 1
+    assert 3 == awx_fake.counters.refreshes
     assert 0 == awx_fake.counters.reuse_violations
+
+
+@attrs.define(eq=False)
+class SlowJournalStore:
+    """A real store whose first *slow* journal writes take *delay* real seconds."""
+
+    inner: SQLiteStore
+    slow: int
+    delay: float
+    journal_writes: int = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update(self, record: ConnectionRecord, **kwargs: Any) -> None:
+        if record.journal is not None:
+            self.journal_writes += 1
+            if self.journal_writes <= self.slow:
+                await asyncio.sleep(self.delay)
+        await self.inner.update(record, **kwargs)
+
+
+@pytest.mark.parametrize("slow", [1, 3], ids=["written-again", "gives-up"])
+async def test_a_journal_slow_to_commit_is_written_again_before_sending(
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    slow: int,
+) -> None:
+    """
+    Replicas watching a journal count resume_delay from when they saw it
+    commit; the request must start within resume_delay - request_timeout of
+    the write. A slower store gets the journal written again (restarting
+    their count); after three slow writes the attempt gives up unsent.
+    """
+    timing = awx_config.timing
+    config = with_resume_delay(awx_config, timing.request_timeout + 0.1)
+    store = SlowJournalStore(SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()), slow, 0.2)
+    async with ConnectionManager(config, store=store, clock=awx_clock) as awx:  # type: ignore[arg-type]
+        connection_id = await connect(awx, awx_fake)
+        awx_clock.advance(301)
+        if slow == 1:
+            await awx.access_token(connection_id)
+            assert 1 == awx_fake.counters.refreshes
+            assert 2 == store.journal_writes
+        else:
+            with pytest.raises(StoreUnavailableError, match="too slowly"):
+                await awx.access_token(connection_id)
+            assert 0 == awx_fake.counters.token_requests - 1  # the code exchange only
+            assert 3 == store.journal_writes
+            assert S.REFRESHING is (await awx.store.get(connection_id)).state  # type: ignore[union-attr]
+    assert slow == sum("writing it again" in r.getMessage() for r in caplog.records)

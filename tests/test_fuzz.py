@@ -671,6 +671,8 @@ def test_timing_policy_is_valid_or_a_configuration_error(changes: dict[str, Any]
         if name in _COUNT_FIELDS:
             assert isinstance(value, int), name
     assert timing.lease_ttl < timing.grace - timing.grace_margin
+    assert timing.lease_ttl + timing.resume_wait < timing.grace - timing.grace_margin
+    assert timing.request_timeout < timing.lease_ttl
     assert timing.grace_margin < timing.grace
     assert timing.skew_ratio < 1
     assert timing.skew(300.0) >= 0

@@ -246,6 +246,14 @@ class TimingPolicy:
         if self.lease_ttl >= self.grace - self.grace_margin:
             msg = "TimingPolicy.lease_ttl must be shorter than grace - grace_margin"
             raise ConfigurationError(msg)
+        if self.request_timeout >= self.lease_ttl:
+            msg = "TimingPolicy.request_timeout must be shorter than lease_ttl"
+            raise ConfigurationError(msg)
+        if self.lease_ttl + self.resume_wait >= self.grace - self.grace_margin:
+            # A crashed holder's journal must still be resumable once its
+            # lease has expired and the resume delay has passed.
+            msg = "TimingPolicy.lease_ttl + resume_wait must be shorter than grace - grace_margin"
+            raise ConfigurationError(msg)
         if self.grace_margin >= self.grace:
             msg = "TimingPolicy.grace_margin must be smaller than grace"
             raise ConfigurationError(msg)

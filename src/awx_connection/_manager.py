@@ -118,6 +118,8 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: API statuses worth a retry: the gateway, not the API, failed.
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
+#: Times an attempt writes its journal before giving up on a slow store.
+_JOURNAL_WRITES = 3
 #: URLs request() remembers resolved (ConnectionManager._resolve).
 _RESOLVED_MAX = 1024
 #: Records a keep-alive pass reads at a time.
@@ -849,8 +851,12 @@ class ConnectionManager:
                     except _LeaseLost:
                         # Our lease lapsed while we queued for a token-endpoint
                         # slot, and another process holds it now: wait for it
-                        # below, like any process that finds the lease taken.
-                        pass
+                        # below, like any process that finds the lease taken,
+                        # for a full lease_wait from now.
+                        conflicts += 1
+                        if conflicts > 3:
+                            raise RefreshTimeoutError(record.id) from None
+                        give_up_at = loop.time() + self.config.timing.lease_wait
                     finally:
                         await self._release_lease(live)
                 # Someone else rotates: wait for their write, then look again.
@@ -1052,9 +1058,15 @@ class ConnectionManager:
                 caller re-reads.
         """
         record = live.record
-        if record.state is not _S.REFRESHING or record.journal is None:
+        journal = record.journal
+        if record.state is not _S.REFRESHING or journal is None or journal.unsafe_since is None:
+            # No journal, or one whose every attempt certainly failed: a
+            # request in flight always has an unsafe journal behind it.
             return
-        deadline = live.journal_seen_at + self.config.timing.resume_wait
+        timing = self.config.timing
+        if self.clock.now() >= journal.unsafe_since + timing.grace - timing.grace_margin:
+            return  # too late to resume anyway: the attempt ends it without sending
+        deadline = live.journal_seen_at + timing.resume_wait
         while (remaining := deadline - time.monotonic()) > 0:
             newer = await self.store.wait_for_update(
                 record.id, after_version=record.version, timeout=remaining
@@ -1068,6 +1080,13 @@ class ConnectionManager:
         One refresh attempt, holding a token-endpoint slot: journal it, check
         the grace deadline and the lease, present the refresh token.
 
+        The journal must be committed, and the lease confirmed, promptly: a
+        replica that saw the journal commit resumes it ``resume_wait`` later
+        at the earliest, and this request must be over by then. A store that
+        took longer than ``resume_wait - request_timeout`` to answer (a lost
+        acknowledgement retried, a stalled event loop) gets the journal
+        written again, which restarts every watcher's count.
+
         Provider errors are returned, not raised, so the caller handles them
         (and backs off) after giving the slot back.
         """
@@ -1075,10 +1094,53 @@ class ConnectionManager:
         # Before writing anything: while this process queued for the slot,
         # its lease may have lapsed and another replica taken it.
         await self._still_ours(live)
-        record = live.record
-        if record.state not in (_S.ACTIVE, _S.REFRESHING):
+        before = live.record
+        if before.state not in (_S.ACTIVE, _S.REFRESHING):
             # A retry re-read a connection revoked meanwhile.
-            raise _unusable(record)
+            raise _unusable(before)
+        # True when this attempt first made the token unsafe (see _Sent).
+        first_unsafe = before.journal is None or before.journal.unsafe_since is None
+        # How late the request may start after the journal's commit. Not
+        # positive when resume_delay was shrunk below request_timeout (in
+        # tests): that gives the guarantee up, so there is nothing to keep.
+        slack = timing.resume_wait - timing.request_timeout
+        for _ in range(_JOURNAL_WRITES):
+            written_at = time.monotonic()
+            tokens, journal, now = await self._journal(live)
+            await self._still_ours(live)  # free while the lease is young, as it is now
+            slow = time.monotonic() - written_at
+            if slack <= 0 or slow <= slack:
+                break
+            _log.warning(
+                "connection %s: the refresh journal took %.1f s to write and confirm; "
+                "writing it again before sending",
+                live.record.id,
+                slow,
+                extra={"connection_id": live.record.id},
+            )
+        else:
+            msg = "the store answers too slowly to start a refresh safely"
+            raise StoreUnavailableError(msg)
+        self._counts["refresh_requests"] += 1
+        try:
+            new_tokens = await self._transport.refresh(
+                tokens.refresh_token, generation=tokens.generation + 1, now=now
+            )
+        except ProviderError as exc:
+            return _Sent(tokens, journal, first_unsafe, error=exc)
+        return _Sent(tokens, journal, first_unsafe, new_tokens=new_tokens)
+
+    async def _journal(self, live: _Live) -> tuple[TokenSet, RotationJournal, float]:
+        """
+        Write "in flight" before sending, so that a crash mid-request leaves
+        a deadline behind for whoever resumes; or end the rotation instead
+        (``expired``, ``invalidated``) when sending could only do harm.
+
+        Returns the tokens to present, the journal as stored, and the
+        injected clock's reading it was written at.
+        """
+        timing = self.config.timing
+        record = live.record
         tokens = record.tokens
         assert tokens is not None
         now = self.clock.now()
@@ -1095,45 +1157,32 @@ class ConnectionManager:
                 f"rotating refresh token generation {tokens.generation}",
                 journal=journal,
             )
-        else:
-            journal = record.journal or RotationJournal(tokens.generation, now)
-            if now >= tokens.refresh_expires_at:
-                # Resuming a journal whose token aged out meanwhile:
-                # sending it could only earn an invalid_grant.
-                await self._transition(live, _T.EXPIRE, "the refresh token aged out", journal=None)
-                raise _unusable(live.record)
-            if (
-                journal.unsafe_since is not None
-                and now >= journal.unsafe_since + timing.grace - timing.grace_margin
-            ):
-                await self._transition(
-                    live,
-                    _T.INVALIDATE,
-                    "the rotation went unanswered past the grace window; "
-                    "the old refresh token was not presented again",
-                    journal=None,
-                )
-                raise _unusable(live.record)
-            # Persist "in flight" before sending: a crash mid-request
-            # leaves a deadline behind for whoever resumes.
-            journal = attrs.evolve(
-                journal,
-                attempts=journal.attempts + 1,
-                unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
+            return tokens, journal, now
+        journal = record.journal or RotationJournal(tokens.generation, now)
+        if now >= tokens.refresh_expires_at:
+            # Resuming a journal whose token aged out meanwhile:
+            # sending it could only earn an invalid_grant.
+            await self._transition(live, _T.EXPIRE, "the refresh token aged out", journal=None)
+            raise _unusable(live.record)
+        if (
+            journal.unsafe_since is not None
+            and now >= journal.unsafe_since + timing.grace - timing.grace_margin
+        ):
+            await self._transition(
+                live,
+                _T.INVALIDATE,
+                "the rotation went unanswered past the grace window; "
+                "the old refresh token was not presented again",
+                journal=None,
             )
-            await self._save(live, journal=journal)
-        await self._still_ours(live)  # free while the lease is young, as it is now
-        first_unsafe = journal.unsafe_since == now and (
-            record.journal is None or record.journal.unsafe_since is None
+            raise _unusable(live.record)
+        journal = attrs.evolve(
+            journal,
+            attempts=journal.attempts + 1,
+            unsafe_since=now if journal.unsafe_since is None else journal.unsafe_since,
         )
-        self._counts["refresh_requests"] += 1
-        try:
-            new_tokens = await self._transport.refresh(
-                tokens.refresh_token, generation=tokens.generation + 1, now=now
-            )
-        except ProviderError as exc:
-            return _Sent(tokens, journal, first_unsafe, error=exc)
-        return _Sent(tokens, journal, first_unsafe, new_tokens=new_tokens)
+        await self._save(live, journal=journal)
+        return tokens, journal, now
 
     async def _after_invalid_grant(self, live: _Live, presented: TokenSet) -> TokenSet:
         """
