@@ -916,7 +916,7 @@ class ConnectionManager:
         live.leased = True
         # A POST sent before this is over (answered or timed out) with half
         # of the lease's spare term still ahead: ttl 20 s, request timeout
-        # 10 s -> 5 s. Never, if the timeout is not shorter than the lease.
+        # 10 s -> 5 s (TimingPolicy keeps the timeout below the lease).
         live.lease_sure_until = now + (ttl - self.config.timing.request_timeout) / 2
         if stored.version > live.record.version or (
             not adopt and stored.version != live.record.version
@@ -1063,10 +1063,9 @@ class ConnectionManager:
             # No journal, or one whose every attempt certainly failed: a
             # request in flight always has an unsafe journal behind it.
             return
-        timing = self.config.timing
-        if self.clock.now() >= journal.unsafe_since + timing.grace - timing.grace_margin:
-            return  # too late to resume anyway: the attempt ends it without sending
-        deadline = live.journal_seen_at + timing.resume_wait
+        # Even past the journal's grace deadline by this process's clock: the
+        # writer's clock may disagree, and its request may still succeed.
+        deadline = live.journal_seen_at + self.config.timing.resume_wait
         while (remaining := deadline - time.monotonic()) > 0:
             newer = await self.store.wait_for_update(
                 record.id, after_version=record.version, timeout=remaining
@@ -1104,23 +1103,45 @@ class ConnectionManager:
         # positive when resume_delay was shrunk below request_timeout (in
         # tests): that gives the guarantee up, so there is nothing to keep.
         slack = timing.resume_wait - timing.request_timeout
-        for _ in range(_JOURNAL_WRITES):
+        base: RotationJournal | None = None
+        for writes in range(1, _JOURNAL_WRITES + 1):
             written_at = time.monotonic()
-            tokens, journal, now = await self._journal(live)
+            tokens, journal, now = await self._journal(live, base)
             await self._still_ours(live)  # free while the lease is young, as it is now
             slow = time.monotonic() - written_at
             if slack <= 0 or slow <= slack:
                 break
+            connection_id = live.record.id
+            if writes == _JOURNAL_WRITES:
+                _log.warning(
+                    "connection %s: the refresh journal took %.1f s to write and confirm, "
+                    "%d times; not sending",
+                    connection_id,
+                    slow,
+                    writes,
+                    extra={"connection_id": connection_id},
+                )
+                if first_unsafe:
+                    # Nothing was sent: say so, or a resumer would count a
+                    # grace deadline for a token that never left.
+                    await self._transition(
+                        live, _T.REFRESH_ABORTED, "the store answered too slowly", journal=None
+                    )
+                msg = "the store answers too slowly to start a refresh safely"
+                raise StoreUnavailableError(msg)
             _log.warning(
                 "connection %s: the refresh journal took %.1f s to write and confirm; "
                 "writing it again before sending",
-                live.record.id,
+                connection_id,
                 slow,
-                extra={"connection_id": live.record.id},
+                extra={"connection_id": connection_id},
             )
-        else:
-            msg = "the store answers too slowly to start a refresh safely"
-            raise StoreUnavailableError(msg)
+            # The same attempt, written again: nothing was sent meanwhile.
+            base = attrs.evolve(
+                journal,
+                attempts=journal.attempts - 1,
+                unsafe_since=None if first_unsafe else journal.unsafe_since,
+            )
         self._counts["refresh_requests"] += 1
         try:
             new_tokens = await self._transport.refresh(
@@ -1130,14 +1151,17 @@ class ConnectionManager:
             return _Sent(tokens, journal, first_unsafe, error=exc)
         return _Sent(tokens, journal, first_unsafe, new_tokens=new_tokens)
 
-    async def _journal(self, live: _Live) -> tuple[TokenSet, RotationJournal, float]:
+    async def _journal(
+        self, live: _Live, base: RotationJournal | None = None
+    ) -> tuple[TokenSet, RotationJournal, float]:
         """
         Write "in flight" before sending, so that a crash mid-request leaves
         a deadline behind for whoever resumes; or end the rotation instead
         (``expired``, ``invalidated``) when sending could only do harm.
 
-        Returns the tokens to present, the journal as stored, and the
-        injected clock's reading it was written at.
+        *base* replaces the stored journal when this attempt writes its own
+        again (see ``_attempt``). Returns the tokens to present, the journal
+        as stored, and the injected clock's reading it was written at.
         """
         timing = self.config.timing
         record = live.record
@@ -1158,7 +1182,7 @@ class ConnectionManager:
                 journal=journal,
             )
             return tokens, journal, now
-        journal = record.journal or RotationJournal(tokens.generation, now)
+        journal = base or record.journal or RotationJournal(tokens.generation, now)
         if now >= tokens.refresh_expires_at:
             # Resuming a journal whose token aged out meanwhile:
             # sending it could only earn an invalid_grant.
