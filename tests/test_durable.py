@@ -403,26 +403,15 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
     ) as setup:
         x = await connect(setup, awx_fake)
         y = await connect(setup, awx_fake)
-    one_slot = attrs.evolve(
-        awx_config, timing=attrs.evolve(awx_config.timing, max_concurrent_refreshes=1)
-    )
-    gated = GatedStore(SQLiteStore(path, keys=keys))
     async with (
-        ConnectionManager(one_slot, store=gated, clock=awx_clock) as a,  # type: ignore[arg-type]
+        ConnectionManager(
+            one_slot(awx_config), store=SQLiteStore(path, keys=keys), clock=awx_clock
+        ) as a,
         ConnectionManager(awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as b,
     ):
         awx_clock.advance(301)
-        # X's refresh takes A's only slot: the provider commits, then holds the answer.
-        awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
-        task_x = asyncio.ensure_future(a.access_token(x))
-        await held(awx_fake)
-        # A leases Y and queues for the slot.
-        leased = gated.gate("leased")
-        task_y = asyncio.ensure_future(a.access_token(y))
-        async with asyncio.timeout(30):
-            await leased[0].wait()
-        leased[1].set()
-        await queued(a, 1)
+        task_x = await occupy_the_only_slot(a, awx_fake, x)
+        task_y = await queue_refresh(a, y, waiting=1)  # A leases Y and queues for the slot
         awx_clock.advance(21)  # A's lease on Y lapses while it queues
         token_b = await b.access_token(y)  # B takes Y over and rotates it
         awx_fake.release_held()  # the slot frees; X's answer is lost, A retries X
@@ -436,6 +425,34 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
         await a.access_token(y)
     assert 0 == awx_fake.counters.reuse_violations
     assert 1 == awx_fake.counters.grace_reissues  # X's lost answer, and only that
+
+
+def one_slot(config: Config) -> Config:
+    """*config* with one token-endpoint slot (max_concurrent_refreshes=1)."""
+    return attrs.evolve(config, timing=attrs.evolve(config.timing, max_concurrent_refreshes=1))
+
+
+async def occupy_the_only_slot(
+    manager: ConnectionManager, fake: FakeAirwallex, connection_id: str
+) -> asyncio.Future[str]:
+    """
+    A refresh of *connection_id* whose answer the fake commits and then
+    holds: it keeps *manager*'s one slot until ``fake.release_held()``
+    (after which the answer is lost and the manager retries).
+    """
+    fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
+    task = asyncio.ensure_future(manager.access_token(connection_id))
+    await held(fake)
+    return task
+
+
+async def queue_refresh(
+    manager: ConnectionManager, connection_id: str, *, waiting: int
+) -> asyncio.Future[str]:
+    """A refresh of *connection_id* that has its lease and queues for a slot."""
+    task = asyncio.ensure_future(manager.access_token(connection_id))
+    await queued(manager, waiting)
+    return task
 
 
 async def queued(manager: ConnectionManager, waiting: int) -> None:
@@ -469,25 +486,16 @@ async def test_a_refresh_whose_lease_was_taken_while_it_queued_waits_for_the_hol
     ) as setup:
         x = await connect(setup, awx_fake)
         y = await connect(setup, awx_fake)
-    one_slot = attrs.evolve(
-        awx_config, timing=attrs.evolve(awx_config.timing, max_concurrent_refreshes=1)
-    )
-    store_a = GatedStore(SQLiteStore(path, keys=keys))
     store_b = GatedStore(SQLiteStore(path, keys=keys))
     async with (
-        ConnectionManager(one_slot, store=store_a, clock=awx_clock) as a,  # type: ignore[arg-type]
+        ConnectionManager(
+            one_slot(awx_config), store=SQLiteStore(path, keys=keys), clock=awx_clock
+        ) as a,
         ConnectionManager(awx_config, store=store_b, clock=awx_clock) as b,  # type: ignore[arg-type]
     ):
         awx_clock.advance(301)
-        awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
-        task_x = asyncio.ensure_future(a.access_token(x))
-        await held(awx_fake)
-        leased = store_a.gate("leased")
-        task_y = asyncio.ensure_future(a.access_token(y))
-        async with asyncio.timeout(30):
-            await leased[0].wait()
-        leased[1].set()
-        await queued(a, 1)
+        task_x = await occupy_the_only_slot(a, awx_fake, x)
+        task_y = await queue_refresh(a, y, waiting=1)
         awx_clock.advance(21)  # A's lease on Y lapses while it queues
         started_b = store_b.gate("refresh_started")
         task_b = asyncio.ensure_future(b.access_token(y))
@@ -539,9 +547,6 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
             live.record.tokens.generation, awx_clock.now(), attempts=1, unsafe_since=awx_clock.now()
         )
         await dead._save(live, state=S.REFRESHING, journal=journal)
-    one_slot = attrs.evolve(
-        awx_config, timing=attrs.evolve(awx_config.timing, max_concurrent_refreshes=1)
-    )
     presented: list[bytes] = []
 
     async def on_chunk(_: object, __: object, params: aiohttp.TraceRequestChunkSentParams) -> None:
@@ -552,7 +557,10 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
     async with (
         aiohttp.ClientSession(trace_configs=[trace]) as session,
         ConnectionManager(
-            one_slot, store=SQLiteStore(path, keys=keys), clock=awx_clock, session=session
+            one_slot(awx_config),
+            store=SQLiteStore(path, keys=keys),
+            clock=awx_clock,
+            session=session,
         ) as a,
     ):
         tokens = {}
@@ -560,13 +568,9 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
             record = await a.store.get(connection_id)
             assert record is not None and record.tokens is not None
             tokens[connection_id] = record.tokens.refresh_token.reveal().encode()
-        awx_fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
-        task_x = asyncio.ensure_future(a.access_token(x))
-        await held(awx_fake)
-        task_y = asyncio.ensure_future(a.access_token(y))
-        await queued(a, 1)
-        task_z = asyncio.ensure_future(a.access_token(z))
-        await queued(a, 2)
+        task_x = await occupy_the_only_slot(a, awx_fake, x)
+        task_y = await queue_refresh(a, y, waiting=1)
+        task_z = await queue_refresh(a, z, waiting=2)
         awx_fake.release_held()
         async with asyncio.timeout(30):
             await asyncio.gather(task_x, task_y, task_z)
