@@ -578,3 +578,21 @@ async def test_manager_repr_is_short_and_secret_free(
     assert token not in text
     assert "connections_cached=1" in text
     assert all(secret not in text for secret in awx_fake.issued_secrets())
+
+
+async def test_request_keeps_the_callers_headers_but_sets_its_own_bearer(
+    awx_manager: ConnectionManager, awx_connect: Connect
+) -> None:
+    """Extra headers (a mapping or pairs) go along; a caller's Authorization is replaced."""
+    connection = await awx_connect()
+    for headers in (
+        {"X-Request-Id": "r1", "Authorization": "Bearer not-the-token"},
+        [("X-Request-Id", "r2"), ("Authorization", "Bearer not-the-token")],
+    ):
+        response = await awx_manager.request(
+            connection.id, "GET", "/api/v1/account/", headers=headers
+        )
+        async with response:
+            assert 200 == response.status
+            assert response.request_info.headers["X-Request-Id"] in ("r1", "r2")
+            assert "not-the-token" not in response.request_info.headers["Authorization"]

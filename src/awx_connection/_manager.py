@@ -1443,25 +1443,30 @@ class ConnectionManager:
                 answered 401 again right after one.
             aiohttp.ClientError: The API could not be reached (after retries).
         """
-        target = self._resolve(url)
-        # access_token()'s fast path inlined: this is every API call's path.
+        # Every API call takes this path: it reads no more than it needs
+        # (access_token()'s fast path is inlined, the URL is remembered).
+        target = self._resolved.get(url) or self._resolve(url)
         live = self._live.get(connection_id) or await self._get_live(connection_id)
-        if retry is None:
-            retry = method.upper() in _IDEMPOTENT
-        extra = kwargs.pop("headers", None)
-        headers = dict(extra) if extra else {}
         if live.fresh_until > self.clock.now():
+            sent = live.record  # the record whose access token is sent
             token: str = live.token  # type: ignore[assignment]  # set whenever fresh_until is finite
         else:
             token = await self.access_token(connection_id)
-        # The generation of the token just sent (read after a refresh, if any).
-        tokens = live.record.tokens
-        generation = tokens.generation if tokens is not None else None
-        headers["Authorization"] = f"Bearer {token}"
+            sent = live.record
+        extra = kwargs.pop("headers", None)
+        if extra:
+            headers = dict(extra)  # a mapping or (name, value) pairs, as aiohttp takes
+            headers["Authorization"] = "Bearer " + token
+        else:
+            headers = {"Authorization": "Bearer " + token}
+        if retry is None:
+            retry = method in _IDEMPOTENT or method.upper() in _IDEMPOTENT
         response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
             return response
         response.release()
+        tokens = sent.tokens
+        generation = tokens.generation if tokens is not None else None
         tokens = await self._fresh_tokens(live, stale_generation=generation)
         headers["Authorization"] = f"Bearer {tokens.access_token.reveal()}"
         response = await self._send(method, target, headers, retry, kwargs)
