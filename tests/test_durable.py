@@ -22,6 +22,7 @@ from awx_connection import (
     ConnectionState,
     DecryptionError,
     KeyRing,
+    ProviderError,
     Secret,
     StoreUnavailableError,
     Trigger,
@@ -725,3 +726,33 @@ async def test_a_journal_slow_to_commit_is_written_again_before_sending(
             await awx.access_token(connection_id)  # the store is quick again
             assert 1 == awx_fake.counters.refreshes
     assert slow == sum("refresh journal took" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_rotation_left_maybe_sent_is_settled_without_another_caller(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    Every attempt's answer is lost after the provider committed it, so the
+    rotation ends ``refreshing`` with a token that may have been sent, and
+    stays usable only inside the grace window. Nobody asks again (other
+    callers may hold fresh access tokens for minutes): the manager settles
+    it by itself, a grace re-issue, well before the window closes.
+    """
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()), clock=awx_clock
+    ) as awx:
+        connection_id = await connect(awx, awx_fake)
+        awx_clock.advance(301)
+        attempts = awx_config.timing.max_attempts
+        awx_fake.inject(
+            Fault(FaultKind.SERVER_ERROR_AFTER_COMMIT, grant_type="refresh_token", times=attempts)
+        )
+        with pytest.raises(ProviderError):
+            await awx.access_token(connection_id)
+        assert S.REFRESHING is (await awx.get(connection_id)).state
+        async with asyncio.timeout(10):
+            while (await awx.store.get(connection_id)).state is not S.ACTIVE:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert 1 + attempts == awx_fake.counters.refreshes
+        assert attempts == awx_fake.counters.grace_reissues
+    assert 0 == awx_fake.counters.reuse_violations

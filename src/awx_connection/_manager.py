@@ -788,9 +788,44 @@ class ConnectionManager:
             )
             live.failure = error
             live.failed_until = self.clock.now() + cooldown
+            if not isinstance(error, InvalidClientError) and self._unsafe(live):
+                asyncio.get_running_loop().call_later(
+                    timing.backoff_max, self._settle_rotation, live
+                )
         elif error is None:
             live.failure = None
             live.failed_until = float("-inf")
+
+    @staticmethod
+    def _unsafe(live: _Live) -> bool:
+        """Whether the connection waits in ``refreshing`` with a token that may have been sent."""
+        record = live.record
+        journal = record.journal
+        return (
+            record.state is _S.REFRESHING
+            and journal is not None
+            and journal.unsafe_since is not None
+        )
+
+    def _settle_rotation(self, live: _Live) -> None:
+        """
+        A rotation whose retries ran out with its token maybe sent stays
+        resumable only until the grace window closes. Settle it before then
+        whether or not a caller asks again (a caller may hold a fresh access
+        token for minutes): one more flight, which callers join. If that
+        fails the same way, the next is scheduled; past the deadline the
+        attempt ends it as ``invalidated`` without sending. A disconnected
+        customer's connection ends ``revoked``, as it should.
+        """
+        if self._closed or live.refresh_task is not None or not self._unsafe(live):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_flight(live, None),
+            name=f"awx-connection-settle-{live.record.id}",
+        )
+        live.refresh_task = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._flight_done(live, t))
 
     def _needs_refresh(self, record: ConnectionRecord, stale_generation: int | None) -> bool:
         tokens = record.tokens
