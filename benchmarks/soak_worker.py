@@ -77,7 +77,9 @@ def build_config(settings: dict[str, Any]) -> Config:
     answers in milliseconds, a DELAY fault in at most 0.8 s), which makes the
     resume delay, real time too, 1.2 s instead of 12: a replica resuming a
     journal that another replica left while the soak moved the clock 21 s
-    waits that long first. Everything else keeps the library's defaults, so
+    waits that long first. A rotation left maybe-sent is settled after
+    0.05 s real instead of 5 s, inside the soak's few real seconds of settling.
+    Everything else keeps the library's defaults, so
     the grace margin, lease TTL and cooldowns under test are the shipped ones.
     """
     return Config(
@@ -85,7 +87,9 @@ def build_config(settings: dict[str, Any]) -> Config:
         client_secret=settings["client_secret"],
         redirect_uri=settings["redirect"],
         endpoints=Endpoints.from_base_url(settings["base_url"]),
-        timing=TimingPolicy(backoff_base=0.005, backoff_max=0.05, request_timeout=1.0),
+        timing=TimingPolicy(
+            backoff_base=0.005, backoff_max=0.05, request_timeout=1.0, settle_delay=0.05
+        ),
         default_scopes=("account_details:read",),
     )
 

@@ -738,8 +738,9 @@ async def test_a_rotation_left_maybe_sent_is_settled_without_another_caller(
     callers may hold fresh access tokens for minutes): the manager settles
     it by itself, a grace re-issue, well before the window closes.
     """
+    config = attrs.evolve(awx_config, timing=attrs.evolve(awx_config.timing, settle_delay=0.01))
     async with ConnectionManager(
-        awx_config, store=SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()), clock=awx_clock
+        config, store=SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()), clock=awx_clock
     ) as awx:
         connection_id = await connect(awx, awx_fake)
         awx_clock.advance(301)

@@ -205,6 +205,11 @@ class TimingPolicy:
     #: disagree; this says its last request is over, whatever the clocks say.
     #: Shrink it in tests only.
     resume_delay: float | None = attrs.field(default=None)
+    #: Real seconds after a rotation's retries ran out with its token maybe
+    #: sent before the manager tries it again by itself (and again after
+    #: each such failure), so that it settles inside the grace window even
+    #: when no caller asks (ConnectionManager(settle=False) turns this off).
+    settle_delay: float = attrs.field(default=5.0, validator=_non_negative)
     #: How long stored events are kept (``ConnectionManager.prune_events``).
     event_retention: float = attrs.field(default=30 * 86400.0, validator=_positive)
     #: After a refresh failed for good (attempts used up, or a rejection such

@@ -219,6 +219,11 @@ class ConnectionManager:
     _closed: bool = attrs.field(default=False, init=False)
     #: Run keep-alive passes every ``TimingPolicy.keepalive_interval`` seconds.
     keepalive: bool = attrs.field(default=False, kw_only=True)
+    #: Settle a rotation whose retries ran out with its token maybe sent
+    #: by itself, before the grace window closes, instead of waiting for a
+    #: caller (see ``_settle_rotation``). Off only where every flight must
+    #: be started by the test itself.
+    settle: bool = attrs.field(default=True, kw_only=True)
     _webhook_subscribers: list[WebhookSubscription] = attrs.field(
         factory=list, init=False, repr=False
     )
@@ -788,9 +793,9 @@ class ConnectionManager:
             )
             live.failure = error
             live.failed_until = self.clock.now() + cooldown
-            if not isinstance(error, InvalidClientError) and self._unsafe(live):
+            if self.settle and not isinstance(error, InvalidClientError) and self._unsafe(live):
                 asyncio.get_running_loop().call_later(
-                    timing.backoff_max, self._settle_rotation, live
+                    timing.settle_delay, self._settle_rotation, live
                 )
         elif error is None:
             live.failure = None
@@ -813,7 +818,8 @@ class ConnectionManager:
         resumable only until the grace window closes. Settle it before then
         whether or not a caller asks again (a caller may hold a fresh access
         token for minutes): one more flight, which callers join. If that
-        fails the same way, the next is scheduled; past the deadline the
+        fails the same way, the next is scheduled (``settle_delay`` apart);
+        past the deadline the
         attempt ends it as ``invalidated`` without sending. A disconnected
         customer's connection ends ``revoked``, as it should.
         """
