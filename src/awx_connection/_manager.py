@@ -1089,7 +1089,8 @@ class ConnectionManager:
         The lease expired by the injected clock, which replicas may read
         differently (skew, or a soak that moves it in jumps); the other
         process's request may still be on its way. Its requests end within
-        ``request_timeout`` of its journal write, real time, so once the
+        ``resume_wait`` of its journal's commit, real time (``_attempt``
+        writes the journal again when the store was slow), so once the
         journal has stood still that long, presenting the same token again
         cannot overlap with it. A process that has been waiting on the lease
         has mostly waited long enough already.
