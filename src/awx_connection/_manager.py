@@ -764,13 +764,7 @@ class ConnectionManager:
                     # The provider just failed this refresh for good: answer
                     # with the same error rather than asking again.
                     raise live.failure
-                task = asyncio.get_running_loop().create_task(
-                    self._refresh_flight(live, stale_generation),
-                    name=f"awx-connection-refresh-{live.record.id}",
-                )
-                live.refresh_task = task
-                self._tasks.add(task)
-                task.add_done_callback(lambda t: self._flight_done(live, t))
+                task = self._start_flight(live, stale_generation, "refresh")
             # shield: a caller that gives up (timeout, cancel) must not abort
             # the refresh that every other caller is waiting for.
             tokens = await asyncio.shield(task)
@@ -825,13 +819,20 @@ class ConnectionManager:
         """
         if self._closed or live.refresh_task is not None or not self._unsafe(live):
             return
+        self._start_flight(live, None, "settle")
+
+    def _start_flight(
+        self, live: _Live, stale_generation: int | None, kind: str
+    ) -> asyncio.Task[TokenSet]:
+        """The connection's one refresh flight, which every caller joins."""
         task = asyncio.get_running_loop().create_task(
-            self._refresh_flight(live, None),
-            name=f"awx-connection-settle-{live.record.id}",
+            self._refresh_flight(live, stale_generation),
+            name=f"awx-connection-{kind}-{live.record.id}",
         )
         live.refresh_task = task
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._flight_done(live, t))
+        return task
 
     def _needs_refresh(self, record: ConnectionRecord, stale_generation: int | None) -> bool:
         tokens = record.tokens
