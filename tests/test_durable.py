@@ -399,11 +399,7 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
     """
     path = tmp_path / "awx.db"
     keys = KeyRing.generate()
-    async with ConnectionManager(
-        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
-    ) as setup:
-        x = await connect(setup, awx_fake)
-        y = await connect(setup, awx_fake)
+    x, y = await connect_in_store(awx_config, awx_fake, awx_clock, SQLiteStore(path, keys=keys), 2)
     async with (
         ConnectionManager(
             one_slot(awx_config), store=SQLiteStore(path, keys=keys), clock=awx_clock
@@ -426,6 +422,14 @@ async def test_a_refresh_queued_behind_the_gate_checks_its_lease_when_it_gets_a_
         await a.access_token(y)
     assert 0 == awx_fake.counters.reuse_violations
     assert 1 == awx_fake.counters.grace_reissues  # X's lost answer, and only that
+
+
+async def connect_in_store(
+    config: Config, fake: FakeAirwallex, clock: ManualClock, store: SQLiteStore, count: int
+) -> list[str]:
+    """*count* active connections written to *store* by a manager closed again."""
+    async with ConnectionManager(config, store=store, clock=clock) as setup:
+        return [await connect(setup, fake) for _ in range(count)]
 
 
 def one_slot(config: Config) -> Config:
@@ -482,11 +486,7 @@ async def test_a_refresh_whose_lease_was_taken_while_it_queued_waits_for_the_hol
     """
     path = tmp_path / "awx.db"
     keys = KeyRing.generate()
-    async with ConnectionManager(
-        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
-    ) as setup:
-        x = await connect(setup, awx_fake)
-        y = await connect(setup, awx_fake)
+    x, y = await connect_in_store(awx_config, awx_fake, awx_clock, SQLiteStore(path, keys=keys), 2)
     store_b = GatedStore(SQLiteStore(path, keys=keys))
     async with (
         ConnectionManager(
@@ -534,10 +534,9 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
     """
     path = tmp_path / "awx.db"
     keys = KeyRing.generate()
-    async with ConnectionManager(
-        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
-    ) as setup:
-        x, y, z = [await connect(setup, awx_fake) for _ in range(3)]
+    x, y, z = await connect_in_store(
+        awx_config, awx_fake, awx_clock, SQLiteStore(path, keys=keys), 3
+    )
     awx_clock.advance(301)
     store = SQLiteStore(path, keys=keys)
     async with ConnectionManager(awx_config, store=store, clock=awx_clock) as dead:
