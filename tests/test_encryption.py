@@ -263,6 +263,20 @@ def test_parse_reads_new_key_output() -> None:
     assert KeyRing.new_key() != KeyRing.new_key()
 
 
+def test_parse_reads_standard_padded_base64_keys_too() -> None:
+    """
+    A key as ``openssl rand -base64 32`` prints it (``+``, ``/``, ``=``)
+    parses to the same key as its base64url form: envelopes are decoded
+    strictly, configured keys never were.
+    """
+    material = bytes(range(250, 256)) * 5 + b"\xfb\xff"  # encodes with + and /
+    standard = base64.b64encode(material).decode()
+    assert "+" in standard and "/" in standard and standard.endswith("=")
+    envelope = KeyRing([("k1", material)]).encrypt("t", connection_id="c", field="f")
+    for spec in (f"k1:{standard}", f"k1:{b64(material)}"):
+        assert "t" == KeyRing.parse(spec).decrypt(envelope, connection_id="c", field="f")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

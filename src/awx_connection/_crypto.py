@@ -67,6 +67,16 @@ def _b64decode(text: str) -> bytes:
     return pybase64.b64decode(padded, altchars=b"-_", validate=True)
 
 
+def _key_material(text: str) -> bytes:
+    """
+    A configured key: base64url as ``keys new`` prints it, or standard
+    base64 with padding as ``openssl rand -base64 32`` does. Lenient, unlike
+    :func:`_b64decode`: keys were always read this way, and a key that
+    decodes to the wrong thing fails its length check anyway.
+    """
+    return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
+
+
 class DecryptionError(StoreError):
     """A stored secret did not decrypt: wrong or missing key, or a tampered row."""
 
@@ -150,8 +160,8 @@ class KeyRing:
                 msg = "encryption keys must look like 'id:base64key[,id:base64key...]'"
                 raise ConfigurationError(msg)
             try:
-                material = _b64decode(encoded.strip())
-            except (binascii.Error, ValueError):
+                material = _key_material(encoded.strip())
+            except ValueError:  # binascii.Error is one
                 msg = f"key {key_id!r} is not valid base64"
                 raise ConfigurationError(msg) from None
             pairs.append((key_id.strip(), material))
