@@ -57,15 +57,11 @@ async def test_idle_connections_survive_180_days(
 
 async def test_rotations_spread_by_jitter(awx_config: Config) -> None:
     """Connections issued together come due at different times (stable per id)."""
-    from awx_connection._records import ConnectionRecord
-    from awx_connection._secrets import Secret
-    from awx_connection._tokens import TokenSet
+    from awx_connection._records import ConnectionSummary
 
-    tokens = TokenSet(Secret("a"), Secret("r"), 300.0, 90 * DAY, 0.0, 0)
     dues = {
         due_at(
-            ConnectionRecord(f"conn_{i}", S.ACTIVE, 1, 1, 0.0, 0.0, "x", tokens=tokens),
-            awx_config.timing,
+            ConnectionSummary(f"conn_{i}", S.ACTIVE, 1, 0.0, 0, 0.0, 90 * DAY), awx_config.timing
         )
         for i in range(100)
     }
@@ -172,14 +168,14 @@ async def test_a_pass_reads_the_store_a_page_at_a_time(
     async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:
         ids = await connect_many(awx, awx_fake, 11)
         pages = []
-        listing = SQLiteStore.list_connections
+        listing = SQLiteStore.list_summaries
 
         async def counted(self: SQLiteStore, **kwargs: Any) -> Any:
             page = await listing(self, **kwargs)
             pages.append((kwargs.get("limit"), len(page)))
             return page
 
-        monkeypatch.setattr(SQLiteStore, "list_connections", counted)
+        monkeypatch.setattr(SQLiteStore, "list_summaries", counted)
         report = await awx.keepalive_pass()
         assert (11, 0) == (report.checked, report.rotated)  # nothing due yet
         assert [(4, 4), (4, 4), (4, 3)] == pages
@@ -189,3 +185,53 @@ async def test_a_pass_reads_the_store_a_page_at_a_time(
     assert (11, 11, 0) == (report.checked, report.rotated, report.failed)
     assert [1] * 11 == generations
     assert 11 == awx_fake.counters.refreshes
+
+
+async def test_a_pass_decrypts_only_the_connections_that_are_due(
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A pass reads summaries, then each due connection in full: with nothing
+    due it opens no envelope; later it opens only the two due ones. The one
+    sealed with a key this process lacks counts as failed and does not stop
+    the other's rotation.
+    """
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate("k1")
+    opened: list[str] = []
+    decrypt = KeyRing.decrypt
+
+    def counted(self: KeyRing, envelope: str, *, connection_id: str, field: str) -> str:
+        opened.append(connection_id)
+        return decrypt(self, envelope, connection_id=connection_id, field=field)
+
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as awx:
+        (old,) = await connect_many(awx, awx_fake, 1)
+    foreign_store = SQLiteStore(path, keys=KeyRing.generate("elsewhere"))
+    async with ConnectionManager(awx_config, store=foreign_store, clock=awx_clock) as awx:
+        (foreign,) = await connect_many(awx, awx_fake, 1)
+    awx_clock.advance(20 * DAY)
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as awx:
+        young = await connect_many(awx, awx_fake, 2)
+    monkeypatch.setattr(KeyRing, "decrypt", counted)
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as awx:
+        report = await awx.keepalive_pass()
+        assert (4, 0, 0) == (report.checked, report.rotated, report.failed)
+        assert [] == opened
+        # Due 36-45 days after issue: the first two are, the young ones are not.
+        awx_clock.advance(30 * DAY)
+        report = await awx.keepalive_pass()
+        assert (4, 1, 1) == (report.checked, report.rotated, report.failed)
+        assert {old, foreign} == set(opened)
+        assert 1 == (await awx.get(old)).token_generation
+        assert [0, 0] == [(await awx.get(cid)).token_generation for cid in young]

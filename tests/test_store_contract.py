@@ -43,6 +43,7 @@ from awx_connection._errors import ConfigurationError, StoreError, VersionConfli
 from awx_connection._events import ConnectionEvent
 from awx_connection._records import (
     ConnectionRecord,
+    ConnectionSummary,
     PendingAuthorization,
     RotationJournal,
     dump_event,
@@ -407,6 +408,69 @@ async def test_list_connections_refuses_a_limit_below_one(store: Store, limit: i
     """A caller bug, refused before the data is looked at."""
     with pytest.raises(ValueError, match="limit"):
         await store.list_connections(limit=limit)
+
+
+async def test_list_summaries_are_what_list_connections_lists(store: Store) -> None:
+    """
+    Same rows, same order, same pages as ``list_connections`` for any
+    states, *after* and *limit*; each the summary of its record.
+    """
+    await _insert_page_fixture(store)
+    for connection_id, generation in (("g", 3), ("c", 5), ("b", 7)):
+        record = await store.get(connection_id)
+        assert record is not None and record.tokens is not None
+        tokens = attrs.evolve(record.tokens, generation=generation, issued_at=2000.0 + generation)
+        await update(store, record, state=S.ACTIVE, authorization=None, tokens=tokens)
+    record = await store.get("d")
+    assert record is not None
+    await update(store, record, tokens=None, journal=None)
+    for filters in (
+        {},
+        {"states": [S.ACTIVE]},
+        {"states": {S.ACTIVE, S.PENDING}, "limit": 2},
+        {"states": []},
+        {"after": (2.0, "c")},
+        {"after": (1.0, "g"), "limit": 3},
+        {"states": [S.PENDING], "after": (0.5, "d"), "limit": 1},
+    ):
+        records = await store.list_connections(**filters)
+        summaries = await store.list_summaries(**filters)
+        assert [ConnectionSummary.of(r) for r in records] == summaries, filters
+    by_id = {summary.id: summary for summary in await store.list_summaries()}
+    assert (S.ACTIVE, 2, 5, 2005.0, 9000.0) == (
+        by_id["c"].state,
+        by_id["c"].version,
+        by_id["c"].generation,
+        by_id["c"].issued_at,
+        by_id["c"].refresh_expires_at,
+    )
+    assert (None, None, None) == (
+        by_id["d"].generation,
+        by_id["d"].issued_at,
+        by_id["d"].refresh_expires_at,
+    )
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_summaries(limit=0)
+
+
+async def test_summaries_are_read_without_the_keys(
+    new_durable_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    A row sealed with a key the ring lacks is left out of ``list_connections``
+    but summarised: a summary decrypts nothing, and the keep-alive pass that
+    reads it then meets the row's ``DecryptionError`` on its full read.
+    """
+    async with opened(new_durable_store(KeyRing.generate("lost"))) as store:
+        sealed_away = await insert(store, "x1", created_at=1.0)
+    async with opened(new_durable_store(KeyRing.generate("kept"))) as store:
+        kept = await insert(store, "a", created_at=2.0)
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [ConnectionSummary.of(sealed_away), ConnectionSummary.of(kept)] == (
+                await store.list_summaries(limit=5)
+            )
+        assert [] == caplog.records
+        assert [kept] == await store.list_connections()
 
 
 async def test_unreadable_rows_are_left_out_of_pages_without_shortening_them(
@@ -984,6 +1048,30 @@ async def test_sqlite_list_connections_leaves_a_corrupt_row_out_and_logs_it(
         assert [(b"\x00garbage",)] == db.execute(
             "SELECT data FROM connections WHERE id = 'broken'"
         ).fetchall()
+
+
+async def test_sqlite_list_summaries_leaves_a_corrupt_row_out_and_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose JSON does not decode, or is another row's, is logged by id and skipped."""
+    path = tmp_path / "awx.db"
+    async with opened(SQLiteStore(path, keys=KEYS)) as store:
+        await insert(store, "broken", created_at=1.0)
+        await insert(store, "moved", created_at=1.5)
+        healthy = await insert(store, "healthy", created_at=2.0)
+        with raw(path) as db:
+            db.execute("UPDATE connections SET data = ? WHERE id = 'broken'", (b"\x00garbage",))
+            db.execute(
+                "UPDATE connections SET data = (SELECT data FROM connections WHERE id = 'healthy')"
+                " WHERE id = 'moved'"
+            )
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [ConnectionSummary.of(healthy)] == await store.list_summaries(limit=2)
+    messages = [entry.getMessage() for entry in caplog.records]
+    assert 2 == len(messages)
+    assert "'broken'" in messages[0] and "'moved'" in messages[1]
+    assert all("list_summaries left out" in message for message in messages)
+    assert {logging.ERROR} == {entry.levelno for entry in caplog.records}
 
 
 async def test_sqlite_schema_version_is_recorded(tmp_path: Path) -> None:

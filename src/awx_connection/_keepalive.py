@@ -20,7 +20,7 @@ from typing import final
 import attrs
 
 from ._config import TimingPolicy
-from ._records import ConnectionRecord
+from ._records import ConnectionSummary
 
 __all__ = ["KeepaliveReport", "due_at"]
 
@@ -31,14 +31,14 @@ def _jitter(connection_id: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def due_at(record: ConnectionRecord, timing: TimingPolicy) -> float | None:
-    """When keep-alive should rotate *record*'s refresh token, if it has one."""
-    tokens = record.tokens
-    if tokens is None:
+def due_at(summary: ConnectionSummary, timing: TimingPolicy) -> float | None:
+    """When keep-alive should rotate the connection's refresh token, if it has one."""
+    expires_at, issued_at = summary.refresh_expires_at, summary.issued_at
+    if expires_at is None or issued_at is None:
         return None
-    lifetime = tokens.refresh_expires_at - tokens.issued_at
-    slack = lifetime * (timing.keepalive_remaining + timing.keepalive_jitter * _jitter(record.id))
-    return tokens.refresh_expires_at - slack
+    lifetime = expires_at - issued_at
+    slack = lifetime * (timing.keepalive_remaining + timing.keepalive_jitter * _jitter(summary.id))
+    return expires_at - slack
 
 
 @final

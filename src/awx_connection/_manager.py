@@ -38,8 +38,8 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, Self, final
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar, final
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -80,7 +80,7 @@ from ._gate import RefreshGate
 from ._keepalive import KeepaliveReport, due_at
 from ._machine import advance
 from ._outbox import EventConsumer
-from ._records import ConnectionRecord, PendingAuthorization, RotationJournal
+from ._records import ConnectionRecord, ConnectionSummary, PendingAuthorization, RotationJournal
 from ._secrets import Secret
 from ._states import ConnectionState, Trigger
 from ._statistics import ManagerStatistics
@@ -105,6 +105,8 @@ _log = logging.getLogger("awx_connection")
 
 _S = ConnectionState
 _T = Trigger
+#: What a page of connections holds: records (``load()``) or summaries (keep-alive).
+_P = TypeVar("_P", ConnectionRecord, ConnectionSummary)
 
 _UNUSABLE: dict[ConnectionState, type[ConnectionUnusableError]] = {
     _S.REVOKED: ConnectionRevokedError,
@@ -175,6 +177,31 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+async def _each_page(
+    list_page: Callable[..., Awaitable[list[_P]]],
+    states: Collection[ConnectionState] | None,
+    page_size: int,
+    handle: Callable[[list[_P]], None],
+) -> None:
+    """
+    Call *handle* with every stored connection of *states* that *list_page*
+    (``Store.list_connections`` or ``list_summaries``) returns, a page at a
+    time (keyset paging on ``(created_at, id)``), the cyclic collector
+    paused while each page is read and handled.
+    """
+    if states is not None:
+        states = frozenset(states)
+    after: tuple[float, str] | None = None
+    while True:
+        with _collector_paused():
+            page = await list_page(states=states, after=after, limit=page_size)
+            handle(page)
+        if len(page) < page_size:
+            return
+        last = page[-1]
+        after = (last.created_at, last.id)
 
 
 @final
@@ -407,33 +434,8 @@ class ConnectionManager:
             for record in page:
                 self._adopt(record)
 
-        await self._each_page(states, page_size, adopt)
+        await _each_page(self.store.list_connections, states, page_size, adopt)
         return len(self._live)
-
-    async def _each_page(
-        self,
-        states: Collection[ConnectionState] | None,
-        page_size: int,
-        handle: Callable[[list[ConnectionRecord]], None],
-    ) -> None:
-        """
-        Call *handle* with every stored record of *states*, a page at a time
-        (keyset paging on ``(created_at, id)``), the cyclic collector paused
-        while each page is read and handled.
-        """
-        if states is not None:
-            states = frozenset(states)
-        after: tuple[float, str] | None = None
-        while True:
-            with _collector_paused():
-                page = await self.store.list_connections(
-                    states=states, after=after, limit=page_size
-                )
-                handle(page)
-            if len(page) < page_size:
-                return
-            last = page[-1]
-            after = (last.created_at, last.id)
 
     # -- authorization ------------------------------------------------------
 
@@ -1373,34 +1375,40 @@ class ConnectionManager:
         """
         timing = self.config.timing
         now = self.clock.now()
-        # Read a page at a time and keep only what is due: a pass over
-        # 100,000 idle connections holds one page of records, not all.
+        # Summaries a page at a time, keeping only what is due: a pass over
+        # 100,000 idle connections decrypts nothing and holds one page.
         checked = 0
-        due: list[ConnectionRecord] = []
+        due: list[ConnectionSummary] = []
 
-        def pick(page: list[ConnectionRecord]) -> None:
+        def pick(page: list[ConnectionSummary]) -> None:
             nonlocal checked
             checked += len(page)
             # A connection left refreshing (its process died, or its attempts
             # ran out on lost responses) is due at once: resuming its journal
             # now, inside the grace window, beats waiting for the next use.
             due.extend(
-                r
-                for r in page
-                if r.state is _S.REFRESHING
-                or ((when := due_at(r, timing)) is not None and now >= when)
+                s
+                for s in page
+                if s.state is _S.REFRESHING
+                or ((when := due_at(s, timing)) is not None and now >= when)
             )
 
-        await self._each_page((_S.ACTIVE, _S.REFRESHING), _KEEPALIVE_PAGE, pick)
+        await _each_page(
+            self.store.list_summaries, (_S.ACTIVE, _S.REFRESHING), _KEEPALIVE_PAGE, pick
+        )
         gate = asyncio.Semaphore(timing.keepalive_concurrency)
         counts = {"rotated": 0, "expired": 0, "failed": 0}
 
-        async def rotate(record: ConnectionRecord) -> None:
-            assert record.tokens is not None
-            stale = None if record.state is _S.REFRESHING else record.tokens.generation
+        async def rotate(summary: ConnectionSummary) -> None:
+            stale = None if summary.state is _S.REFRESHING else summary.generation
             async with gate:
                 try:
-                    await self._fresh_tokens(self._adopt(record), stale_generation=stale)
+                    # The one full read (and decryption) of a due connection;
+                    # a held copy older than the summary is read again.
+                    live = await self._get_live(summary.id)
+                    if live.record.version < summary.version:
+                        await self._reload(live)
+                    await self._fresh_tokens(live, stale_generation=stale)
                     counts["rotated"] += 1
                 except ConnectionExpiredError:
                     counts["expired"] += 1
@@ -1408,12 +1416,12 @@ class ConnectionManager:
                     counts["failed"] += 1
                     _log.warning(
                         "connection %s: keep-alive rotation failed: %s",
-                        record.id,
+                        summary.id,
                         exc,
-                        extra={"connection_id": record.id},
+                        extra={"connection_id": summary.id},
                     )
 
-        await asyncio.gather(*(rotate(r) for r in due))
+        await asyncio.gather(*(rotate(s) for s in due))
         return KeepaliveReport(checked=checked, **counts)
 
     async def _keepalive_loop(self) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from ._events import ConnectionEvent
-from ._records import ConnectionRecord
+from ._records import ConnectionRecord, ConnectionSummary
 from ._states import ConnectionState
 
 __all__ = ["Store"]
@@ -85,6 +85,28 @@ class Store(Protocol):
         Rows that cannot be read (durable stores: they do not decrypt or
         decode) are logged and left out, and do not count towards *limit*: a
         page shorter than *limit* means there is nothing after it.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        ...
+
+    async def list_summaries(
+        self,
+        *,
+        states: Collection[ConnectionState] | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConnectionSummary]:
+        """
+        What :meth:`list_connections` would list for the same *states*,
+        *after* and *limit*, as summaries: ids, states, versions and token
+        times, without decrypting anything.
+
+        What a keep-alive pass reads to find the few connections that are
+        due; it then reads each of those in full. A row whose JSON does not
+        decode is logged and left out (a row that only fails to decrypt is
+        listed: nothing here decrypts it).
 
         Raises:
             ValueError: *limit* is less than 1.

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from .._errors import StoreError
-from .._records import dump_record, load_event, load_record
+from .._records import dump_record, load_event, load_record, load_summary
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 
     from .._crypto import KeyRing
     from .._events import ConnectionEvent
-    from .._records import ConnectionRecord
+    from .._records import ConnectionRecord, ConnectionSummary
 
 __all__ = [
     "ListedRow",
@@ -42,6 +42,8 @@ __all__ = [
     "load_page",
     "load_stored_event",
     "load_stored_record",
+    "load_stored_summary",
+    "load_summaries",
     "rotate_keys",
     "wait_until",
     "wake",
@@ -150,14 +152,17 @@ def _decode(connection_id: str, what: str, data: object) -> dict[str, Any]:
     return value
 
 
-def _record_from(
-    connection_id: str, fields: dict[str, Any], keys: KeyRing | None
-) -> ConnectionRecord:
-    """The record in decoded *fields*, checked to be the row's own."""
+def _fields_of(connection_id: str, data: object) -> dict[str, Any]:
+    """The decoded record JSON *data* of *connection_id*'s row, checked to be its own."""
+    return _own(connection_id, _decode(connection_id, "record", data))
+
+
+def _own(connection_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Decoded record *fields*, checked to be those of *connection_id*'s row."""
     if fields.get("id") != connection_id:
         msg = f"connection {connection_id!r}: stored record is corrupt (id mismatch)"
         raise StoreError(msg)
-    return load_record(fields, keys)
+    return fields
 
 
 def load_stored_record(connection_id: str, data: object, keys: KeyRing | None) -> ConnectionRecord:
@@ -168,7 +173,18 @@ def load_stored_record(connection_id: str, data: object, keys: KeyRing | None) -
         DecryptionError: A secret does not decrypt with *keys*.
         StoreError: *data* does not decode, or is another connection's record.
     """
-    return _record_from(connection_id, _decode(connection_id, "record", data), keys)
+    return load_record(_fields_of(connection_id, data), keys)
+
+
+def load_stored_summary(connection_id: str, data: object) -> ConnectionSummary:
+    """
+    The summary of the record stored as JSON *data* in the row of
+    *connection_id*, decrypting nothing.
+
+    Raises:
+        StoreError: *data* does not decode, or is another connection's record.
+    """
+    return load_summary(_fields_of(connection_id, data))
 
 
 def load_stored_event(connection_id: str, data: object) -> ConnectionEvent:
@@ -195,18 +211,29 @@ def load_listed(
     ``awx_connection.stores``, naming the connection) and left out, so one
     bad row cannot take the whole listing down; the row itself is untouched.
     """
-    records = []
+    return _each_readable(
+        store, "list_connections", rows, lambda i, data: load_stored_record(i, data, keys)
+    )
+
+
+def load_summaries(store: str, rows: Iterable[tuple[str, object]]) -> list[ConnectionSummary]:
+    """The summaries of ``(id, data)`` *rows*, for ``list_summaries`` (bad rows: load_listed)."""
+    return _each_readable(store, "list_summaries", rows, load_stored_summary)
+
+
+def _each_readable(
+    store: str,
+    method: str,
+    rows: Iterable[tuple[str, object]],
+    load: Callable[[str, object], _T],
+) -> list[_T]:
+    loaded = []
     for connection_id, data in rows:
         try:
-            records.append(load_stored_record(connection_id, data, keys))
+            loaded.append(load(connection_id, data))
         except StoreError as exc:  # DecryptionError included
-            _log.error(
-                "%s store: list_connections left out connection %r: %s",
-                store,
-                connection_id,
-                exc,
-            )
-    return records
+            _log.error("%s store: %s left out connection %r: %s", store, method, connection_id, exc)
+    return loaded
 
 
 #: A listed row as ``load_page`` takes it: ``(id, data, created_at)``.
@@ -214,15 +241,15 @@ ListedRow = tuple[str, object, float]
 
 
 async def load_page(
-    store: str,
-    keys: KeyRing | None,
     fetch: Callable[[tuple[float, str] | None, int | None], Awaitable[Sequence[ListedRow]]],
+    load: Callable[[Iterable[tuple[str, object]]], list[_T]],
     *,
     after: tuple[float, str] | None,
     limit: int | None,
-) -> list[ConnectionRecord]:
+) -> list[_T]:
     """
-    The records of one keyset page of ``list_connections``, as :func:`load_listed` loads them.
+    One keyset page of ``list_connections`` or ``list_summaries``: what
+    *load* (:func:`load_listed`, :func:`load_summaries`) makes of the rows.
 
     *fetch(after, wanted)* returns the rows keyed above *after* in
     ``(created_at, id)`` order, at most *wanted* (all when ``None``). A row
@@ -230,13 +257,13 @@ async def load_page(
     the page is filled from the rows after the last one read, so only the
     last page of a walk is short, and each bad row is logged once per walk.
     """
-    records: list[ConnectionRecord] = []
+    loaded: list[_T] = []
     while True:
-        wanted = None if limit is None else limit - len(records)
+        wanted = None if limit is None else limit - len(loaded)
         rows = await fetch(after, wanted)
-        records.extend(load_listed(store, ((row[0], row[1]) for row in rows), keys))
-        if limit is None or wanted is None or len(rows) < wanted or len(records) >= limit:
-            return records
+        loaded.extend(load((row[0], row[1]) for row in rows))
+        if limit is None or wanted is None or len(rows) < wanted or len(loaded) >= limit:
+            return loaded
         last_id, _, last_created = rows[-1]
         after = (last_created, last_id)
 
@@ -342,7 +369,7 @@ async def _rotate_row(
             sealed = _sealed_with_primary(fields, keys)
             if sealed and not decrypt_sealed:
                 return False
-            record = _record_from(connection_id, fields, keys)
+            record = load_record(_own(connection_id, fields), keys)
         except StoreError as exc:
             raise _UnreadableRowError from exc
         if sealed:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, final
 import attrs
 
 from .._errors import StoreError, VersionConflictError
+from .._records import ConnectionSummary
 from ._common import check_event, check_limit, check_version, wait_until, wake
 
 if TYPE_CHECKING:
@@ -114,6 +115,22 @@ class MemoryStore:
             return sorted(matching, key=_key)
         # A page of a large store: no need to sort every record for each one.
         return heapq.nsmallest(limit, matching, key=_key)
+
+    async def list_summaries(
+        self,
+        *,
+        states: Collection[ConnectionState] | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConnectionSummary]:
+        """
+        The records :meth:`list_connections` would list, as summaries.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        records = await self.list_connections(states=states, after=after, limit=limit)
+        return [ConnectionSummary.of(record) for record in records]
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """

@@ -82,7 +82,14 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+)
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import asyncpg
@@ -97,15 +104,17 @@ from ._common import (
     check_event,
     check_limit,
     check_version,
+    load_listed,
     load_page,
     load_stored_event,
     load_stored_record,
+    load_summaries,
     rotate_keys,
 )
 
 if TYPE_CHECKING:
     from .._events import ConnectionEvent
-    from .._records import ConnectionRecord
+    from .._records import ConnectionRecord, ConnectionSummary
     from .._states import ConnectionState
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
@@ -547,6 +556,50 @@ class PostgresStore:
         Raises:
             ValueError: *limit* is less than 1.
         """
+        return await self._list(
+            "list_connections",
+            lambda rows: load_listed("postgres", rows, self.keys),
+            states=states,
+            external_id=external_id,
+            account_id=account_id,
+            after=after,
+            limit=limit,
+        )
+
+    async def list_summaries(
+        self,
+        *,
+        states: Collection[ConnectionState] | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConnectionSummary]:
+        """
+        The rows :meth:`list_connections` would list, as summaries: JSON
+        decoded, nothing decrypted (a keep-alive pass reads these).
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        return await self._list(
+            "list_summaries",
+            lambda rows: load_summaries("postgres", rows),
+            states=states,
+            after=after,
+            limit=limit,
+        )
+
+    async def _list(
+        self,
+        method: str,
+        load: Callable[[Iterable[tuple[str, object]]], list[_T]],
+        *,
+        states: Collection[ConnectionState] | None,
+        after: tuple[float, str] | None,
+        limit: int | None,
+        external_id: str | None = None,
+        account_id: str | None = None,
+    ) -> list[_T]:
+        """The rows matching the filters, oldest first, as *load* makes them."""
         if limit is not None:
             check_limit(limit)
         clauses: list[str] = []
@@ -575,10 +628,10 @@ class PostgresStore:
             if wanted is not None:
                 page_params.append(wanted)
                 sql += f" LIMIT ${len(page_params)}"
-            rows = await self._query("list_connections", "fetch", sql, *page_params)
+            rows = await self._query(method, "fetch", sql, *page_params)
             return [(row["id"], row["data"], row["created_at"]) for row in rows]
 
-        return await load_page("postgres", self.keys, fetch, after=after, limit=limit)
+        return await load_page(fetch, load, after=after, limit=limit)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """

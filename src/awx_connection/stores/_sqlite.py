@@ -76,16 +76,17 @@ from ._common import (
     load_page,
     load_stored_event,
     load_stored_record,
+    load_summaries,
     rotate_keys,
     wait_until,
     wake,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable, Collection, Iterator
+    from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Iterator
 
     from .._events import ConnectionEvent
-    from .._records import ConnectionRecord
+    from .._records import ConnectionRecord, ConnectionSummary
     from .._states import ConnectionState
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
@@ -323,6 +324,50 @@ class SQLiteStore:
         Raises:
             ValueError: *limit* is less than 1.
         """
+        return await self._list(
+            "list_connections",
+            lambda rows: load_listed("sqlite", rows, self._keys),
+            states=states,
+            external_id=external_id,
+            account_id=account_id,
+            after=after,
+            limit=limit,
+        )
+
+    async def list_summaries(
+        self,
+        *,
+        states: Collection[ConnectionState] | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConnectionSummary]:
+        """
+        The rows :meth:`list_connections` would list, as summaries: JSON
+        decoded, nothing decrypted (a keep-alive pass reads these).
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        return await self._list(
+            "list_summaries",
+            lambda rows: load_summaries("sqlite", rows),
+            states=states,
+            after=after,
+            limit=limit,
+        )
+
+    async def _list(
+        self,
+        method: str,
+        load: Callable[[Iterable[tuple[str, object]]], list[_T]],
+        *,
+        states: Collection[ConnectionState] | None,
+        after: tuple[float, str] | None,
+        limit: int | None,
+        external_id: str | None = None,
+        account_id: str | None = None,
+    ) -> list[_T]:
+        """The rows matching the filters, oldest first, as *load* makes them."""
         if limit is not None:
             check_limit(limit)
         paged = after is not None or limit is not None
@@ -349,8 +394,7 @@ class SQLiteStore:
                 f"SELECT id, data FROM connections WHERE {' AND '.join(clauses)} "
                 "ORDER BY created_at, id"
             )
-            rows = await self._fetch("list_connections", sql, params)
-            return load_listed("sqlite", rows, self._keys)
+            return load(await self._fetch(method, sql, params))
 
         async def fetch(after: tuple[float, str] | None, wanted: int | None) -> list[Any]:
             keyset = [] if after is None else ["(created_at, id) > (?, ?)"]
@@ -359,11 +403,9 @@ class SQLiteStore:
                 f"WHERE {' AND '.join([*clauses, *keyset])} ORDER BY created_at, id LIMIT ?"
             )
             limit_param = -1 if wanted is None else wanted  # LIMIT -1: no limit
-            return await self._fetch(
-                "list_connections", sql, [*params, *(after or ()), limit_param]
-            )
+            return await self._fetch(method, sql, [*params, *(after or ()), limit_param])
 
-        return await load_page("sqlite", self._keys, fetch, after=after, limit=limit)
+        return await load_page(fetch, load, after=after, limit=limit)
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
         """
