@@ -142,6 +142,24 @@ def test_tampered_ciphertext_does_not_decrypt() -> None:
         ring.decrypt(flip(envelope), connection_id="c1", field="code")
 
 
+@pytest.mark.parametrize("stray", [" ", "\n", "+", "/", "=", "*", "\u00e9"])
+@pytest.mark.parametrize("part", [2, 3])
+def test_a_stray_character_in_an_envelope_is_refused_not_skipped(stray: str, part: int) -> None:
+    """
+    A character outside unpadded base64url, in the nonce or the long sealed
+    part, is a DecryptionError: the decoder refuses it rather than skipping
+    it and leaving the rest to AES-GCM.
+    """
+    ring = KeyRing.generate()
+    token = "tok-" + secrets.token_urlsafe(700)
+    parts = ring.encrypt(token, connection_id="c1", field="access_token").split(":")
+    assert token == ring.decrypt(":".join(parts), connection_id="c1", field="access_token")
+    middle = len(parts[part]) // 2
+    parts[part] = parts[part][:middle] + stray + parts[part][middle:]
+    with pytest.raises(DecryptionError, match="'c1'"):
+        ring.decrypt(":".join(parts), connection_id="c1", field="access_token")
+
+
 def test_envelopes_in_the_stored_format_open() -> None:
     """
     An envelope built by hand from the documented format (standard library
