@@ -235,3 +235,82 @@ async def test_a_pass_decrypts_only_the_connections_that_are_due(
         assert {old, foreign} == set(opened)
         assert 1 == (await awx.get(old)).token_generation
         assert [0, 0] == [(await awx.get(cid)).token_generation for cid in young]
+
+
+async def test_background_keepalive_survives_a_pass_that_crashes(
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    A pass that raises something unexpected (a custom store's bug) is logged
+    at ERROR with its traceback, and the next pass still runs and rotates.
+    """
+    import asyncio
+    import logging
+
+    import attrs
+
+    from awx_connection.stores import MemoryStore
+
+    config = attrs.evolve(
+        awx_config, timing=attrs.evolve(awx_config.timing, keepalive_interval=0.01)
+    )
+    listing = MemoryStore.list_summaries
+    calls = 0
+
+    async def broken_once(self: MemoryStore, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a custom store's bug")
+        return await listing(self, **kwargs)
+
+    monkeypatch.setattr(MemoryStore, "list_summaries", broken_once)
+    with caplog.at_level(logging.ERROR, logger="awx_connection"):
+        async with ConnectionManager(config, clock=awx_clock, keepalive=True) as awx:
+            (connection_id,) = await connect_many(awx, awx_fake, 1)
+            awx_clock.advance(50 * DAY)
+            for _ in range(200):
+                if (await awx.get(connection_id)).token_generation:
+                    break
+                await asyncio.sleep(0.01)
+            assert 1 == (await awx.get(connection_id)).token_generation
+    [crashed] = [r for r in caplog.records if "keep-alive pass crashed" in r.getMessage()]
+    assert crashed.exc_info is not None and isinstance(crashed.exc_info[1], RuntimeError)
+    assert calls >= 2
+
+
+async def test_a_pass_rotates_from_the_stored_tokens_not_an_older_held_copy(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    Process A holds a connection at generation 0; process B's passes rotate
+    it. A's next pass finds it not due (B's tokens are fresh) and leaves
+    it alone; once B's tokens are due too, A rotates once, from B's
+    generation: never A's stale refresh token (a reuse), never twice.
+    """
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as a:
+        (connection_id,) = await connect_many(a, awx_fake, 1)
+        awx_clock.advance(50 * DAY)  # due, by A's held copy and the store alike
+        async with ConnectionManager(
+            awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+        ) as b:
+            assert 1 == (await b.keepalive_pass()).rotated
+        held = a._live[connection_id].record.tokens
+        assert held is not None and 0 == held.generation
+        report = await a.keepalive_pass()
+        assert (1, 0, 0) == (report.checked, report.rotated, report.failed)
+        awx_clock.advance(50 * DAY)  # B's tokens are due now
+        refreshes = awx_fake.counters.refreshes
+        report = await a.keepalive_pass()
+        assert (1, 1, 0) == (report.checked, report.rotated, report.failed)
+        assert refreshes + 1 == awx_fake.counters.refreshes
+        assert 2 == (await a.get(connection_id)).token_generation
+    assert 0 == awx_fake.counters.reuse_violations

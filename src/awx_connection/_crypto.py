@@ -57,7 +57,9 @@ def _b64decode(text: str) -> bytes:
     write never has any, and a tampered envelope now fails before AES-GCM
     does. ``+``, ``/`` and ``=`` are refused by hand: what we write is
     unpadded base64url, and pybase64 still accepts the standard alphabet
-    beside ``altchars`` (with a DeprecationWarning).
+    beside ``altchars`` (with a DeprecationWarning). Unused bits of a last
+    group are not checked (``QR`` reads as ``QQ``): AES-GCM authenticates
+    the decoded bytes, which is what matters.
     """
     if "+" in text or "/" in text or "=" in text:
         raise binascii.Error("not unpadded base64url")

@@ -39,7 +39,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar, final
+from typing import Any, Protocol, Self, TypeVar, final
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -179,8 +179,20 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+class _ListPage(Protocol[_P]):
+    """``Store.list_connections`` or ``Store.list_summaries``, as paging calls them."""
+
+    def __call__(
+        self,
+        *,
+        states: Collection[ConnectionState] | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> Awaitable[list[_P]]: ...
+
+
 async def _each_page(
-    list_page: Callable[..., Awaitable[list[_P]]],
+    list_page: _ListPage[_P],
     states: Collection[ConnectionState] | None,
     page_size: int,
     handle: Callable[[list[_P]], None],
@@ -1431,6 +1443,10 @@ class ConnectionManager:
                 report = await self.keepalive_pass()
             except AwxConnectionError as exc:
                 _log.warning("keep-alive pass failed: %s", exc)
+            except Exception:
+                # Anything else (a custom store's bug, say) must not end the
+                # loop silently: no rotation would ever run again.
+                _log.exception("keep-alive pass crashed; the next one runs as scheduled")
             else:
                 _log.info(
                     "keep-alive: %d checked, %d rotated, %d expired, %d failed",
