@@ -6,10 +6,13 @@ ran the keep-alive moves to expired without a request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import awx_connection._manager
@@ -101,20 +104,17 @@ async def test_busy_connection_is_not_rotated_early(
     assert 0 == awx_fake.counters.refreshes
 
 
-async def test_background_keepalive_runs_passes(
-    awx_fake: FakeAirwallex, awx_clock: ManualClock, awx_config: Config
+async def rotated_by_background_passes(
+    config: Config, fake: FakeAirwallex, clock: ManualClock
 ) -> None:
-    """keepalive=True runs passes every keepalive_interval (real seconds) by itself."""
-    import asyncio
-
-    import attrs
-
-    config = attrs.evolve(
-        awx_config, timing=attrs.evolve(awx_config.timing, keepalive_interval=0.01)
-    )
-    async with ConnectionManager(config, clock=awx_clock, keepalive=True) as awx:
-        (connection_id,) = await connect_many(awx, awx_fake, 1)
-        awx_clock.advance(50 * DAY)
+    """
+    With ``keepalive=True`` and a 10 ms interval, a connection 50 days old
+    is rotated by the background passes alone within two seconds.
+    """
+    config = attrs.evolve(config, timing=attrs.evolve(config.timing, keepalive_interval=0.01))
+    async with ConnectionManager(config, clock=clock, keepalive=True) as awx:
+        (connection_id,) = await connect_many(awx, fake, 1)
+        clock.advance(50 * DAY)
         for _ in range(200):
             if (await awx.get(connection_id)).token_generation:
                 break
@@ -122,10 +122,15 @@ async def test_background_keepalive_runs_passes(
         assert 1 == (await awx.get(connection_id)).token_generation
 
 
+async def test_background_keepalive_runs_passes(
+    awx_fake: FakeAirwallex, awx_clock: ManualClock, awx_config: Config
+) -> None:
+    """keepalive=True runs passes every keepalive_interval (real seconds) by itself."""
+    await rotated_by_background_passes(awx_config, awx_fake, awx_clock)
+
+
 def test_keepalive_settings_are_validated() -> None:
     """remaining + jitter must leave room before expiry."""
-    import pytest
-
     from awx_connection import ConfigurationError
 
     with pytest.raises(ConfigurationError):
@@ -248,16 +253,8 @@ async def test_background_keepalive_survives_a_pass_that_crashes(
     A pass that raises something unexpected (a custom store's bug) is logged
     at ERROR with its traceback, and the next pass still runs and rotates.
     """
-    import asyncio
-    import logging
-
-    import attrs
-
     from awx_connection.stores import MemoryStore
 
-    config = attrs.evolve(
-        awx_config, timing=attrs.evolve(awx_config.timing, keepalive_interval=0.01)
-    )
     listing = MemoryStore.list_summaries
     calls = 0
 
@@ -270,14 +267,7 @@ async def test_background_keepalive_survives_a_pass_that_crashes(
 
     monkeypatch.setattr(MemoryStore, "list_summaries", broken_once)
     with caplog.at_level(logging.ERROR, logger="awx_connection"):
-        async with ConnectionManager(config, clock=awx_clock, keepalive=True) as awx:
-            (connection_id,) = await connect_many(awx, awx_fake, 1)
-            awx_clock.advance(50 * DAY)
-            for _ in range(200):
-                if (await awx.get(connection_id)).token_generation:
-                    break
-                await asyncio.sleep(0.01)
-            assert 1 == (await awx.get(connection_id)).token_generation
+        await rotated_by_background_passes(awx_config, awx_fake, awx_clock)
     [crashed] = [r for r in caplog.records if "keep-alive pass crashed" in r.getMessage()]
     assert crashed.exc_info is not None and isinstance(crashed.exc_info[1], RuntimeError)
     assert calls >= 2
