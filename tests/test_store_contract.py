@@ -946,6 +946,31 @@ def test_stores_namespace_exports() -> None:
         _ = awx_connection.stores.NoSuchStore
 
 
+def test_importing_the_package_imports_neither_driver() -> None:
+    """
+    ``import awx_connection`` loads no store driver: ``sqlite3`` and the
+    SQLite store come with the first use of ``SQLiteStore``, as ``asyncpg``
+    does with ``PostgresStore``.
+    """
+    script = (
+        "import sys, awx_connection, awx_connection.stores;"
+        "before = sorted(m for m in ('sqlite3', 'asyncpg', 'awx_connection.stores._sqlite')"
+        " if m in sys.modules);"
+        "awx_connection.stores.SQLiteStore;"
+        "print(before, 'awx_connection.stores._sqlite' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env_with_src(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "[] True" == result.stdout.strip()
+
+
 def test_importing_stores_does_not_import_asyncpg() -> None:
     """PostgresStore is resolved lazily, so memory and SQLite users never load asyncpg."""
     script = "import sys, awx_connection.stores; print('asyncpg' in sys.modules)"
