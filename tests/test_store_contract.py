@@ -959,21 +959,17 @@ def test_importing_the_package_imports_neither_driver() -> None:
         "awx_connection.stores.SQLiteStore;"
         "print(before, 'awx_connection.stores._sqlite' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_env_with_src(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert 0 == result.returncode, result.stderr
-    assert "[] True" == result.stdout.strip()
+    assert "[] True" == _python_with_src(script)
 
 
 def test_importing_stores_does_not_import_asyncpg() -> None:
     """PostgresStore is resolved lazily, so memory and SQLite users never load asyncpg."""
     script = "import sys, awx_connection.stores; print('asyncpg' in sys.modules)"
+    assert "False" == _python_with_src(script)
+
+
+def _python_with_src(script: str) -> str:
+    """What *script* prints in a fresh interpreter importing this checkout's ``src``."""
     result = subprocess.run(
         [sys.executable, "-c", script],
         env=_env_with_src(),
@@ -983,7 +979,7 @@ def test_importing_stores_does_not_import_asyncpg() -> None:
         check=False,
     )
     assert 0 == result.returncode, result.stderr
-    assert "False" == result.stdout.strip()
+    return result.stdout.strip()
 
 
 def _env_with_src() -> dict[str, str]:
