@@ -17,6 +17,7 @@ import pytest
 from awx_connection import (
     Config,
     ConnectionEvent,
+    ConnectionInvalidatedError,
     ConnectionManager,
     ConnectionRevokedError,
     ConnectionState,
@@ -71,25 +72,46 @@ async def connect(manager: ConnectionManager, fake: FakeAirwallex) -> str:
     return connection.id
 
 
-async def test_store_failure_mid_rotation_is_typed_and_recovers(
+async def test_a_rotated_pair_the_store_refused_is_written_again(
     awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
 ) -> None:
-    """The store fails as new tokens are written: typed error; the next call finishes the job."""
+    """The store fails as the new tokens are written: they are written again, and kept."""
     store = FlakyStore(SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()))
     async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:  # type: ignore[arg-type]
         connection_id = await connect(awx, awx_fake)
         awx_clock.advance(301)
         # REFRESH_STARTED is written, the provider rotates, then storing the
-        # new tokens fails.
-        store.fail("update", skip=1, times=1)
-        with pytest.raises(StoreUnavailableError):
-            await awx.access_token(connection_id)
-        assert 1 == awx_fake.counters.refreshes
-        assert S.REFRESHING is (await awx.get(connection_id)).state  # journal kept
-        awx_clock.advance(5)  # well inside the grace window
+        # new tokens fails three times.
+        store.fail("update", skip=1, times=3)
         token = await awx.access_token(connection_id)
+        assert S.ACTIVE is (await awx.get(connection_id)).state
+        assert 0 == awx.statistics().rotations_discarded
     assert "active" == awx_fake.grant_status(token)
-    assert 1 == awx_fake.counters.grace_reissues
+    assert 1 == awx_fake.counters.refreshes
+    assert 0 == awx_fake.counters.grace_reissues  # nothing was presented again
+    assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_a_pair_unstored_until_the_grace_window_closes_is_given_up(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """Past the grace window the pair is discarded, loudly; the token is never presented again."""
+    store = FlakyStore(SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate()))
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock, settle=False) as awx:  # type: ignore[arg-type]
+        connection_id = await connect(awx, awx_fake)
+        awx_clock.advance(301)
+        store.fail("update", skip=1, times=10**6)
+        task = asyncio.ensure_future(awx.access_token(connection_id))
+        await asyncio.sleep(0.1)  # the pair is being written again and again
+        assert not task.done()
+        awx_clock.advance(46)  # past grace - grace_margin
+        with pytest.raises(StoreUnavailableError):
+            await task
+        assert 1 == awx.statistics().rotations_discarded
+        store.failures.clear()
+        with pytest.raises(ConnectionInvalidatedError):
+            await awx.access_token(connection_id)
+    assert 1 == awx_fake.counters.refreshes
     assert 0 == awx_fake.counters.reuse_violations
 
 
@@ -654,7 +676,13 @@ async def test_only_another_processs_journal_is_waited_for(
         await a.access_token(mine)
         assert 0 == store_a.waits
         store_b = GatedStore(SQLiteStore(path, keys=keys))
-        async with ConnectionManager(config, store=store_b, clock=awx_clock) as b:  # type: ignore[arg-type]
+        # settle=False: B's own scan at open would resume `theirs` meanwhile.
+        async with ConnectionManager(
+            config,
+            store=store_b,  # type: ignore[arg-type]
+            clock=awx_clock,
+            settle=False,
+        ) as b:
             await b.access_token(failed)
             assert 0 == store_b.waits
             loop = asyncio.get_running_loop()
@@ -756,3 +784,35 @@ async def test_a_rotation_left_maybe_sent_is_settled_without_another_caller(
         assert 1 + attempts == awx_fake.counters.refreshes
         assert attempts == awx_fake.counters.grace_reissues
     assert 0 == awx_fake.counters.reuse_violations
+
+
+async def test_a_journal_past_its_grace_window_is_given_up_without_waiting(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """
+    Another process's journal, unsafe for longer than the grace window by
+    this process's clock: its writer's requests are over, waiting
+    ``resume_delay`` could not change the answer, so none is waited.
+    """
+    config = with_resume_delay(awx_config, 20.0)
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        config, store=SQLiteStore(path, keys=keys), clock=awx_clock, settle=False
+    ) as a:
+        connection_id = await connect(a, awx_fake)
+        live = await a._get_live(connection_id)
+        assert live.record.tokens is not None
+        journal = RotationJournal(
+            live.record.tokens.generation, awx_clock.now(), 1, unsafe_since=awx_clock.now()
+        )
+        await a._save(live, state=S.REFRESHING, journal=journal)
+    awx_clock.advance(config.timing.grace + 1)
+    async with ConnectionManager(
+        config, store=SQLiteStore(path, keys=keys), clock=awx_clock, settle=False
+    ) as b:
+        async with asyncio.timeout(5):  # not resume_delay (20 s)
+            with pytest.raises(ConnectionInvalidatedError):
+                await b.access_token(connection_id)
+        assert 0 == b.statistics().refresh_requests
+    assert 0 == awx_fake.counters.refreshes

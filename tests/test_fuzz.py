@@ -646,7 +646,7 @@ _COUNT_FIELDS = {
     "keepalive_concurrency",
 }
 #: Fields whose None means "derive it" (resume_delay from request_timeout).
-_OPTIONAL_FIELDS = {"resume_delay"}
+_OPTIONAL_FIELDS = {"resume_delay", "close_timeout"}
 _NUMBERS = st.integers(-(10**12), 10**12) | st.floats() | st.booleans()
 _CONFIG_VALUES = _NUMBERS | st.none() | st.text(max_size=5) | st.just([1])
 

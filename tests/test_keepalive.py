@@ -105,14 +105,16 @@ async def test_busy_connection_is_not_rotated_early(
 
 
 async def rotated_by_background_passes(
-    config: Config, fake: FakeAirwallex, clock: ManualClock
+    config: Config, fake: FakeAirwallex, clock: ManualClock, **timing: float
 ) -> None:
     """
-    With ``keepalive=True`` and a 10 ms interval, a connection 50 days old
-    is rotated by the background passes alone within two seconds.
+    With the manager's defaults (keep-alive on) and 10 ms between passes
+    (*timing* overrides), a connection 50 days old is rotated by the
+    background passes alone within two seconds.
     """
-    config = attrs.evolve(config, timing=attrs.evolve(config.timing, keepalive_interval=0.01))
-    async with ConnectionManager(config, clock=clock, keepalive=True) as awx:
+    timing = {"keepalive_first_delay": 0.01, "keepalive_interval": 0.01, **timing}
+    config = attrs.evolve(config, timing=attrs.evolve(config.timing, **timing))
+    async with ConnectionManager(config, clock=clock) as awx:
         (connection_id,) = await connect_many(awx, fake, 1)
         clock.advance(50 * DAY)
         for _ in range(200):
@@ -125,8 +127,33 @@ async def rotated_by_background_passes(
 async def test_background_keepalive_runs_passes(
     awx_fake: FakeAirwallex, awx_clock: ManualClock, awx_config: Config
 ) -> None:
-    """keepalive=True runs passes every keepalive_interval (real seconds) by itself."""
+    """Keep-alive is on by default and runs passes every keepalive_interval by itself."""
     await rotated_by_background_passes(awx_config, awx_fake, awx_clock)
+
+
+async def test_the_first_keepalive_pass_runs_soon_after_open(
+    awx_fake: FakeAirwallex, awx_clock: ManualClock, awx_config: Config
+) -> None:
+    """
+    The first pass comes keepalive_first_delay after open, not an interval
+    (an hour) later: a service redeployed hourly would otherwise never run one.
+    """
+    await rotated_by_background_passes(
+        awx_config, awx_fake, awx_clock, keepalive_first_delay=0.2, keepalive_interval=3600
+    )
+
+
+async def test_keepalive_off_runs_no_pass(
+    awx_fake: FakeAirwallex, awx_clock: ManualClock, awx_config: Config
+) -> None:
+    """keepalive=False (one-shot scripts, the CLI) starts no background pass."""
+    timing = attrs.evolve(awx_config.timing, keepalive_first_delay=0, keepalive_interval=0.01)
+    config = attrs.evolve(awx_config, timing=timing)
+    async with ConnectionManager(config, clock=awx_clock, keepalive=False) as awx:
+        (connection_id,) = await connect_many(awx, awx_fake, 1)
+        awx_clock.advance(50 * DAY)
+        await asyncio.sleep(0.2)
+        assert 0 == (await awx.get(connection_id)).token_generation
 
 
 def test_keepalive_settings_are_validated() -> None:
@@ -260,9 +287,10 @@ async def test_background_keepalive_survives_a_pass_that_crashes(
 
     async def broken_once(self: MemoryStore, **kwargs: Any) -> Any:
         nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("a custom store's bug")
+        if S.ACTIVE in (kwargs.get("states") or ()):  # a keep-alive pass, not a settling scan
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a custom store's bug")
         return await listing(self, **kwargs)
 
     monkeypatch.setattr(MemoryStore, "list_summaries", broken_once)

@@ -6,6 +6,7 @@ over real sockets, sharing a manual clock.
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -596,3 +597,42 @@ async def test_request_keeps_the_callers_headers_but_sets_its_own_bearer(
             assert 200 == response.status
             assert response.request_info.headers["X-Request-Id"] in ("r1", "r2")
             assert "not-the-token" not in response.request_info.headers["Authorization"]
+
+
+async def test_each_caller_gets_its_own_error_during_a_cooldown(
+    awx_manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """
+    A refresh that failed for good is answered from memory for the cooldown,
+    but with a fresh error each time: raising one object again and again
+    grew its traceback by three frames a call (150,000 entries, 30 MB, over
+    50,000 calls), and handed one caller's frames to the next.
+    """
+    request = await awx_manager.begin_authorization()
+    connection = await awx_manager.complete_authorization(awx_fake.approve(request.url))
+    awx_fake.inject(Fault(FaultKind.SERVER_ERROR, grant_type="refresh_token", times=4))
+    awx_clock.advance(301)
+    errors: list[ProviderUnavailableError] = []
+    for _ in range(2000):
+        with pytest.raises(ProviderUnavailableError) as caught:
+            await awx_manager.access_token(connection.id)
+        errors.append(caught.value)
+    assert 4 == awx_fake.counters.token_requests - 1  # one flight, then the cooldown
+    assert len(errors) == len({id(e) for e in errors})
+    assert {503} == {e.status for e in errors}
+    assert len(traceback.extract_tb(errors[-1].__traceback__)) < 10
+
+
+async def test_callers_joined_to_a_failed_flight_each_get_their_own_error(
+    awx_manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """Fifty callers share one failing flight; none shares the error object."""
+    request = await awx_manager.begin_authorization()
+    connection = await awx_manager.complete_authorization(awx_fake.approve(request.url))
+    awx_fake.inject(Fault(FaultKind.SERVER_ERROR, grant_type="refresh_token", times=4))
+    awx_clock.advance(301)
+    results = await asyncio.gather(
+        *(awx_manager.access_token(connection.id) for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(r, ProviderUnavailableError) for r in results)
+    assert 50 == len({id(r) for r in results})

@@ -117,7 +117,7 @@ class World:
         self.spec = spec
         self.workers: list[Worker] = []
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self, **timing: float) -> dict[str, Any]:
         return {
             "clock": str(self.clock_path),
             "client_id": self.fake.client_id,
@@ -125,6 +125,7 @@ class World:
             "redirect": REDIRECT,
             "base_url": self.fake.base_url,
             "store": self.spec,
+            "timing": timing,
         }
 
     def manager(self) -> ConnectionManager:
@@ -147,8 +148,11 @@ class World:
                 ids.append(connection.id)
             return ids
 
-    async def spawn(self, count: int) -> list[Worker]:
-        started = await asyncio.gather(*(Worker.start(self.settings()) for _ in range(count)))
+    async def spawn(self, count: int, **timing: float) -> list[Worker]:
+        """*count* workers, with TimingPolicy overrides *timing*."""
+        started = await asyncio.gather(
+            *(Worker.start(self.settings(**timing)) for _ in range(count))
+        )
         self.workers.extend(started)
         return list(started)
 
@@ -186,6 +190,15 @@ async def test_four_processes_refresh_each_rotation_exactly_once(world: World) -
             assert 10 == connection.token_generation
 
 
+async def until_held(world: World) -> None:
+    for _ in range(1000):
+        if world.fake.counters.held_responses:
+            break
+        await asyncio.sleep(0.01)
+    assert 1 == world.fake.counters.held_responses
+    assert 1 == world.fake.counters.refreshes  # the provider rotated
+
+
 async def kill_mid_rotation(world: World) -> tuple[str, int]:
     """A worker starts a refresh; the fake rotates and holds; the worker is SIGKILLed."""
     (connection_id,) = await world.connect(1)
@@ -193,12 +206,7 @@ async def kill_mid_rotation(world: World) -> tuple[str, int]:
     world.fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
     world.clock.advance(301)
     await victim.send({"cmd": "tokens", "ids": [connection_id], "per_connection": 3})
-    for _ in range(1000):
-        if world.fake.counters.held_responses:
-            break
-        await asyncio.sleep(0.01)
-    assert 1 == world.fake.counters.held_responses
-    assert 1 == world.fake.counters.refreshes  # the provider rotated...
+    await until_held(world)
     victim.kill()  # ...and the worker dies before it could store the new tokens
     await victim.process.wait()
     world.fake.release_held()
@@ -263,3 +271,91 @@ async def test_killed_consumer_resumes_without_losing_events(world: World) -> No
             assert sorted(sequences) == sequences  # per-connection order
     # At-least-once: the restart resumed from a committed offset, not from 0.
     assert len(seen_second) < len(expected)
+
+
+async def stored(world: World, connection_id: str, state: str, timeout: float = 20.0) -> Any:  # noqa: ASYNC109
+    """
+    The stored record once it is in *state*, read straight from the store:
+    no manager of the test's own, which would settle the connection itself.
+    """
+    store = make_store(world.spec)
+    await store.open()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                record = await store.get(connection_id)
+                if record is not None and state == record.state.value:
+                    return record
+                await asyncio.sleep(0.05)
+    finally:
+        await store.aclose()
+
+
+async def test_sigterm_mid_rotation_lets_the_rotation_finish(world: World) -> None:
+    """
+    A worker stopped gracefully (SIGTERM, aclose()) while its refresh is on
+    its way: the answer is awaited and stored, the callers get the tokens,
+    and the provider never sees the old token again.
+    """
+    (connection_id,) = await world.connect(1)
+    (worker,) = await world.spawn(1)
+    world.fake.inject(Fault(FaultKind.DELAY, grant_type="refresh_token", delay=1.0))
+    world.clock.advance(301)
+    sent = world.fake.counters.token_requests
+    answer = await worker.ask({"cmd": "start", "ids": [connection_id], "per_connection": 3})
+    assert {"started": 3} == answer
+    for _ in range(1000):
+        if world.fake.counters.token_requests > sent:
+            break
+        await asyncio.sleep(0.01)
+    worker.process.send_signal(signal.SIGTERM)  # the refresh is in the provider's hands
+    assert {"closed": True, "outcomes": ["token"] * 3} == await worker.read()
+    assert 0 == await asyncio.wait_for(worker.process.wait(), 30)
+    record = await stored(world, connection_id, "active", timeout=1)
+    assert 1 == record.tokens.generation
+    assert 1 == world.fake.counters.refreshes
+    assert 0 == world.fake.counters.grace_reissues
+    assert 0 == world.fake.counters.reuse_violations
+
+
+async def test_a_killed_workers_rotation_is_settled_by_an_idle_process(world: World) -> None:
+    """
+    The worker dies after the provider rotated; nobody ever asks for the
+    connection again. A process that merely runs (no caller) settles it
+    inside the grace window, on its own periodic scan.
+    """
+    connection_id, _ = await kill_mid_rotation(world)
+    await world.spawn(1, settle_interval=0.1)  # makes no call at all
+    await asyncio.sleep(0.3)  # its scans find the journal, its lease still the victim's
+    world.clock.advance(21)  # the victim's lease lapses; the grace window holds
+    record = await stored(world, connection_id, "active")
+    assert 1 == record.tokens.generation
+    assert 1 == world.fake.counters.grace_reissues
+    assert 0 == world.fake.counters.reuse_violations
+    assert 0 == world.fake.counters.invalidations
+
+
+async def test_a_rotation_a_timed_out_close_left_is_settled_by_the_next_process(
+    world: World,
+) -> None:
+    """
+    aclose() gives up on a rotation held longer than close_timeout; the
+    journal it leaves is settled by the next process that opens the store.
+    """
+    (connection_id,) = await world.connect(1)
+    (worker,) = await world.spawn(1, close_timeout=0.2)
+    world.fake.inject(Fault(FaultKind.HOLD_AFTER_COMMIT, grant_type="refresh_token"))
+    world.clock.advance(301)
+    await worker.ask({"cmd": "start", "ids": [connection_id], "per_connection": 1})
+    await until_held(world)
+    worker.process.send_signal(signal.SIGTERM)
+    answer = await worker.read()
+    assert {"closed": True, "outcomes": ["ManagerClosedError"]} == answer
+    await worker.process.wait()
+    world.fake.release_held()
+    world.clock.advance(21)
+    await world.spawn(1)  # opens the store: its first scan settles the journal
+    record = await stored(world, connection_id, "active")
+    assert 1 == record.tokens.generation
+    assert 1 == world.fake.counters.grace_reissues
+    assert 0 == world.fake.counters.reuse_violations

@@ -38,6 +38,7 @@ EXPECTED = {
     "InvalidGrantError",
     "KeyRing",
     "MalformedResponseError",
+    "ManagerClosedError",
     "NetworkError",
     "ProviderError",
     "ProviderUnavailableError",

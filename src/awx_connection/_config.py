@@ -239,15 +239,36 @@ class TimingPolicy:
     keepalive_interval: float = attrs.field(default=3600.0, validator=_positive)
     #: Keep-alive rotations running at once (no herd after an outage).
     keepalive_concurrency: int = attrs.field(default=8, validator=_count)
+    #: Real seconds from ``open()`` to the first keep-alive pass (times a
+    #: random 0.5-1.5, so replicas started together spread out). Soon, not
+    #: one interval later: a service redeployed more often than
+    #: ``keepalive_interval`` would otherwise never run a pass.
+    keepalive_first_delay: float = attrs.field(default=30.0, validator=_non_negative)
+    #: Real seconds between scans for rotations left unfinished
+    #: (``refreshing``) by any process, which are settled without waiting
+    #: for a caller. Small next to the grace window (60 s), so an orphaned
+    #: rotation is found while its token can still be presented again.
+    settle_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: Real seconds ``aclose()`` waits for rotations that may have reached
+    #: the provider to finish, and then for subscribers to drain; ``None``
+    #: means ``request_timeout + 5``: one request and its write.
+    close_timeout: float | None = attrs.field(default=None)
 
     @property
     def resume_wait(self) -> float:
         """``resume_delay``, or its default: 1.2 x ``request_timeout``."""
         return 1.2 * self.request_timeout if self.resume_delay is None else self.resume_delay
 
+    @property
+    def close_wait(self) -> float:
+        """``close_timeout``, or its default: ``request_timeout + 5``."""
+        return self.request_timeout + 5.0 if self.close_timeout is None else self.close_timeout
+
     def __attrs_post_init__(self) -> None:
         if self.resume_delay is not None:
             _non_negative(self, attrs.fields(TimingPolicy).resume_delay, self.resume_delay)
+        if self.close_timeout is not None:
+            _non_negative(self, attrs.fields(TimingPolicy).close_timeout, self.close_timeout)
         if self.lease_ttl >= self.grace - self.grace_margin:
             msg = "TimingPolicy.lease_ttl must be shorter than grace - grace_margin"
             raise ConfigurationError(msg)

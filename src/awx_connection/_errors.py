@@ -10,6 +10,7 @@ Every error the library raises, as one tree.
     │   ├── UnknownStateError        unknown or already used ``state``
     │   └── StateExpiredError        ``state`` past its lifetime
     ├── RefreshTimeoutError          another process's rotation did not finish in time
+    ├── ManagerClosedError           the manager is closing or closed
     ├── ConnectionUnusableError      the connection holds no usable tokens
     │   ├── ConnectionRevokedError
     │   ├── ConnectionInvalidatedError
@@ -32,7 +33,7 @@ client secret: errors carry HTTP status and provider code only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from ._states import ConnectionState, Trigger
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidClientError",
     "InvalidGrantError",
     "MalformedResponseError",
+    "ManagerClosedError",
     "NetworkError",
     "ProviderError",
     "ProviderUnavailableError",
@@ -129,6 +131,20 @@ class RefreshTimeoutError(AwxConnectionError):
             f"connection {connection_id!r}: another process is refreshing it and did not "
             "finish in time"
         )
+
+
+class ManagerClosedError(AwxConnectionError):
+    """
+    The :class:`~awx_connection.ConnectionManager` is closing or closed.
+
+    Raised to callers whose call cannot finish because ``aclose()`` began,
+    instead of a bare ``CancelledError``: a rotation that may already have
+    reached Airwallex is let finish first; one that had not started is
+    abandoned, and its journal (if any) is resumed by the next process.
+    """
+
+    def __init__(self, message: str = "the connection manager is closed") -> None:
+        super().__init__(message)
 
 
 class ConnectionUnusableError(AwxConnectionError):
@@ -247,3 +263,24 @@ class VersionConflictError(StoreError):
         super().__init__(
             f"connection {connection_id!r}: expected version {expected}, store has {actual}"
         )
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def fresh(error: _E) -> _E:
+    """
+    A copy of *error*: same type, message and attributes, no traceback, no chain.
+
+    One failure is often handed to many callers (every caller joined to a
+    failed refresh, every caller during a failure cooldown). Raising the one
+    object again and again grows its traceback by a few frames each time
+    (tens of megabytes over a cooldown) and lets one caller's frames show up
+    in another's traceback; each caller gets its own copy instead.
+    ``__init__`` is not called again: the copy takes the original's
+    attributes as they are.
+    """
+    copy = type(error).__new__(type(error), *error.args)
+    copy.__dict__.update(error.__dict__)
+    copy.__suppress_context__ = True
+    return copy

@@ -175,8 +175,15 @@ class Subscription:
             )
             # The bus keeps every worker until it is done, so aclose() also
             # drains subscriptions that were unsubscribed before it.
-            self._bus._workers.add(self._worker)
-            self._worker.add_done_callback(self._bus._workers.discard)
+            workers = self._bus._workers
+            workers[self._worker] = self
+            self._worker.add_done_callback(lambda task: workers.pop(task, None))
+
+    def _pending(self) -> int:
+        """Events queued and not yet handled (the closing sentinel not counted)."""
+        assert self._queue is not None
+        queued: list[ConnectionEvent | None] = list(self._queue._queue)  # type: ignore[attr-defined]  # asyncio.Queue's deque
+        return len(queued) - queued.count(None)
 
     async def _run_async_callback(self) -> None:
         assert self._queue is not None
@@ -216,8 +223,9 @@ class EventBus:
     """
 
     _subscriptions: list[Subscription] = attrs.Factory(list)
-    #: Async-callback workers not yet finished, including unsubscribed ones.
-    _workers: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+    #: Async-callback workers not yet finished (unsubscribed ones included),
+    #: each with its subscription.
+    _workers: dict[asyncio.Task[None], Subscription] = attrs.field(factory=dict, init=False)
     #: Events published so far (a cheap statistic).
     published: int = 0
 
@@ -280,12 +288,34 @@ class EventBus:
         for sub in tuple(self._subscriptions):
             sub._offer(event)
 
-    async def aclose(self) -> None:
-        """Close every subscription and let async callbacks drain their queues."""
+    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """
+        Close every subscription and let async callbacks drain their queues,
+        for at most *timeout* seconds (real time; ``None``: no bound).
+
+        A callback still running after that (one that never returns, say)
+        is cancelled and logged as an error with the number of events it
+        had not handled: one stuck subscriber must not hang the shutdown of
+        the whole manager.
+        """
         for sub in tuple(self._subscriptions):
             sub.unsubscribe()
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+        if not self._workers:
+            return
+        workers = dict(self._workers)
+        _, late = await asyncio.wait(workers, timeout=timeout)
+        for worker in late:
+            sub = workers[worker]
+            _log.error(
+                "event subscriber %r did not finish within %s s of close; cancelled "
+                "with %d more event(s) unhandled",
+                sub._callback,
+                timeout,
+                sub._pending(),
+            )
+            worker.cancel()
+        if late:
+            await asyncio.wait(late)
 
     def _remove(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):

@@ -38,7 +38,15 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Protocol, Self, TypeVar, final
 from urllib.parse import urljoin, urlsplit
 
@@ -67,6 +75,7 @@ from ._errors import (
     IllegalTransitionError,
     InvalidClientError,
     InvalidGrantError,
+    ManagerClosedError,
     ProviderError,
     RefreshTimeoutError,
     StateExpiredError,
@@ -74,6 +83,7 @@ from ._errors import (
     StoreUnavailableError,
     UnknownStateError,
     VersionConflictError,
+    fresh,
 )
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
@@ -254,14 +264,28 @@ class ConnectionManager:
     # Internal state stays out of the repr: it is large, and the live cache
     # holds revealed access tokens for the hot path.
     _live: dict[str, _Live] = attrs.field(factory=dict, init=False, repr=False)
+    #: The refresh flights in progress (one per connection at most).
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False, repr=False)
-    _closed: bool = attrs.field(default=False, init=False)
-    #: Run keep-alive passes every ``TimingPolicy.keepalive_interval`` seconds.
-    keepalive: bool = attrs.field(default=False, kw_only=True)
-    #: Settle a rotation whose retries ran out with its token maybe sent
-    #: by itself, before the grace window closes, instead of waiting for a
-    #: caller (see ``_settle_rotation``). Off only where every flight must
-    #: be started by the test itself.
+    #: Flights between sending a refresh token and storing what came of it:
+    #: aclose() lets these finish, and abandons the others.
+    _sending: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False, repr=False)
+    #: The background loops (keep-alive, settling), by name.
+    _loops: dict[str, asyncio.Task[None]] = attrs.field(factory=dict, init=False, repr=False)
+    _closing: bool = attrs.field(default=False, init=False)
+    _closed: asyncio.Event | None = attrs.field(default=None, init=False, repr=False)
+    #: Rotate idle connections' refresh tokens before they age out: a pass
+    #: ``TimingPolicy.keepalive_first_delay`` after :meth:`open`, then every
+    #: ``keepalive_interval``. On by default: without it an idle connection
+    #: ends ``expired`` after 60-90 days. Leases keep replicas from rotating
+    #: twice. Turn it off for one-shot scripts (the CLI does).
+    keepalive: bool = attrs.field(default=True, kw_only=True)
+    #: Settle rotations left unfinished (``refreshing``) without waiting for
+    #: a caller: one of this process whose retries ran out with its token
+    #: maybe sent, and any process's (crashed, shut down, cut off from the
+    #: store) found by a scan at :meth:`open` and every
+    #: ``TimingPolicy.settle_interval``, inside the grace window. Off only
+    #: where every flight must be started by the code itself (one-shot
+    #: scripts, tests that count requests).
     settle: bool = attrs.field(default=True, kw_only=True)
     _webhook_subscribers: list[WebhookSubscription] = attrs.field(
         factory=list, init=False, repr=False
@@ -291,35 +315,83 @@ class ConnectionManager:
     # -- lifecycle ----------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the store (creating its schema), start keep-alive if asked. Idempotent."""
+        """
+        Open the store (creating its schema) and start the background loops
+        (keep-alive, settling) that are on. Idempotent.
+
+        Raises:
+            ManagerClosedError: The manager was closed; make a new one.
+        """
+        self._check_open()
         await self.store.open()
-        if self.keepalive and not any(
-            t.get_name() == "awx-connection-keepalive" for t in self._tasks
-        ):
-            task = asyncio.get_running_loop().create_task(
-                self._keepalive_loop(), name="awx-connection-keepalive"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self.keepalive:
+            self._start_loop("keepalive", self._keepalive_loop())
+        if self.settle:
+            self._start_loop("settle", self._settle_loop())
+
+    def _start_loop(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
+        if name in self._loops:
+            loop.close()
+            return
+        task = asyncio.get_running_loop().create_task(loop, name=f"awx-connection-{name}")
+        self._loops[name] = task
 
     async def aclose(self) -> None:
         """
-        Stop in-flight refreshes, close subscriptions, the transport and the
-        store. Idempotent.
+        Close the manager: finish what may have reached Airwallex, abandon
+        the rest, then close subscriptions, the transport and the store.
+        Idempotent; a second call waits for the first.
 
-        A refresh cancelled here leaves its journal in the store; the next
-        process to use the connection resumes it inside the grace window.
+        A rotation whose refresh token may already be on its way is let
+        finish (its answer stored), for at most
+        ``TimingPolicy.close_timeout``: cancelling it would leave the
+        provider's new tokens unknown and the connection to be rescued by
+        the next process inside the grace window. Flights that had not sent
+        anything are cancelled; their callers, and anyone calling from now
+        on, get :class:`~awx_connection.ManagerClosedError`. A journal left
+        behind (a timeout here, a crash) is resumed by any process that
+        opens the store, without waiting for a caller.
         """
-        if self._closed:
+        if self._closed is not None:
+            await self._closed.wait()
             return
-        self._closed = True
-        for task in tuple(self._tasks):
+        self._closing = True
+        self._closed = asyncio.Event()
+        try:
+            for task in self._loops.values():
+                task.cancel()
+            await asyncio.gather(*self._loops.values(), return_exceptions=True)
+            await self._drain_flights()
+            await self._bus.aclose(timeout=self.config.timing.close_wait)
+            await self._transport.aclose()
+        finally:
+            self._live.clear()
+            try:
+                await self.store.aclose()
+            finally:
+                self._closed.set()
+
+    async def _drain_flights(self) -> None:
+        """Let flights that may have sent a token finish (bounded); cancel the others."""
+        flights = set(self._tasks)
+        if not flights:
+            return
+        for task in flights - self._sending:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._bus.aclose()
-        await self._transport.aclose()
-        await self.store.aclose()
+        _, late = await asyncio.wait(flights, timeout=self.config.timing.close_wait)
+        for task in late:
+            _log.warning(
+                "%s did not finish within close_timeout; its journal is left for the "
+                "next process to resume",
+                task.get_name(),
+            )
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ManagerClosedError
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -397,6 +469,7 @@ class ConnectionManager:
         account_id: str | None = None,
     ) -> list[Connection]:
         """Snapshots of every stored connection matching all filters."""
+        self._check_open()
         records = await self.store.list_connections(
             states=states, external_id=external_id, account_id=account_id
         )
@@ -441,6 +514,7 @@ class ConnectionManager:
         if page_size < 1:
             msg = f"page_size must be at least 1, not {page_size}"
             raise ValueError(msg)
+        self._check_open()
 
         def adopt(page: list[ConnectionRecord]) -> None:
             for record in page:
@@ -472,6 +546,7 @@ class ConnectionManager:
         Raises:
             ConfigurationError: No or invalid scopes.
         """
+        self._check_open()
         chosen = check_scopes(self.config.default_scopes if scopes is None else scopes)
         now = self.clock.now()
         connection_id = _new_connection_id()
@@ -585,6 +660,7 @@ class ConnectionManager:
             ProviderError: The exchange failed transiently after retries; the
                 connection stays ``authorized`` and :meth:`exchange` retries.
         """
+        self._check_open()
         parsed = parse_callback(callback)
         digest = state_hash(parsed.state)
         record = await self.store.find_by_state_hash(digest)
@@ -776,22 +852,42 @@ class ConnectionManager:
             if task is None:
                 if live.failure is not None and self.clock.now() < live.failed_until:
                     # The provider just failed this refresh for good: answer
-                    # with the same error rather than asking again.
-                    raise live.failure
+                    # with the same error rather than asking again (a copy:
+                    # each caller gets its own traceback).
+                    raise fresh(live.failure)
+                self._check_open()
                 task = self._start_flight(live, stale_generation, "refresh")
             # shield: a caller that gives up (timeout, cancel) must not abort
             # the refresh that every other caller is waiting for.
-            tokens = await asyncio.shield(task)
-            if not joined or stale_generation is None or tokens.generation > stale_generation:
-                return tokens
+            try:
+                tokens = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and self._closing and not (current and current.cancelling()):
+                    # aclose() abandoned the flight before it sent anything.
+                    raise ManagerClosedError from None
+                raise
+            except AwxConnectionError as exc:
+                # Every joined caller would otherwise raise the one object.
+                error = fresh(exc)
+            else:
+                if not joined or stale_generation is None or tokens.generation > stale_generation:
+                    return tokens
+                continue
+            raise error
 
     def _flight_done(self, live: _Live, task: asyncio.Task[TokenSet]) -> None:
         self._tasks.discard(task)
+        self._sending.discard(task)
         if live.refresh_task is task:
             live.refresh_task = None
         if task.cancelled():
             return
         error = task.exception()  # also marks it retrieved for callers that gave up
+        if error is None:
+            live.failure = None
+            live.failed_until = float("-inf")
+            return
         timing = self.config.timing
         if isinstance(error, ProviderError):
             cooldown = (
@@ -801,13 +897,16 @@ class ConnectionManager:
             )
             live.failure = error
             live.failed_until = self.clock.now() + cooldown
-            if self.settle and not isinstance(error, InvalidClientError) and self._unsafe(live):
-                asyncio.get_running_loop().call_later(
-                    timing.settle_delay, self._settle_rotation, live
-                )
-        elif error is None:
-            live.failure = None
-            live.failed_until = float("-inf")
+        if (
+            self.settle
+            and not self._closing
+            and not isinstance(error, InvalidClientError)
+            and self._unsafe(live)
+        ):
+            # Whatever ended the flight (the provider, the store, a lost
+            # lease), a token that may have been sent is resumable only
+            # inside the grace window: settle it without waiting for a caller.
+            asyncio.get_running_loop().call_later(timing.settle_delay, self._settle_rotation, live)
 
     @staticmethod
     def _unsafe(live: _Live) -> bool:
@@ -831,7 +930,7 @@ class ConnectionManager:
         attempt ends it as ``invalidated`` without sending. A disconnected
         customer's connection ends ``revoked``, as it should.
         """
-        if self._closed or live.refresh_task is not None or not self._unsafe(live):
+        if self._closing or live.refresh_task is not None or not self._unsafe(live):
             return
         self._start_flight(live, None, "settle")
 
@@ -1000,10 +1099,17 @@ class ConnectionManager:
         """
         The action of ``refreshing``: present the refresh token until the
         provider answers, the grace window closes, or attempts run out.
+
+        From the moment an attempt may write its journal until what came of
+        it is stored, the flight is *sending* (``_sending``): aclose() lets
+        it finish. Between attempts (backoff) it is not, and a closing
+        manager stops it there.
         """
         timing = self.config.timing
-        connection_id = live.record.id
+        task = asyncio.current_task()
+        assert task is not None
         for attempt in range(1, timing.max_attempts + 1):
+            self._check_open()
             # Everything an attempt decides from the clock and the lease (the
             # grace deadline, whether the lease is still ours) is decided
             # after a slot is free: a refresh queued behind an outage's
@@ -1013,88 +1119,161 @@ class ConnectionManager:
             await self._until_quiet(live)
             journal = live.record.journal
             urgent = journal is not None and journal.unsafe_since is not None
-            async with self._refresh_gate.slot(urgent=urgent):
-                sent = await self._attempt(live)
-            if sent.error is None:
-                assert sent.new_tokens is not None
-                new_tokens = sent.new_tokens
-                account_id = live.record.account_id
-                if account_id is None:
-                    account_id = await self._fetch_account_id(
-                        connection_id, new_tokens.access_token
-                    )
-                try:
-                    await self._transition(
-                        live,
-                        _T.REFRESHED,
-                        f"rotated to generation {new_tokens.generation}",
-                        release_lease=True,
-                        tokens=new_tokens,
-                        journal=None,
-                        account_id=account_id,
-                    )
-                except VersionConflictError:
-                    # The provider rotated for us, but the connection moved
-                    # in the store meanwhile. Our pair is thrown away; if
-                    # another replica presented the same token, the provider
-                    # kept only the later of the two pairs. Rare by design
-                    # (the lease), so loud when it happens.
+            try:
+                async with self._refresh_gate.slot(urgent=urgent):
+                    self._check_open()
+                    self._sending.add(task)
+                    sent = await self._attempt(live)
+                if sent.error is None:
+                    return await self._store_rotated(live, sent)
+                retry = await self._after_failed_attempt(live, sent, attempt)
+                if isinstance(retry, TokenSet):
+                    return retry
+            finally:
+                self._sending.discard(task)
+            self._check_open()
+            await self._backoff(attempt)
+            # A 429 "concurrent refresh" means someone else holds
+            # this token right now: see whether they finished.
+            await self._reload(live)
+            adopted = live.record.tokens
+            if (
+                live.record.state is _S.ACTIVE
+                and adopted is not None
+                and adopted.generation > sent.presented.generation
+            ):
+                return adopted
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _after_failed_attempt(
+        self, live: _Live, sent: _Sent, attempt: int
+    ) -> TokenSet | None:
+        """
+        Record what a failed attempt taught, and decide: tokens to return
+        (another writer rotated), ``None`` to retry, or raise.
+        """
+        timing = self.config.timing
+        connection_id = live.record.id
+        exc = sent.error
+        assert exc is not None
+        if isinstance(exc, InvalidGrantError):
+            self._counts["refresh_failure:InvalidGrantError"] += 1
+            return await self._after_invalid_grant(live, sent.presented)
+        self._counts[f"refresh_failure:{type(exc).__name__}"] += 1
+        journal = sent.journal
+        if not exc.maybe_processed and sent.first_unsafe:
+            # This attempt alone made the token unsafe, and it
+            # certainly did not reach the provider: undo that.
+            journal = attrs.evolve(journal, unsafe_since=None)
+            await self._save(live, journal=journal)
+        retry = exc.retryable and attempt < timing.max_attempts
+        # A rejected client is our configuration, not the customer's:
+        # every connection is affected, so it is an error.
+        _log.log(
+            logging.ERROR if isinstance(exc, InvalidClientError) else logging.WARNING,
+            "connection %s: refresh attempt %d failed: %s%s",
+            connection_id,
+            attempt,
+            exc,
+            "; retrying" if retry else "",
+            extra={"connection_id": connection_id, "state": live.record.state.value},
+        )
+        if retry:
+            return None
+        if journal.unsafe_since is None:
+            await self._transition(
+                live,
+                _T.REFRESH_ABORTED,
+                f"refresh failed, tokens unchanged ({exc.code or exc.status or 'network'})",
+                journal=None,
+            )
+        raise exc
+
+    async def _store_rotated(self, live: _Live, sent: _Sent) -> TokenSet:
+        """
+        Store the pair the provider just issued, writing it again (with
+        backoff) while the store fails, until it is stored or the grace
+        window of the presented token closes.
+
+        The pair is the most valuable thing the process holds: the provider
+        has retired the presented token, and only the pair or a resume
+        inside the grace window keeps the connection. The same record is
+        written every time (same ``write_id``), so a write that committed
+        with its acknowledgement lost is recognised as ours. The version
+        compare-and-swap is the fence: a process that resumes the journal
+        meanwhile writes it again before presenting the old token, so once
+        it may have sent, this write can only lose, and the pair is
+        discarded rather than stored over its work.
+        """
+        new_tokens = sent.new_tokens
+        assert new_tokens is not None
+        connection_id = live.record.id
+        account_id = live.record.account_id
+        if account_id is None:
+            account_id = await self._fetch_account_id(connection_id, new_tokens.access_token)
+        new, event = await self._fire(
+            live,
+            _T.REFRESHED,
+            f"rotated to generation {new_tokens.generation}",
+            tokens=new_tokens,
+            journal=None,
+            account_id=account_id,
+        )
+        record_version = live.record.version
+        timing = self.config.timing
+        journal = sent.journal
+        # Past this, a process resuming the journal gives the rotation up.
+        deadline = (
+            journal.unsafe_since if journal.unsafe_since is not None else journal.started_at
+        ) + (timing.grace - timing.grace_margin)
+        failures = 0
+        while True:
+            try:
+                if live.record.version != record_version:
+                    # A failed write's re-read found another writer's record.
+                    raise VersionConflictError(connection_id, record_version, live.record.version)
+                await self._commit(live, new, event, release_lease=True)
+            except VersionConflictError:
+                # The provider rotated for us, but the connection moved in
+                # the store meanwhile (a webhook revoked it, another process
+                # took the lease over). Our pair is thrown away; if another
+                # replica presented the same token, the provider kept only
+                # the later of the two pairs. Rare by design (the lease), so
+                # loud when it happens.
+                self._counts["rotations_discarded"] += 1
+                _log.warning(
+                    "connection %s: the provider rotated generation %d, but the "
+                    "connection changed in the store meanwhile; discarding the new "
+                    "tokens and re-reading",
+                    connection_id,
+                    sent.presented.generation,
+                    extra={"connection_id": connection_id},
+                )
+                raise
+            except StoreError as exc:
+                failures += 1
+                if self.clock.now() >= deadline:
                     self._counts["rotations_discarded"] += 1
-                    _log.warning(
-                        "connection %s: the provider rotated generation %d, but the "
-                        "connection changed in the store meanwhile; discarding the new "
-                        "tokens and re-reading",
+                    _log.error(
+                        "connection %s: the provider rotated generation %d, but the store "
+                        "failed %d times until the grace window closed (%s); discarding "
+                        "the new tokens",
                         connection_id,
                         sent.presented.generation,
+                        failures,
+                        exc,
                         extra={"connection_id": connection_id},
                     )
                     raise
-                return new_tokens
-            exc = sent.error
-            if isinstance(exc, InvalidGrantError):
-                self._counts["refresh_failure:InvalidGrantError"] += 1
-                return await self._after_invalid_grant(live, sent.presented)
-            self._counts[f"refresh_failure:{type(exc).__name__}"] += 1
-            journal = sent.journal
-            if not exc.maybe_processed and sent.first_unsafe:
-                # This attempt alone made the token unsafe, and it
-                # certainly did not reach the provider: undo that.
-                journal = attrs.evolve(journal, unsafe_since=None)
-                await self._save(live, journal=journal)
-            retry = exc.retryable and attempt < timing.max_attempts
-            # A rejected client is our configuration, not the customer's:
-            # every connection is affected, so it is an error.
-            _log.log(
-                logging.ERROR if isinstance(exc, InvalidClientError) else logging.WARNING,
-                "connection %s: refresh attempt %d failed: %s%s",
-                connection_id,
-                attempt,
-                exc,
-                "; retrying" if retry else "",
-                extra={"connection_id": connection_id, "state": live.record.state.value},
-            )
-            if retry:
-                await self._backoff(attempt)
-                # A 429 "concurrent refresh" means someone else holds
-                # this token right now: see whether they finished.
-                await self._reload(live)
-                adopted = live.record.tokens
-                if (
-                    live.record.state is _S.ACTIVE
-                    and adopted is not None
-                    and adopted.generation > sent.presented.generation
-                ):
-                    return adopted
-                continue
-            if journal.unsafe_since is None:
-                await self._transition(
-                    live,
-                    _T.REFRESH_ABORTED,
-                    f"refresh failed, tokens unchanged ({exc.code or exc.status or 'network'})",
-                    journal=None,
+                _log.warning(
+                    "connection %s: could not store the rotated tokens (%s); writing them again",
+                    connection_id,
+                    exc,
+                    extra={"connection_id": connection_id},
                 )
-            raise exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                await self._backoff(failures)
+            else:
+                return new_tokens
 
     async def _until_quiet(self, live: _Live) -> None:
         """
@@ -1120,9 +1299,19 @@ class ConnectionManager:
             # No journal, or one whose every attempt certainly failed: a
             # request in flight always has an unsafe journal behind it.
             return
-        # Even past the journal's grace deadline by this process's clock: the
-        # writer's clock may disagree, and its request may still succeed.
-        deadline = live.journal_seen_at + self.config.timing.resume_wait
+        timing = self.config.timing
+        if self.clock.now() >= journal.unsafe_since + max(
+            timing.grace, timing.grace - timing.grace_margin + timing.request_timeout
+        ):
+            # The writer sent only before unsafe_since + grace - grace_margin
+            # by its clock, and its request ended within request_timeout:
+            # by ours, with the margin's slack for skew, it is over. Waiting
+            # could not change the answer (invalidated).
+            return
+        # Short of that, even past the journal's grace deadline by this
+        # process's clock: the writer's clock may disagree, and its request
+        # may still succeed.
+        deadline = live.journal_seen_at + timing.resume_wait
         while (remaining := deadline - time.monotonic()) > 0:
             newer = await self.store.wait_for_update(
                 record.id, after_version=record.version, timeout=remaining
@@ -1319,6 +1508,7 @@ class ConnectionManager:
         200: handled, or a duplicate of a handled ``id``. 401: bad or stale
         signature. 400: not a JSON webhook. Nothing changes unless 200.
         """
+        self._check_open()
         try:
             verify_signature(
                 headers,
@@ -1380,34 +1570,63 @@ class ConnectionManager:
     async def keepalive_pass(self) -> KeepaliveReport:
         """
         Rotate every active connection whose refresh token is due
-        (:func:`~awx_connection._keepalive.due_at`), at most
+        (:func:`~awx_connection.due_at`), at most
         ``keepalive_concurrency`` at a time; expire those whose token already
         ran out; resume rotations left ``refreshing``. Safe to run in every
         replica: leases make sure one rotates.
         """
+        self._check_open()
         timing = self.config.timing
         now = self.clock.now()
+
+        def due(summary: ConnectionSummary) -> bool:
+            # A connection left refreshing (its process died, or its attempts
+            # ran out on lost responses) is due at once: resuming its journal
+            # now, inside the grace window, beats waiting for the next use.
+            if summary.state is _S.REFRESHING:
+                return True
+            when = due_at(summary, timing)
+            return when is not None and now >= when
+
+        return await self._rotate_each((_S.ACTIVE, _S.REFRESHING), due, "keep-alive")
+
+    async def settle_unfinished(self) -> KeepaliveReport:
+        """
+        Resume every rotation left unfinished (``refreshing``) in the store,
+        by this process or any other, now; report what became of them.
+
+        A process that crashed, shut down or lost the store mid-rotation
+        leaves a journal whose refresh token may have reached Airwallex. It
+        is safe to present that token again only inside the grace window,
+        so it must not wait for a caller. The manager runs this at
+        :meth:`open` and every ``TimingPolicy.settle_interval`` unless
+        ``settle=False``. Each resume takes the connection's lease, so a
+        rotation still in progress in a live replica is waited for, not
+        repeated; past the grace window the journal ends ``invalidated``
+        without sending anything.
+        """
+        self._check_open()
+        return await self._rotate_each((_S.REFRESHING,), lambda _: True, "settling")
+
+    async def _rotate_each(
+        self,
+        states: tuple[ConnectionState, ...],
+        due: Callable[[ConnectionSummary], bool],
+        what: str,
+    ) -> KeepaliveReport:
+        """Refresh every stored connection of *states* that is *due*, a few at a time."""
+        timing = self.config.timing
         # Summaries a page at a time, keeping only what is due: a pass over
         # 100,000 idle connections decrypts nothing and holds one page.
         checked = 0
-        due: list[ConnectionSummary] = []
+        picked: list[ConnectionSummary] = []
 
         def pick(page: list[ConnectionSummary]) -> None:
             nonlocal checked
             checked += len(page)
-            # A connection left refreshing (its process died, or its attempts
-            # ran out on lost responses) is due at once: resuming its journal
-            # now, inside the grace window, beats waiting for the next use.
-            due.extend(
-                s
-                for s in page
-                if s.state is _S.REFRESHING
-                or ((when := due_at(s, timing)) is not None and now >= when)
-            )
+            picked.extend(s for s in page if due(s))
 
-        await _each_page(
-            self.store.list_summaries, (_S.ACTIVE, _S.REFRESHING), _KEEPALIVE_PAGE, pick
-        )
+        await _each_page(self.store.list_summaries, states, _KEEPALIVE_PAGE, pick)
         gate = asyncio.Semaphore(timing.keepalive_concurrency)
         counts = {"rotated": 0, "expired": 0, "failed": 0}
 
@@ -1427,27 +1646,27 @@ class ConnectionManager:
                 except AwxConnectionError as exc:
                     counts["failed"] += 1
                     _log.warning(
-                        "connection %s: keep-alive rotation failed: %s",
+                        "connection %s: %s rotation failed: %s",
                         summary.id,
+                        what,
                         exc,
                         extra={"connection_id": summary.id},
                     )
 
-        await asyncio.gather(*(rotate(s) for s in due))
+        await asyncio.gather(*(rotate(s) for s in picked))
         return KeepaliveReport(checked=checked, **counts)
 
     async def _keepalive_loop(self) -> None:
+        timing = self.config.timing
+        # Soon after open, jittered so that replicas started together spread
+        # out: a service restarted more often than keepalive_interval would
+        # otherwise never run a pass at all.
+        delay = timing.keepalive_first_delay * random.uniform(0.5, 1.5)
         while True:
-            await asyncio.sleep(self.config.timing.keepalive_interval)
-            try:
-                report = await self.keepalive_pass()
-            except AwxConnectionError as exc:
-                _log.warning("keep-alive pass failed: %s", exc)
-            except Exception:
-                # Anything else (a custom store's bug, say) must not end the
-                # loop silently: no rotation would ever run again.
-                _log.exception("keep-alive pass crashed; the next one runs as scheduled")
-            else:
+            await asyncio.sleep(delay)
+            delay = timing.keepalive_interval
+            report = await self._background("keep-alive pass", self.keepalive_pass)
+            if report is not None:
                 _log.info(
                     "keep-alive: %d checked, %d rotated, %d expired, %d failed",
                     report.checked,
@@ -1455,6 +1674,37 @@ class ConnectionManager:
                     report.expired,
                     report.failed,
                 )
+
+    async def _settle_loop(self) -> None:
+        interval = self.config.timing.settle_interval
+        while True:
+            report = await self._background("settling scan", self.settle_unfinished)
+            if report is not None and report.checked:
+                _log.info(
+                    "settling: %d unfinished, %d settled, %d expired, %d failed",
+                    report.checked,
+                    report.rotated,
+                    report.expired,
+                    report.failed,
+                )
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    async def _background(
+        what: str, run: Callable[[], Awaitable[KeepaliveReport]]
+    ) -> KeepaliveReport | None:
+        """One run of a background loop's work; a failure is logged, never ends the loop."""
+        try:
+            return await run()
+        except ManagerClosedError:
+            raise asyncio.CancelledError from None
+        except AwxConnectionError as exc:
+            _log.warning("%s failed: %s", what, exc)
+        except Exception:
+            # Anything else (a custom store's bug, say) must not end the
+            # loop silently: no rotation would ever run again.
+            _log.exception("%s crashed; the next one runs as scheduled", what)
+        return None
 
     # -- authorized requests ------------------------------------------------
 
@@ -1528,6 +1778,8 @@ class ConnectionManager:
             headers = {"Authorization": "Bearer " + token}
         if retry is None:
             retry = method in _IDEMPOTENT or method.upper() in _IDEMPOTENT
+        if self._closing:
+            raise ManagerClosedError
         response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
             return response
@@ -1588,6 +1840,7 @@ class ConnectionManager:
         live = self._live.get(connection_id)
         if live is not None:
             return live
+        self._check_open()
         record = await self.store.get(connection_id)
         if record is None:
             raise ConnectionNotFoundError(connection_id)
@@ -1667,6 +1920,14 @@ class ConnectionManager:
         ``live.lock``. With *release_lease*, the write also ends this
         process's refresh lease.
         """
+        new, event = await self._fire(live, trigger, reason, **changes)
+        await self._commit(live, new, event, release_lease=release_lease)
+        return event
+
+    async def _fire(
+        self, live: _Live, trigger: Trigger, reason: str, **changes: Any
+    ) -> tuple[ConnectionRecord, ConnectionEvent]:
+        """The record and event *trigger* makes of ``live.record``; nothing is written."""
         record = live.record
         dest = await advance(record.id, record.state, trigger)
         now = self.clock.now()
@@ -1691,12 +1952,22 @@ class ConnectionManager:
             account_id=new.account_id,
             external_id=new.external_id,
         )
+        return new, event
+
+    async def _commit(
+        self,
+        live: _Live,
+        new: ConnectionRecord,
+        event: ConnectionEvent,
+        *,
+        release_lease: bool = False,
+    ) -> None:
+        """Write what :meth:`_fire` made, then update memory and publish."""
         await self._write(live, new, event, release_lease=release_lease)
         # A cached refresh failure belongs to the state it happened in.
         live.failure = None
         live.failed_until = float("-inf")
         self._publish(event)
-        return event
 
     def statistics(self) -> ManagerStatistics:
         """A frozen snapshot of this manager's counters (see :class:`ManagerStatistics`)."""

@@ -330,9 +330,21 @@ class _Sql:
             ON CONFLICT (name) DO UPDATE
             SET position = GREATEST({s}.consumers.position, EXCLUDED.position)
         """
-        self.prune = f"""
-            WITH deleted AS (DELETE FROM {s}.events WHERE at < $1 RETURNING 1),
-                 forgotten AS (DELETE FROM {s}.webhooks WHERE at < $1 RETURNING 1)
+        # One bounded batch per statement (prune_events repeats them).
+        self.prune_events = f"""
+            WITH deleted AS (
+                DELETE FROM {s}.events WHERE position IN (
+                    SELECT position FROM {s}.events WHERE at < $1 LIMIT $2
+                ) RETURNING 1
+            )
+            SELECT count(*) FROM deleted
+        """
+        self.prune_webhooks = f"""
+            WITH deleted AS (
+                DELETE FROM {s}.webhooks WHERE id IN (
+                    SELECT id FROM {s}.webhooks WHERE at < $1 LIMIT $2
+                ) RETURNING 1
+            )
             SELECT count(*) FROM deleted
         """
         self.webhook_seen = f"SELECT EXISTS (SELECT 1 FROM {s}.webhooks WHERE id = $1)"
@@ -403,6 +415,8 @@ class PostgresStore:
     connect_timeout: float = attrs.field(default=10.0, kw_only=True)
     command_timeout: float = attrs.field(default=30.0, kw_only=True)
     application_name: str = attrs.field(default="awx-connection", kw_only=True)
+    #: Events (and webhook ids) deleted per statement by :meth:`prune_events`.
+    prune_batch: int = attrs.field(default=5000, kw_only=True)
 
     _sql: _Sql = attrs.field(init=False, repr=False)
     _pool: Any = attrs.field(default=None, init=False, repr=False)
@@ -878,11 +892,30 @@ class PostgresStore:
         )
 
     async def prune_events(self, *, before: float) -> int:
-        """Delete events whose ``at`` is older than *before*; return how many."""
-        count = await self._query(
-            "prune_events", "fetchval", self._sql.prune, before, retry=False, write=True
-        )
-        return int(count)
+        """
+        Delete events whose ``at`` is older than *before*; return how many.
+
+        ``prune_batch`` rows per statement (each its own transaction), so a
+        prune of millions is many short transactions rather than one long
+        one holding row locks and bloating the WAL. A batch is idempotent
+        (it deletes what is old), so a lost one is simply retried.
+        """
+        # Webhook ids older than the retention go too: Airwallex stops
+        # retrying a delivery after about three days.
+        await self._prune(self._sql.prune_webhooks, before)
+        return await self._prune(self._sql.prune_events, before)
+
+    async def _prune(self, sql: str, before: float) -> int:
+        deleted = 0
+        while True:
+            count = int(
+                await self._query(
+                    "prune_events", "fetchval", sql, before, self.prune_batch, write=True
+                )
+            )
+            deleted += count
+            if count < self.prune_batch:
+                return deleted
 
     # --- webhooks -------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ import attrs
 import orjson
 
 from .._crypto import KeyRing
-from .._errors import StoreError, VersionConflictError
+from .._errors import StoreError, StoreUnavailableError, VersionConflictError
 from .._records import dump_event, dump_record
 from ._common import (
     StoredRow,
@@ -97,6 +97,9 @@ _T = TypeVar("_T")
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
 _POLL = (_POLL_FIRST, _POLL_MAX)
+
+#: Real seconds prune_events pauses between two batches, for other writers.
+_PRUNE_PAUSE = 0.01
 
 #: Rows read per query by rotate_keys, so a large file is not loaded at once.
 _ROTATE_PAGE = 500
@@ -222,6 +225,12 @@ class SQLiteStore:
 
     path: str | os.PathLike[str]
     _keys: KeyRing | None = attrs.field(kw_only=True)
+    #: Seconds a write waits for another connection's write lock before it
+    #: fails with StoreUnavailableError (SQLite's ``busy_timeout``).
+    busy_timeout: float = attrs.field(default=5.0, kw_only=True)
+    #: Events deleted per transaction by :meth:`prune_events`, so that
+    #: pruning millions never holds the write lock for long.
+    prune_batch: int = attrs.field(default=5000, kw_only=True)
     #: The connection lives on the executor's one thread, created and used only there.
     _db: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(default=None, init=False)
@@ -247,7 +256,7 @@ class SQLiteStore:
             try:
                 with _errors(f"open of {self._where}"):
                     self._db = await asyncio.get_running_loop().run_in_executor(
-                        executor, _connect, path
+                        executor, _connect, path, self.busy_timeout
                     )
             except BaseException:
                 executor.shutdown(wait=False)
@@ -613,15 +622,32 @@ class SQLiteStore:
 
         They disappear from :meth:`read_events` and :meth:`read_outbox`
         alike. Positions are never reused, so consumers' offsets stay valid.
+        Rows go ``prune_batch`` per transaction, with a pause between two,
+        so other writers (of this store and of other processes) get the
+        write lock in between: one DELETE of 2.5 million events held it for
+        8 s, longer than their busy timeout, and a rotation's new tokens
+        could not be stored meanwhile.
         """
+        # Webhook ids older than the retention go too: Airwallex stops
+        # retrying a delivery after about three days.
+        await self._prune("webhooks", "id", before)
+        return await self._prune("events", "position", before)
 
-        def op(db: sqlite3.Connection) -> int:
-            # Webhook ids older than the retention go too: Airwallex stops
-            # retrying a delivery after about three days.
-            db.execute("DELETE FROM webhooks WHERE at < ?", (before,))
-            return db.execute("DELETE FROM events WHERE at < ?", (before,)).rowcount
+    async def _prune(self, table: str, key: str, before: float) -> int:
+        """Delete *table*'s rows with ``at < before``, ``prune_batch`` per transaction."""
+        sql = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE at < ? LIMIT ?)"
+        params = (before, self.prune_batch)
 
-        return await self._transaction("prune_events", op)
+        def batch(db: sqlite3.Connection) -> int:
+            return db.execute(sql, params).rowcount
+
+        deleted = 0
+        while True:
+            count = await self._transaction("prune_events", batch)
+            deleted += count
+            if count < self.prune_batch:
+                return deleted
+            await asyncio.sleep(_PRUNE_PAUSE)
 
     async def webhook_seen(self, event_id: str) -> bool:
         """Whether a webhook with this event ``id`` was handled already."""
@@ -766,15 +792,19 @@ def _errors(action: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         msg = f"sqlite store: {action} failed ({type(exc).__name__}: {exc})"
-        raise StoreError(msg) from exc
+        # "database is locked" after busy_timeout: another connection held
+        # the write lock; nothing was written, and a later try can succeed.
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        raise (StoreUnavailableError if busy else StoreError)(msg) from exc
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """Open, configure and migrate the file; runs on the store's thread."""
     # isolation_level=None: no implicit BEGINs; transactions are ours alone.
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         _enable_wal(db)
         for pragma in _PRAGMAS:
             db.execute(pragma)

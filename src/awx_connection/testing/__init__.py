@@ -5,7 +5,8 @@ Test doubles for code that uses awx_connection.
 endpoint with rotation, grace window and reuse detection, a small API, fault
 injection) on a real socket. Share a :class:`ManualClock` between it and the
 library under test to move time without sleeping; across processes, share a
-:class:`FileClock` instead.
+:class:`FileClock` instead. :class:`TcpProxy` cuts a real database off for a
+while (a store outage) without touching the server.
 
 This is a public namespace, so it only re-exports; the implementation lives in
 the private ``_fake*`` modules.
@@ -14,6 +15,7 @@ the private ``_fake*`` modules.
 from .._clock import FileClock, ManualClock
 from ._fake import FakeAirwallex
 from ._fake_types import FakeCounters, FakeProviderError, Fault, FaultKind
+from ._proxy import TcpProxy
 
 __all__ = [
     "FakeAirwallex",
@@ -23,4 +25,5 @@ __all__ = [
     "FaultKind",
     "FileClock",
     "ManualClock",
+    "TcpProxy",
 ]
