@@ -29,7 +29,7 @@ import subprocess
 import sys
 import textwrap
 import types
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,7 +39,12 @@ import pytest
 
 import awx_connection.stores
 from awx_connection._crypto import KeyRing
-from awx_connection._errors import ConfigurationError, StoreError, VersionConflictError
+from awx_connection._errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    StoreError,
+    VersionConflictError,
+)
 from awx_connection._events import ConnectionEvent
 from awx_connection._records import (
     ConnectionRecord,
@@ -839,6 +844,146 @@ async def test_pruned_positions_are_never_reused(store: Store) -> None:
     [(position, event)] = await store.read_outbox()
     assert position > last
     assert make_event("c2") == event
+
+
+# --- text that cannot be stored ---------------------------------------------------------
+
+#: Values no store can hold as text: a lone surrogate (what surrogateescape
+#: makes of bytes that are not UTF-8), one inside a longer string, and
+#: values that are not strings at all.
+BAD_TEXT = ["\ud800", "cust-\udcff", 42, b"cust-1"]
+
+#: Every store method taking a text argument, called with a bad value there.
+TEXT_ARGUMENTS: dict[str, Callable[[Store, Any], Awaitable[object]]] = {
+    "get": lambda store, bad: store.get(bad),
+    "find_by_state_hash": lambda store, bad: store.find_by_state_hash(bad),
+    "list_connections(external_id)": lambda store, bad: store.list_connections(external_id=bad),
+    "list_connections(account_id)": lambda store, bad: store.list_connections(account_id=bad),
+    "list_connections(external_id, limit)": lambda store, bad: store.list_connections(
+        external_id=bad, limit=2
+    ),
+    "read_events": lambda store, bad: store.read_events(bad),
+    "acquire_lease(id)": lambda store, bad: store.acquire_lease(bad, "me", until=2.0, now=1.0),
+    "acquire_lease(owner)": lambda store, bad: store.acquire_lease("c1", bad, until=2.0, now=1.0),
+    "release_lease(id)": lambda store, bad: store.release_lease(bad, "me"),
+    "release_lease(owner)": lambda store, bad: store.release_lease("c1", bad),
+    "wait_for_update": lambda store, bad: store.wait_for_update(bad, after_version=0, timeout=0),
+    "get_offset": lambda store, bad: store.get_offset(bad),
+    "commit_offset": lambda store, bad: store.commit_offset(bad, 1),
+    "webhook_seen": lambda store, bad: store.webhook_seen(bad),
+    "remember_webhook": lambda store, bad: store.remember_webhook(bad, at=1.0),
+}
+
+
+async def _outcome(call: Awaitable[object]) -> str:
+    """
+    What *call* did: ``"refused"`` for an InvalidArgumentError (a ValueError
+    too) whose message shows no bad value; otherwise what happened instead.
+    """
+    try:
+        await call
+    except InvalidArgumentError as exc:
+        shown = [bad for bad in BAD_TEXT if repr(bad) in str(exc)]
+        if shown or not isinstance(exc, ValueError):
+            return f"refused, but showing {shown}"
+        return "refused"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+async def test_text_arguments_that_cannot_be_stored_are_refused_alike(store: Store) -> None:
+    """
+    Every store refuses every bad text argument of every method with the same
+    typed error, also a ValueError, naming the argument but not the value;
+    before, memory answered, SQLite raised UnicodeEncodeError and PostgreSQL
+    a StoreError quoting the value.
+    """
+    record = await insert(store, "c1")
+    outcomes = {
+        (method, bad): await _outcome(call(store, bad))
+        for method, call in TEXT_ARGUMENTS.items()
+        for bad in BAD_TEXT
+    }
+    assert {"refused"} == set(outcomes.values()), outcomes
+    assert [record] == await store.list_connections()
+
+
+def _with_bad(field: str, bad: Any) -> tuple[ConnectionRecord, ConnectionEvent]:
+    """A valid record and event but for *field*, which holds *bad*."""
+    record, event = make_record("c1"), make_event("c1")
+    tokens, auth = record.tokens, record.authorization
+    assert tokens is not None
+    assert auth is not None
+    if field == "id":
+        return attrs.evolve(record, id=bad), attrs.evolve(event, connection_id=bad)
+    if field in ("external_id", "account_id", "reason", "write_id"):
+        return attrs.evolve(record, **{field: bad}), event
+    if field == "scopes":
+        return attrs.evolve(record, scopes=("r:awx_action:balances_view", bad)), event
+    if field == "code":
+        return attrs.evolve(record, code=Secret(bad)), event
+    if field in ("access_token", "refresh_token"):
+        return attrs.evolve(record, tokens=attrs.evolve(tokens, **{field: Secret(bad)})), event
+    if field == "token scope":
+        return attrs.evolve(record, tokens=attrs.evolve(tokens, scope=(bad,))), event
+    if field in ("redirect_uri", "state_hash"):
+        return attrs.evolve(record, authorization=attrs.evolve(auth, **{field: bad})), event
+    if field == "code_verifier":
+        return attrs.evolve(
+            record, authorization=attrs.evolve(auth, code_verifier=Secret(bad))
+        ), event
+    assert field.startswith("event ")
+    return record, attrs.evolve(event, **{field.removeprefix("event "): bad})
+
+
+RECORD_TEXT_FIELDS = [
+    "id",
+    "external_id",
+    "account_id",
+    "reason",
+    "write_id",
+    "scopes",
+    "code",
+    "access_token",
+    "refresh_token",
+    "token scope",
+    "redirect_uri",
+    "state_hash",
+    "code_verifier",
+    "event reason",
+    "event external_id",
+    "event account_id",
+]
+
+
+async def test_records_with_text_that_cannot_be_stored_are_refused_alike(store: Store) -> None:
+    """
+    insert() and update() refuse a record or event with a bad text field
+    (secrets included) with InvalidArgumentError before writing anything, on
+    every store; the message never holds the value. Before, memory stored it
+    and the durable stores raised orjson's TypeError or UnicodeEncodeError.
+    """
+    stored = await insert(store, "stored")
+    outcomes = {}
+    for field in RECORD_TEXT_FIELDS:
+        for bad in BAD_TEXT:
+            record, event = _with_bad(field, bad)
+            outcomes[field, bad, "insert"] = await _outcome(store.insert(record, event))
+            if field == "id":
+                continue  # an update of a bad id has nothing to compare against
+            newer = next_version(attrs.evolve(record, id="stored"))
+            newer_event = attrs.evolve(event, connection_id="stored", sequence=2)
+            outcomes[field, bad, "update"] = await _outcome(
+                store.update(newer, expected_version=1, event=newer_event)
+            )
+            if not field.startswith("event "):
+                outcomes[field, bad, "update, no event"] = await _outcome(
+                    store.update(newer, expected_version=1, event=None)
+                )
+    assert {"refused"} == set(outcomes.values()), outcomes
+    assert [stored] == await store.list_connections()
+    assert 1 == len(await store.read_outbox())
 
 
 # --- key rotation ------------------------------------------------------------------------

@@ -30,8 +30,9 @@ Exit codes:
 * 1: the operation failed: the provider refused or failed, the connection
   is revoked (or otherwise unusable) or in a state that forbids the
   command, the store failed, ``authorize`` timed out or was declined;
-* 2: usage or configuration error: bad arguments, no store, missing or
-  invalid ``AWX_*`` variables;
+* 2: usage or configuration error: bad arguments (text that is not valid
+  UTF-8 included), no store, a malformed store URL, missing or invalid
+  ``AWX_*`` variables;
 * 3: not found: no connection with that id;
 * 130: interrupted: ``authorize`` by SIGINT or SIGTERM before the
   redirect, any other command by Ctrl-C;
@@ -51,7 +52,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AwxConnectionError, ConfigurationError, ConnectionNotFoundError
+from ._errors import (
+    AwxConnectionError,
+    ConfigurationError,
+    ConnectionNotFoundError,
+    InvalidArgumentError,
+)
 from ._states import ConnectionState
 
 if TYPE_CHECKING:
@@ -437,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         result: int = args.func(args)
-    except ConfigurationError as exc:
+    except (ConfigurationError, InvalidArgumentError) as exc:
+        # InvalidArgumentError: an argument the store cannot hold (bytes
+        # that are not UTF-8 arrive in argv as lone surrogates): a usage error.
         print(f"awx-connection: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectionNotFoundError as exc:

@@ -2,7 +2,7 @@
 The storage contract.
 
 A :class:`Store` keeps connection records and their events. The manager
-relies on three promises, which the contract test-suite
+relies on these promises, which the contract test-suite
 (``tests/test_store_contract.py``) checks for every implementation:
 
 1. **Compare-and-swap.** :meth:`Store.update` writes only if the stored
@@ -30,6 +30,12 @@ relies on three promises, which the contract test-suite
    :class:`~awx_connection.DecryptionError` naming the connection.
 7. **Webhook ids.** Handled webhook ids are remembered so Airwallex's
    at-least-once deliveries are acted on once, in any replica.
+8. **Bad text is one typed error.** Every text argument (ids, owners,
+   consumer names, filters) and every text field of a record or event
+   written must be a ``str`` that encodes as UTF-8; otherwise the store
+   raises :class:`~awx_connection.InvalidArgumentError` before touching its
+   data, whatever its database would have done with it (the built-in
+   stores share the checks of ``awx_connection.stores._common``).
 """
 
 from __future__ import annotations
@@ -56,7 +62,14 @@ class Store(Protocol):
         ...
 
     async def get(self, connection_id: str) -> ConnectionRecord | None:
-        """The latest record of *connection_id*, or ``None``."""
+        """
+        The latest record of *connection_id*, or ``None``.
+
+        Raises:
+            InvalidArgumentError: *connection_id* is not a string or not
+                valid text (every store checks it, with the shared checks of
+                ``awx_connection.stores._common``).
+        """
         ...
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
@@ -88,6 +101,8 @@ class Store(Protocol):
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not
+                ``None`` or valid text.
         """
         ...
 
@@ -119,6 +134,8 @@ class Store(Protocol):
 
         Raises:
             StoreError: The id exists already.
+            InvalidArgumentError: A text field of the record or event is not
+                a string that encodes as UTF-8; nothing was written.
         """
         ...
 
@@ -141,6 +158,8 @@ class Store(Protocol):
 
         Raises:
             VersionConflictError: The stored version differs (or the record is gone).
+            InvalidArgumentError: A text field of the record or event is not
+                a string that encodes as UTF-8; nothing was written.
         """
         ...
 

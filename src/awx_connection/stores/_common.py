@@ -24,6 +24,7 @@ import orjson
 
 from .._errors import StoreError
 from .._records import dump_record, load_event, load_record, load_summary
+from .._text import check_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
@@ -36,7 +37,10 @@ __all__ = [
     "ListedRow",
     "StoredRow",
     "check_event",
+    "check_filters",
     "check_limit",
+    "check_record",
+    "check_text",
     "check_version",
     "load_listed",
     "load_page",
@@ -81,10 +85,62 @@ def check_limit(limit: int) -> None:
 
 
 def check_event(record: ConnectionRecord, event: ConnectionEvent) -> None:
-    """Raise ``ValueError`` unless *event* belongs to *record*'s connection."""
+    """
+    Raise ``ValueError`` unless *event* belongs to *record*'s connection, and
+    :class:`~awx_connection.InvalidArgumentError` unless its text can be stored.
+    """
     if event.connection_id != record.id:
         msg = f"connection {record.id!r}: the event belongs to {event.connection_id!r}"
         raise ValueError(msg)
+    check_text("event reason", event.reason)
+    check_text("event external_id", event.external_id, optional=True)
+    check_text("event account_id", event.account_id, optional=True)
+
+
+def check_record(record: ConnectionRecord) -> None:
+    """
+    Raise :class:`~awx_connection.InvalidArgumentError` unless every text
+    field of *record*, its secrets included, is a string that encodes as
+    UTF-8 (``None`` where the field is optional).
+
+    Every store runs it before writing, so a bad value is the same typed
+    error in memory (which would keep it), in SQLite (``UnicodeEncodeError``
+    from the driver, ``TypeError`` from orjson) and in PostgreSQL. Messages
+    name the field, never its value. Mirrors the fields of
+    :func:`~awx_connection._records.dump_record`.
+    """
+    check_text("connection id", record.id)
+    where = f"connection {record.id!r}: "
+    check_text(where + "reason", record.reason)
+    check_text(where + "external_id", record.external_id, optional=True)
+    check_text(where + "account_id", record.account_id, optional=True)
+    check_text(where + "write_id", record.write_id)
+    for scope in record.scopes:
+        check_text(where + "a scope", scope)
+    if record.code is not None:
+        check_text(where + "code", record.code.reveal())
+    auth = record.authorization
+    if auth is not None:
+        check_text(where + "state_hash", auth.state_hash, optional=True)
+        check_text(where + "redirect_uri", auth.redirect_uri)
+        if auth.code_verifier is not None:
+            check_text(where + "code_verifier", auth.code_verifier.reveal())
+    tokens = record.tokens
+    if tokens is not None:
+        check_text(where + "access_token", tokens.access_token.reveal())
+        check_text(where + "refresh_token", tokens.refresh_token.reveal())
+        for scope in tokens.scope:
+            check_text(where + "a token scope", scope)
+
+
+def check_filters(*, external_id: str | None, account_id: str | None) -> None:
+    """
+    Raise :class:`~awx_connection.InvalidArgumentError` unless the filters of
+    ``list_connections`` are ``None`` or text: a lone surrogate matches no
+    stored row, and only memory could even look for it.
+    """
+    check_text("external_id", external_id, optional=True)
+    check_text("account_id", account_id, optional=True)
 
 
 # --- waiting -----------------------------------------------------------------------------

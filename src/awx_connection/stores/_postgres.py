@@ -102,7 +102,10 @@ from .._records import dump_event, dump_record
 from ._common import (
     StoredRow,
     check_event,
+    check_filters,
     check_limit,
+    check_record,
+    check_text,
     check_version,
     load_listed,
     load_page,
@@ -521,7 +524,9 @@ class PostgresStore:
         Raises:
             DecryptionError: Its secrets do not decrypt with the key ring.
             StoreError: The stored record does not decode.
+            InvalidArgumentError: *connection_id* is not a string or not valid text.
         """
+        check_text("connection_id", connection_id)
         row = await self._query(
             f"get of connection {connection_id!r}", "fetchrow", self._sql.get, connection_id
         )
@@ -529,6 +534,7 @@ class PostgresStore:
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
         """The connection whose pending authorization has this ``state`` hash."""
+        check_text("state_hash", state_hash)
         row = await self._query("find_by_state_hash", "fetchrow", self._sql.find, state_hash)
         return None if row is None else load_stored_record(row["id"], row["data"], self.keys)
 
@@ -555,6 +561,7 @@ class PostgresStore:
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not text.
         """
         return await self._list(
             "list_connections",
@@ -600,6 +607,7 @@ class PostgresStore:
         account_id: str | None = None,
     ) -> list[_T]:
         """The rows matching the filters, oldest first, as *load* makes them."""
+        check_filters(external_id=external_id, account_id=account_id)
         if limit is not None:
             check_limit(limit)
         clauses: list[str] = []
@@ -643,8 +651,10 @@ class PostgresStore:
             StoreUnavailableError: The database failed while committing: the
                 connection may or may not exist now; re-read it.
             ValueError: The event belongs to another connection.
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_event(record, event)
+        check_record(record)
         columns = self._columns(record)
         event_row = _event_row(event)
 
@@ -683,10 +693,13 @@ class PostgresStore:
             ValueError: ``record.version`` is not ``expected_version + 1``, or
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_version(record, expected_version)
         if event is not None:
             check_event(record, event)
+        check_record(record)
+        check_record(record)
         columns = self._columns(record)
         event_row = None if event is None else _event_row(event)
         sql = self._sql
@@ -722,6 +735,7 @@ class PostgresStore:
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
+        check_text("connection_id", connection_id)
         rows = await self._query(
             f"read_events of connection {connection_id!r}",
             "fetch",
@@ -753,6 +767,8 @@ class PostgresStore:
         Raises:
             DecryptionError: The record does not decrypt (the lease is held).
         """
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         row = await self._query(
             f"acquire_lease of connection {connection_id!r}",
             "fetchrow",
@@ -767,6 +783,8 @@ class PostgresStore:
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         await self._query(
             f"release_lease of connection {connection_id!r}",
             "execute",
@@ -799,6 +817,7 @@ class PostgresStore:
         Raises:
             StoreUnavailableError: A re-read failed through every retry.
         """
+        check_text("connection_id", connection_id)
         wake = asyncio.Event()
         waiters = self._update_waiters.setdefault(connection_id, set())
         waiters.add(wake)
@@ -861,6 +880,7 @@ class PostgresStore:
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
+        check_text("consumer", consumer)
         value = await self._query(
             f"get_offset of consumer {consumer!r}", "fetchval", self._sql.get_offset, consumer
         )
@@ -868,6 +888,7 @@ class PostgresStore:
 
     async def commit_offset(self, consumer: str, position: int) -> None:
         """Record that *consumer* processed everything up to *position*; never moves back."""
+        check_text("consumer", consumer)
         await self._query(
             f"commit_offset of consumer {consumer!r}",
             "execute",
@@ -888,6 +909,7 @@ class PostgresStore:
 
     async def webhook_seen(self, event_id: str) -> bool:
         """Whether a webhook with this event ``id`` was handled already."""
+        check_text("event_id", event_id)
         return bool(await self._query("webhook_seen", "fetchval", self._sql.webhook_seen, event_id))
 
     async def remember_webhook(self, event_id: str, *, at: float) -> bool:
@@ -896,6 +918,7 @@ class PostgresStore:
 
         Retried like a read: ``ON CONFLICT DO NOTHING`` makes a repeat harmless.
         """
+        check_text("event_id", event_id)
         count = await self._query(
             "remember_webhook", "fetchval", self._sql.remember_webhook, event_id, at
         )

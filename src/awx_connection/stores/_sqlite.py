@@ -70,7 +70,10 @@ from .._records import dump_event, dump_record
 from ._common import (
     StoredRow,
     check_event,
+    check_filters,
     check_limit,
+    check_record,
+    check_text,
     check_version,
     load_listed,
     load_page,
@@ -279,7 +282,9 @@ class SQLiteStore:
         Raises:
             DecryptionError: A stored secret does not decrypt with the keys.
             StoreError: The stored record does not decode.
+            InvalidArgumentError: *connection_id* is not a string or not valid text.
         """
+        check_text("connection_id", connection_id)
         rows = await self._fetch(
             f"get of connection {connection_id!r}",
             "SELECT id, data FROM connections WHERE id = ?",
@@ -295,6 +300,7 @@ class SQLiteStore:
             DecryptionError: A stored secret does not decrypt with the keys.
             StoreError: The stored record does not decode.
         """
+        check_text("state_hash", state_hash)
         rows = await self._fetch(
             "find_by_state_hash",
             "SELECT id, data FROM connections WHERE state_hash = ?",
@@ -323,6 +329,7 @@ class SQLiteStore:
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not text.
         """
         return await self._list(
             "list_connections",
@@ -368,6 +375,7 @@ class SQLiteStore:
         account_id: str | None = None,
     ) -> list[_T]:
         """The rows matching the filters, oldest first, as *load* makes them."""
+        check_filters(external_id=external_id, account_id=account_id)
         if limit is not None:
             check_limit(limit)
         paged = after is not None or limit is not None
@@ -415,8 +423,10 @@ class SQLiteStore:
             StoreError: The id exists already, its ``state`` hash is taken, or
                 SQLite failed.
             ValueError: The event belongs to another connection.
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_event(record, event)
+        check_record(record)
         columns = self._columns(record)
         event_row = _event_row(event)
 
@@ -446,10 +456,12 @@ class SQLiteStore:
             ValueError: ``record.version`` is not ``expected_version + 1``, or
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_version(record, expected_version)
         if event is not None:
             check_event(record, event)
+        check_record(record)
         params = {**self._columns(record), "expected_version": expected_version}
         event_row = None if event is None else _event_row(event)
 
@@ -469,6 +481,7 @@ class SQLiteStore:
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
+        check_text("connection_id", connection_id)
         rows = await self._fetch(
             f"read_events of connection {connection_id!r}",
             "SELECT data FROM events WHERE connection_id = ? AND sequence > ? ORDER BY sequence",
@@ -495,6 +508,8 @@ class SQLiteStore:
         Raises:
             DecryptionError: The record does not decrypt (the lease is held).
         """
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         params = {"id": connection_id, "owner": owner, "until": until, "now": now}
 
         def op(db: sqlite3.Connection) -> Any:
@@ -507,6 +522,8 @@ class SQLiteStore:
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         await self._call(
             f"release_lease of connection {connection_id!r}",
             lambda db: db.execute(_RELEASE_LEASE, (connection_id, owner)),
@@ -532,6 +549,7 @@ class SQLiteStore:
         Raises:
             DecryptionError: The newer record does not decrypt.
         """
+        check_text("connection_id", connection_id)
         action = f"wait_for_update of connection {connection_id!r}"
 
         async def newer() -> ConnectionRecord | None:
@@ -587,6 +605,7 @@ class SQLiteStore:
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
+        check_text("consumer", consumer)
         rows = await self._fetch(
             f"get_offset of consumer {consumer!r}",
             "SELECT position FROM consumers WHERE name = ?",
@@ -602,6 +621,7 @@ class SQLiteStore:
         upsert): a consumer that restarted from a stale checkpoint, or a
         slower twin of it, must not make everyone re-read.
         """
+        check_text("consumer", consumer)
         await self._call(
             f"commit_offset of consumer {consumer!r}",
             lambda db: db.execute(_COMMIT_OFFSET, (consumer, position)),
@@ -625,11 +645,13 @@ class SQLiteStore:
 
     async def webhook_seen(self, event_id: str) -> bool:
         """Whether a webhook with this event ``id`` was handled already."""
+        check_text("event_id", event_id)
         rows = await self._fetch("webhook_seen", "SELECT 1 FROM webhooks WHERE id = ?", (event_id,))
         return bool(rows)
 
     async def remember_webhook(self, event_id: str, *, at: float) -> bool:
         """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+        check_text("event_id", event_id)
         cursor = await self._call(
             "remember_webhook",
             lambda db: db.execute(
