@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from awx_connection import ConnectionState, mermaid
+from awx_connection import ConnectionState, KeyRing, mermaid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,28 @@ async def test_unknown_command_is_a_usage_error() -> None:
     code, _, err = await run(sys.executable, "-m", "awx_connection", "frobnicate")
     assert 2 == code
     assert "invalid choice" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:hunter2@h:notaport/db", "postgresql://u:hunter2@[::1/db"],
+    ids=["port-not-a-number", "unclosed-ipv6-bracket"],
+)
+async def test_a_malformed_postgres_url_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """
+    A PostgreSQL URL asyncpg cannot parse is a configuration error: exit 2
+    and one line naming the problem, never the password (it was a 61-line
+    ValueError traceback).
+    """
+    monkeypatch.setenv("AWX_ENCRYPTION_KEYS", f"k1:{KeyRing.new_key()}")
+    for argv in (["connections", "list", "--store", url], ["db", "migrate", "--store", url]):
+        code, out, err = await run(sys.executable, "-m", "awx_connection", *argv)
+        assert (2, "") == (code, out)
+        assert err.startswith("awx-connection: postgres store: malformed database URL: ")
+        assert 1 == len(err.splitlines())
+        assert "hunter2" not in err
 
 
 @pytest.mark.slow

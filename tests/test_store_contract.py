@@ -1082,6 +1082,59 @@ def test_open_store_rejects_other_urls_without_echoing_them(url: str) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://u:hunter2@h:notaport/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@h:99999/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@h1:5432,h2:x/db", "the port of host 2 is not a number"),
+        # An unencoded '@' in the password: asyncpg splits at the first one.
+        ("postgresql://u:hun@ter2:pw@h/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@[::1/db", "IPv6 host's '[' is not closed"),
+        ("postgresql://u:hunter2@[::1]:x/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@h1,/db", "host 2 of the host list is empty"),
+        ("postgresql://u:hunter2@h/db?sslmode", "query string is malformed"),
+    ],
+)
+def test_a_malformed_postgres_url_is_a_configuration_error_without_the_password(
+    url: str, problem: str
+) -> None:
+    """
+    open_store() and PostgresStore() refuse a URL that asyncpg would only
+    refuse in open(), with a bare ValueError quoting part of it: a
+    ConfigurationError naming the problem and never the password.
+    """
+    from awx_connection.stores import PostgresStore
+
+    for build in (
+        lambda: open_store(url, keys=KeyRing.generate()),
+        lambda: PostgresStore(url, keys=KeyRing.generate()),
+    ):
+        with pytest.raises(ConfigurationError, match="malformed database URL") as caught:
+            build()
+        assert problem in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+        assert "ter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p%40ss@db:5432/awx",
+        "postgres://db/awx",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql://u@h1,h2:5433/db",
+        "postgresql:///db?host=/var/run/postgresql",
+        "postgresql://u@h:/db",
+    ],
+)
+def test_well_formed_postgres_urls_are_accepted(url: str) -> None:
+    """What asyncpg parses (encoded passwords, IPv6, host lists, sockets) still builds a store."""
+    from awx_connection.stores import PostgresStore
+
+    assert url == PostgresStore(url, keys=KeyRing.generate()).dsn
+
+
 def test_stores_namespace_exports() -> None:
     """The namespace re-exports the stores and open_store; unknown names still fail."""
     assert ["MemoryStore", "PostgresStore", "SQLiteStore", "open_store"] == (

@@ -82,6 +82,7 @@ import hashlib
 import logging
 import random
 import re
+import urllib.parse
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -356,6 +357,68 @@ class _Sql:
         self.schema_version = f"SELECT version FROM {s}.schema_version"
 
 
+#: A bracketed IPv6 host and its optional port, as asyncpg reads one.
+_IPV6_HOST_RE: Final = re.compile(r"\[[^\]]+\](?::([^,]*))?")
+
+
+def _dsn_problem(dsn: object) -> str | None:
+    """
+    What is wrong with *dsn* as asyncpg would parse it, or ``None``.
+
+    asyncpg parses the URL only when it connects, in :meth:`PostgresStore.open`,
+    and a port that is not a number or an unclosed IPv6 bracket is then a bare
+    ``ValueError`` whose message quotes the offending text, which can be part
+    of a password that was not percent-encoded (``u:pa@ss:wd@h`` reads as
+    host ``ss``, port ``wd@h``). This follows asyncpg's reading (the user
+    part ends at the *first* ``@``; hosts are comma-separated, each with an
+    optional port) so that those mistakes are found at construction, and
+    describes each without quoting any part of the URL.
+    """
+    if not isinstance(dsn, str):
+        return f"the DSN must be a string, not {type(dsn).__name__}"
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        urllib.parse.parse_qs(parts.query, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        unclosed = "IPv6" in str(exc)
+        return (
+            "an IPv6 host's '[' is not closed by ']'"
+            if unclosed
+            else "it is not a parsable URL (its query string is malformed)"
+        )
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "the scheme must be 'postgresql://' or 'postgres://'"
+    _, at, hosts = parts.netloc.partition("@")
+    hostlist = hosts if at else parts.netloc
+    if not hostlist:
+        return None  # no host: libpq's defaults (a local socket, or ?host=)
+    for number, host in enumerate(hostlist.split(","), start=1):
+        if not host:
+            return f"host {number} of the host list is empty"
+        if host.startswith("["):
+            matched = _IPV6_HOST_RE.match(host)
+            if matched is None:
+                return f"host {number} is not a valid bracketed IPv6 address"
+            port = matched.group(1) or ""
+        else:
+            port = host.partition(":")[2]
+        port = urllib.parse.unquote(port)
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return (
+                f"the port of host {number} is not a number from 1 to 65535 (if the "
+                "password holds '@', ':' or '/', percent-encode it: '@' is %40)"
+            )
+    return None
+
+
+def _validate_dsn(_instance: object, _attribute: object, value: str) -> None:
+    problem = _dsn_problem(value)
+    if problem is not None:
+        # Never the DSN itself: it may carry a password.
+        msg = f"postgres store: malformed database URL: {problem}"
+        raise ConfigurationError(msg)
+
+
 def _validate_schema(_instance: object, _attribute: object, value: str) -> None:
     if not isinstance(value, str) or not _SCHEMA_RE.fullmatch(value):
         msg = (
@@ -378,7 +441,10 @@ class PostgresStore:
 
     Args:
         dsn: A libpq-style URL, ``postgresql://user:password@host:5432/db``.
-            Never shown in messages or the ``repr``.
+            Never shown in messages or the ``repr``. Checked here as asyncpg
+            will read it (scheme, brackets, every host's port), so a
+            malformed URL is a :class:`~awx_connection.ConfigurationError`
+            now rather than a bare ``ValueError`` from :meth:`open`.
         keys: Seals every secret at rest; ``None`` stores them in plain text
             (tests only).
         schema: Where the tables live; created if missing.
@@ -395,7 +461,7 @@ class PostgresStore:
             of this store (overrides one given in the *dsn*).
     """
 
-    dsn: str = attrs.field(repr=False)
+    dsn: str = attrs.field(repr=False, validator=_validate_dsn)
     keys: KeyRing | None = attrs.field(kw_only=True)
     schema: str = attrs.field(default="awx_connection", kw_only=True, validator=_validate_schema)
     min_size: int = attrs.field(default=1, kw_only=True)
