@@ -26,6 +26,7 @@ import asyncpg
 import attrs
 import pytest
 
+from awx_connection import Config, ConnectionManager
 from awx_connection._crypto import DecryptionError, KeyRing
 from awx_connection._errors import ConfigurationError, StoreError, StoreUnavailableError
 from awx_connection._events import ConnectionEvent
@@ -34,6 +35,7 @@ from awx_connection._secrets import Secret
 from awx_connection._states import ConnectionState, Trigger
 from awx_connection._tokens import TokenSet
 from awx_connection.stores._postgres import MIGRATIONS, PostgresStore
+from awx_connection.testing import FakeAirwallex, ManualClock
 
 pytestmark = pytest.mark.postgres
 
@@ -196,21 +198,105 @@ async def test_raw_rows_hold_no_plaintext_secret(
         assert everything.count("awx1:k1:") == 4
 
 
-async def test_rotate_keys_encrypts_rows_written_in_plaintext(
+async def test_rotate_keys_seals_rows_written_in_plaintext_only_when_asked(
     postgres_dsn: str, postgres_schema: str, raw: Any
 ) -> None:
-    """Rows written with keys=None are sealed by rotate_keys, version unchanged."""
+    """
+    Rows written with keys=None do not read once keys are configured;
+    rotate_keys() reports them and changes nothing; rotate_keys(seal_plaintext=True)
+    seals them, version unchanged.
+    """
     async with opened(PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)) as store:
         record = await update(store, await insert(store))
+    before = await raw.fetchval(f'SELECT data FROM "{postgres_schema}".connections')
     keys = KeyRing.generate("k9")
     async with opened(PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)) as store:
-        assert record == await store.get("c1")  # plaintext rows stay readable
-        assert 1 == await store.rotate_keys()
+        with pytest.raises(DecryptionError, match=r"'c1'.*plaintext"):
+            await store.get("c1")
+        with pytest.raises(StoreError, match=r"1 of them hold plaintext.*keys seal"):
+            await store.rotate_keys()
+        assert before == await raw.fetchval(f'SELECT data FROM "{postgres_schema}".connections')
+        assert 1 == await store.rotate_keys(seal_plaintext=True)
         assert 0 == await store.rotate_keys()
         assert record == await store.get("c1")
     data = await raw.fetchval(f'SELECT data::text FROM "{postgres_schema}".connections')
     assert not any(secret in data for secret in plaintexts(record))
     assert data.count("awx1:k9:") == 4
+
+
+async def test_a_token_tampered_to_plaintext_is_refused_until_sealed(
+    postgres_dsn: str,
+    postgres_schema: str,
+    raw: Any,
+    caplog: pytest.LogCaptureFixture,
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+) -> None:
+    """
+    A sealed access token replaced by plaintext in the stored JSON (what
+    someone who can write the database would do) makes get() and
+    access_token() raise DecryptionError naming the connection and field,
+    never the value; listings leave it out with an ERROR. Only
+    rotate_keys(seal_plaintext=True) accepts it, logging a WARNING.
+    """
+    keys = KeyRing.generate()
+
+    def store() -> PostgresStore:
+        return PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)
+
+    async with ConnectionManager(awx_config, store=store(), clock=awx_clock) as awx:
+        victim = await connect(awx, awx_fake)
+        bystander = await connect(awx, awx_fake)
+    swapped = "attacker-token-" + secrets.token_urlsafe(16)
+    await raw.execute(
+        f"""UPDATE "{postgres_schema}".connections
+            SET data = jsonb_set(data::jsonb, '{{tokens,access_token}}', to_jsonb($2::text))::text
+            WHERE id = $1""",
+        victim,
+        swapped,
+    )
+    before = await raw.fetchval(
+        f'SELECT data FROM "{postgres_schema}".connections WHERE id = $1', victim
+    )
+    async with ConnectionManager(awx_config, store=store(), clock=awx_clock) as awx:
+        with pytest.raises(DecryptionError, match="access_token: plaintext") as caught:
+            await awx.access_token(victim)
+        assert victim == caught.value.connection_id
+        assert swapped not in str(caught.value)
+        with pytest.raises(DecryptionError, match=f"'{victim}'"):
+            await awx.store.get(victim)
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [bystander] == [c.id for c in await awx.connections()]
+        [logged] = [r for r in caplog.records if r.name == "awx_connection.stores"]
+        assert (logging.ERROR, True) == (logged.levelno, repr(victim) in logged.getMessage())
+        assert swapped not in logged.getMessage()
+        assert await awx.access_token(bystander)
+    assert before == await raw.fetchval(
+        f'SELECT data FROM "{postgres_schema}".connections WHERE id = $1', victim
+    )
+    caplog.clear()
+    async with opened(store()) as sealing:
+        with caplog.at_level(logging.WARNING, logger="awx_connection.stores"):
+            assert 1 == await sealing.rotate_keys(seal_plaintext=True)
+        assert [
+            f"postgres store: rotate_keys sealed plaintext secrets of connection {victim!r}"
+        ] == [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        sealed = await sealing.get(victim)
+        assert sealed is not None
+        assert sealed.tokens is not None
+        assert Secret(swapped) == sealed.tokens.access_token
+    data = await raw.fetchval(
+        f'SELECT data FROM "{postgres_schema}".connections WHERE id = $1', victim
+    )
+    assert swapped not in data
+
+
+async def connect(awx: ConnectionManager, fake: FakeAirwallex) -> str:
+    """An active connection to a fresh account; its id."""
+    request = await awx.begin_authorization()
+    callback = fake.approve(request.url, account_id=fake.create_account())
+    return (await awx.complete_authorization(callback)).id
 
 
 async def test_undecryptable_row_fails_get_and_is_left_out_of_listings(

@@ -38,7 +38,7 @@ import orjson
 import pytest
 
 import awx_connection.stores
-from awx_connection._crypto import KeyRing
+from awx_connection._crypto import DecryptionError, KeyRing
 from awx_connection._errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -990,10 +990,41 @@ async def test_records_with_text_that_cannot_be_stored_are_refused_alike(store: 
 
 
 async def test_memory_store_has_nothing_to_rotate() -> None:
-    """Nothing is encrypted in memory, so rotate_keys rewrites nothing."""
+    """Nothing is encrypted in memory, so rotate_keys rewrites nothing, sealing or not."""
     store = MemoryStore()
     await insert(store)
     assert 0 == await store.rotate_keys()
+    assert 0 == await store.rotate_keys(seal_plaintext=True)
+
+
+async def test_rotate_keys_seals_plaintext_rows_only_when_asked(
+    new_durable_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    With keys, a row holding plaintext secrets does not read and
+    rotate_keys() reports it (an ERROR naming it, a StoreError saying
+    'keys seal') while rotating the rest; rotate_keys(seal_plaintext=True)
+    seals it, with a WARNING naming it.
+    """
+    k1, k2 = secrets.token_bytes(32), secrets.token_bytes(32)
+    async with opened(new_durable_store(None)) as store:
+        plain = await insert(store, "plain", created_at=1.0)
+    async with opened(new_durable_store(KeyRing([("k1", k1)]))) as store:
+        sealed = await insert(store, "sealed", created_at=2.0)
+    async with opened(new_durable_store(KeyRing([("k2", k2), ("k1", k1)]))) as store:
+        with pytest.raises(DecryptionError, match=r"'plain'.*plaintext, not an encrypted envelope"):
+            await store.get("plain")
+        with caplog.at_level(logging.WARNING, logger="awx_connection.stores"):
+            with pytest.raises(StoreError, match=r"re-encrypted 1 .*'plain'.*keys seal"):
+                await store.rotate_keys()
+            assert [sealed] == await store.list_connections()
+            assert 1 == await store.rotate_keys(seal_plaintext=True)
+            assert 0 == await store.rotate_keys()
+        assert [plain, sealed] == await store.list_connections()
+    levels = [(r.levelno, "'plain'" in r.getMessage()) for r in caplog.records]
+    assert [(logging.ERROR, True), (logging.ERROR, True), (logging.WARNING, True)] == levels
+    async with opened(new_durable_store(KeyRing([("k2", k2)]))) as store:
+        assert [plain, sealed] == await store.list_connections()
 
 
 async def test_rotate_keys_reseals_every_row_with_the_newest_key(
@@ -1345,7 +1376,7 @@ async def test_sqlite_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> N
         db.execute(
             "INSERT INTO connections VALUES ('c1', 1, 'pending', 'hash-c1', 'ext-c1', NULL, "
             "1000.0, 1000.0, ?)",
-            (orjson.dumps(dump_record(record)),),
+            (orjson.dumps(dump_record(record, KEYS)),),
         )
         db.execute(
             "INSERT INTO events (connection_id, sequence, data) VALUES ('c1', 1, ?)",

@@ -4,11 +4,12 @@ The ``awx-connection`` command: this module is the parser and the dispatcher.
 Subcommands: ``demo`` (one connection's whole life against the fake
 provider), ``fake-server`` (the fake Airwallex on 127.0.0.1), ``diagram``
 (the state machine as Mermaid), ``db migrate`` (create or upgrade a store's
-schema), ``keys new`` / ``keys rotate`` (encryption keys), and the day-two
-commands, implemented in ``_cli_*`` modules: ``connections list|show|
-refresh|disconnect|reauthorize`` (``_cli_connections``), ``events tail``
-(``_cli_events``) and ``authorize`` (``_cli_authorize``). docs/cli.md shows
-each with an example.
+schema), ``keys new`` / ``keys rotate`` / ``keys seal`` (encryption keys;
+``seal`` is the one command that accepts secrets stored in plaintext), and
+the day-two commands, implemented in ``_cli_*`` modules: ``connections
+list|show|refresh|disconnect|reauthorize`` (``_cli_connections``), ``events
+tail`` (``_cli_events``) and ``authorize`` (``_cli_authorize``).
+docs/cli.md shows each with an example.
 
 Stores are named by URL (``--store`` or ``AWX_STORE``): ``memory://``,
 ``sqlite:///path.db``, ``postgresql://user@host/db``. Encryption keys come
@@ -149,16 +150,31 @@ async def _no_version() -> str:
 
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
+    return await _reseal(args, seal_plaintext=False)
+
+
+async def _keys_seal(args: argparse.Namespace) -> int:
+    return await _reseal(args, seal_plaintext=True)
+
+
+async def _reseal(args: argparse.Namespace, *, seal_plaintext: bool) -> int:
+    """
+    ``keys rotate`` and ``keys seal``: one loop, ``Store.rotate_keys``. Sealing
+    is a command of its own rather than a flag of ``rotate``, so that accepting
+    plaintext (which, with keys configured, is what a tampered row looks
+    like) is never one habitual option away from a routine rotation.
+    """
     store, keys = _store_from(args)
     if keys is None:
         msg = "AWX_ENCRYPTION_KEYS is not set: put the new key first, then the old ones"
         raise ConfigurationError(msg)
     await store.open()
     try:
-        rewritten = await store.rotate_keys()
+        rewritten = await store.rotate_keys(seal_plaintext=seal_plaintext)
     finally:
         await store.aclose()
-    print(f"re-encrypted {rewritten} connection(s) with key {keys.primary!r}")
+    what = "sealed or re-encrypted" if seal_plaintext else "re-encrypted"
+    print(f"{what} {rewritten} connection(s) with key {keys.primary!r}")
     return 0
 
 
@@ -426,6 +442,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--store", help="store URL (default: $AWX_STORE)")
     rotate.set_defaults(func=_run_async(_keys_rotate))
+    seal = keys_sub.add_parser(
+        "seal",
+        help="encrypt secrets stored in plaintext (rows written without keys), then rotate",
+        description="Encrypt every secret stored in plaintext with the first key of "
+        "AWX_ENCRYPTION_KEYS, and re-encrypt the other rows to it as 'keys rotate' does. "
+        "With keys configured, a plaintext secret is otherwise refused as tampering "
+        "(DecryptionError): run this only for a store known to hold rows written before "
+        "encryption was turned on. Each row sealed is logged (WARNING) by id.",
+    )
+    seal.add_argument("--store", help="store URL (default: $AWX_STORE)")
+    seal.set_defaults(func=_run_async(_keys_seal))
 
     _add_connections(sub)
     _add_events(sub)

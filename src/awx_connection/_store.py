@@ -27,7 +27,9 @@ relies on these promises, which the contract test-suite
    :class:`~awx_connection.KeyRing` and write every secret as an
    AES-256-GCM envelope; :meth:`Store.rotate_keys` re-encrypts every row to
    the newest key. A row that does not decrypt raises
-   :class:`~awx_connection.DecryptionError` naming the connection.
+   :class:`~awx_connection.DecryptionError` naming the connection, and so,
+   with keys, does a secret stored in plaintext: it is tampering until
+   ``rotate_keys(seal_plaintext=True)`` is told otherwise.
 7. **Webhook ids.** Handled webhook ids are remembered so Airwallex's
    at-least-once deliveries are acted on once, in any replica.
 8. **Bad text is one typed error.** Every text argument (ids, owners,
@@ -239,9 +241,14 @@ class Store(Protocol):
         """Delete events whose ``at`` is older than *before*; return how many."""
         ...
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """
         Re-encrypt every stored secret with the key ring's primary key.
+
+        A secret stored in plaintext is refused (the row is reported as
+        unreadable, a :class:`~awx_connection.StoreError` at the end) unless
+        *seal_plaintext* says the store holds rows written before encryption:
+        with keys, plaintext is otherwise indistinguishable from tampering.
 
         Returns:
             How many connections were rewritten. Versions do not change.

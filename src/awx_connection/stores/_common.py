@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from .._crypto import KeyRing
 from .._errors import StoreError
 from .._records import dump_record, load_event, load_record, load_summary
 from .._text import check_text
@@ -29,7 +30,6 @@ from .._text import check_text
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 
-    from .._crypto import KeyRing
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord, ConnectionSummary
 
@@ -330,14 +330,16 @@ async def load_page(
 class _UnreadableRowError(Exception):
     """A row rotate_keys cannot decode or decrypt; the cause says why."""
 
+    def __init__(self, *, plaintext: bool) -> None:
+        super().__init__()
+        #: Whether the row holds plaintext secrets (which only seal_plaintext accepts).
+        self.plaintext = plaintext
 
-def _sealed_with_primary(fields: dict[str, Any], keys: KeyRing) -> bool:
+
+def _stored_secrets(fields: dict[str, Any]) -> list[object]:
     """
-    Whether every secret in stored *fields* is an envelope of the primary key.
-
-    A plaintext secret makes it ``False`` (rows written without keys get
-    encrypted). Mirrors where :func:`~awx_connection._records.dump_record`
-    puts secrets.
+    Every secret in stored *fields*, as stored (``None`` where absent).
+    Mirrors where :func:`~awx_connection._records.dump_record` puts secrets.
     """
     secrets: list[object] = [fields.get("code")]
     auth = fields.get("authorization")
@@ -346,10 +348,20 @@ def _sealed_with_primary(fields: dict[str, Any], keys: KeyRing) -> bool:
     tokens = fields.get("tokens")
     if isinstance(tokens, dict):
         secrets.extend([tokens.get("access_token"), tokens.get("refresh_token")])
+    return secrets
+
+
+def _sealed_with_primary(secrets: list[object], keys: KeyRing) -> bool:
+    """Whether every one of *secrets* is an envelope of the primary key (or absent)."""
     return all(
         value is None or (isinstance(value, str) and keys.key_of(value) == keys.primary)
         for value in secrets
     )
+
+
+def _holds_plaintext(secrets: list[object]) -> bool:
+    """Whether one of *secrets* is a string that is not an envelope: plaintext."""
+    return any(isinstance(value, str) and not KeyRing.is_envelope(value) for value in secrets)
 
 
 async def rotate_keys(
@@ -360,6 +372,7 @@ async def rotate_keys(
     write: Callable[[str, int, bytes], Awaitable[bool]],
     reread: Callable[[str], Awaitable[tuple[int, object] | None]],
     decrypt_sealed: bool,
+    seal_plaintext: bool,
 ) -> int:
     """
     Reseal every row of *rows* not sealed with the primary key; return how many changed.
@@ -377,6 +390,13 @@ async def rotate_keys(
     already sealed with the primary key is still decrypted (and reported if
     it does not open) rather than skipped unread.
 
+    A row holding a plaintext secret is unreadable, as it is to every read
+    with keys (a token swapped in by someone who can write the database
+    looks exactly like one written before encryption), unless
+    *seal_plaintext*: the operator's explicit word that such rows predate
+    encryption. Each one sealed is then logged (WARNING, naming the
+    connection), so what was accepted can be reviewed.
+
     Raises:
         StoreError: *keys* is ``None``; or some rows could not be read (each
             logged with its id; every other row was rotated and stays
@@ -387,16 +407,24 @@ async def rotate_keys(
         raise StoreError(msg)
     rewritten = 0
     unreadable: list[str] = []
+    plaintext = 0
     async with contextlib.aclosing(rows()) as stored:
         async for connection_id, version, data in stored:
             try:
                 if await _rotate_row(
-                    keys, connection_id, version, data, write, reread, decrypt_sealed
+                    store,
+                    keys,
+                    (connection_id, version, data),
+                    write,
+                    reread,
+                    decrypt_sealed=decrypt_sealed,
+                    seal_plaintext=seal_plaintext,
                 ):
                     rewritten += 1
             except _UnreadableRowError as exc:
                 _log.error("%s store: rotate_keys skipped %s", store, exc.__cause__)
                 unreadable.append(connection_id)
+                plaintext += exc.plaintext
     if unreadable:
         shown = ", ".join(repr(connection_id) for connection_id in unreadable[:_SHOWN_UNREADABLE])
         extra = len(unreadable) - _SHOWN_UNREADABLE
@@ -405,32 +433,48 @@ async def rotate_keys(
             f"{store} store: rotate_keys re-encrypted {rewritten} connection(s) but could "
             f"not read {len(unreadable)}, which keep their old key: {shown}{more}"
         )
+        if plaintext:
+            msg += (
+                f"; {plaintext} of them hold plaintext secrets, which only "
+                "rotate_keys(seal_plaintext=True) ('awx-connection keys seal') encrypts"
+            )
         raise StoreError(msg)
     return rewritten
 
 
 async def _rotate_row(
+    store: str,
     keys: KeyRing,
-    connection_id: str,
-    version: int,
-    data: object,
+    row: StoredRow,
     write: Callable[[str, int, bytes], Awaitable[bool]],
     reread: Callable[[str], Awaitable[tuple[int, object] | None]],
+    *,
     decrypt_sealed: bool,
+    seal_plaintext: bool,
 ) -> bool:
     """Reseal one row with the primary key unless it is already; retry if it moves."""
+    connection_id, version, data = row
     while True:
+        plaintext = False
         try:
             fields = _decode(connection_id, "record", data)
-            sealed = _sealed_with_primary(fields, keys)
+            secrets = _stored_secrets(fields)
+            sealed = _sealed_with_primary(secrets, keys)
             if sealed and not decrypt_sealed:
                 return False
-            record = load_record(_own(connection_id, fields), keys)
+            plaintext = _holds_plaintext(secrets)
+            record = load_record(_own(connection_id, fields), keys, accept_plaintext=seal_plaintext)
         except StoreError as exc:
-            raise _UnreadableRowError from exc
+            raise _UnreadableRowError(plaintext=plaintext) from exc
         if sealed:
             return False
         if await write(connection_id, version, orjson.dumps(dump_record(record, keys))):
+            if plaintext:
+                _log.warning(
+                    "%s store: rotate_keys sealed plaintext secrets of connection %r",
+                    store,
+                    connection_id,
+                )
             return True
         current = await reread(connection_id)
         if current is None:

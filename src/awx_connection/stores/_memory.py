@@ -353,8 +353,8 @@ class MemoryStore:
         self._webhooks[event_id] = at
         return True
 
-    async def rotate_keys(self) -> int:
-        """Nothing is encrypted in memory: always 0."""
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
+        """Nothing is encrypted in memory (nor needs to be): always 0, whatever *seal_plaintext*."""
         return 0
 
     def _append(self, event: ConnectionEvent) -> None:

@@ -992,7 +992,7 @@ class PostgresStore:
 
     # --- keys -----------------------------------------------------------------------------
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """
         Re-encrypt every row whose secrets are not all sealed with the primary key.
 
@@ -1002,6 +1002,12 @@ class PostgresStore:
         re-read and tried again), so rotation runs alongside live traffic and
         can be interrupted and run again. Give every process the new ring
         first, or their writes keep sealing with the old key.
+
+        A row holding a plaintext secret (written without keys, or tampered
+        with: the two look the same) is not read but reported, like any
+        unreadable row, unless *seal_plaintext*: then it is sealed, and
+        logged (WARNING) by id. Pass it only for a store known to hold rows
+        from before encryption (``awx-connection keys seal``).
 
         Returns:
             How many connections were rewritten. Versions do not change.
@@ -1017,6 +1023,7 @@ class PostgresStore:
             rows=self._rotation_rows,
             write=self._reseal,
             reread=self._reread,
+            seal_plaintext=seal_plaintext,
             # Rows already on the primary key are skipped without decrypting.
             decrypt_sealed=False,
         )

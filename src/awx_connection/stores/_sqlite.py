@@ -162,7 +162,7 @@ MIGRATIONS: tuple[str, ...] = (
 # Run after busy_timeout, by _enable_wal. secure_delete: a replaced row's old
 # bytes are zeroed rather than left in free space, so tokens written before
 # encryption (or sealed with a retired key) do not linger in the file after
-# rotate_keys.
+# rotate_keys (seal_plaintext=True for the former).
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
@@ -219,8 +219,10 @@ class SQLiteStore:
     ``keys=None`` only if you accept that access and refresh tokens, codes
     and PKCE verifiers sit **in plaintext** in the file, its WAL and every
     copy or backup of them: anyone who can read one can act as your
-    customers. Rows written in plaintext stay readable after keys are added,
-    and :meth:`rotate_keys` encrypts them.
+    customers. Once keys are added, rows written in plaintext no longer
+    read (a :class:`~awx_connection.DecryptionError`: plaintext where an
+    envelope belongs is what tampering looks like) until
+    ``rotate_keys(seal_plaintext=True)`` seals them.
     """
 
     path: str | os.PathLike[str]
@@ -660,7 +662,7 @@ class SQLiteStore:
         )
         return bool(cursor.rowcount == 1)
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """
         Re-encrypt every secret not sealed with the primary key; return how many rows changed.
 
@@ -670,6 +672,12 @@ class SQLiteStore:
         (which stays the same), so a concurrent write is never undone: the
         row is re-read and tried again. Give every process the new ring
         before rotating, or their writes keep sealing with the old key.
+
+        A row holding a plaintext secret (written without keys, or tampered
+        with: the two look the same) is not read but reported, like any
+        unreadable row, unless *seal_plaintext*: then it is sealed, and
+        logged (WARNING) by id. Pass it only for a store known to hold rows
+        from before encryption (``awx-connection keys seal``).
 
         Raises:
             StoreError: The store has no keys; or some rows could not be read
@@ -682,6 +690,7 @@ class SQLiteStore:
             rows=self._rotation_rows,
             write=self._reseal,
             reread=self._reread,
+            seal_plaintext=seal_plaintext,
             # Decrypted even when already on the primary key: a row sealed
             # under the primary's id with other key material must be reported.
             decrypt_sealed=True,
