@@ -409,8 +409,11 @@ async def insert(store: SQLiteStore, connection_id: str, plain: Plaintexts) -> C
 
 @contextlib.asynccontextmanager
 async def opened(path: Path, keys: KeyRing | None) -> AsyncIterator[SQLiteStore]:
-    """An SQLite store on *path* with *keys*, opened, and closed on exit."""
-    store = SQLiteStore(path, keys=keys)
+    """
+    An SQLite store on *path* with *keys*, opened, and closed on exit;
+    ``None`` is plaintext, which is what the tests passing it are about.
+    """
+    store = SQLiteStore(path, keys=keys, allow_plaintext=keys is None)
     await store.open()
     try:
         yield store

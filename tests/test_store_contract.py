@@ -166,12 +166,17 @@ async def opened(store: StoreT) -> AsyncIterator[StoreT]:
 def _factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if kind == "memory":
         return lambda keys: MemoryStore()
+    # keys=None: plaintext, which is the point of the tests that pass it.
     if kind == "sqlite":
-        return lambda keys: SQLiteStore(tmp_path / "awx.db", keys=keys)
+        return lambda keys: SQLiteStore(
+            tmp_path / "awx.db", keys=keys, allow_plaintext=keys is None
+        )
     # Only now, so that memory and SQLite never need a PostgreSQL server.
     dsn: str = request.getfixturevalue("postgres_dsn")
     schema: str = request.getfixturevalue("postgres_schema")
-    return lambda keys: awx_connection.stores.PostgresStore(dsn, keys=keys, schema=schema)
+    return lambda keys: awx_connection.stores.PostgresStore(
+        dsn, keys=keys, schema=schema, allow_plaintext=keys is None
+    )
 
 
 # Sync fixtures: getfixturevalue() of the async postgres_schema cannot run
@@ -1061,7 +1066,7 @@ async def test_rotate_keys_without_keys_raises_store_error(
 def test_open_store_maps_urls_to_stores(tmp_path: Path) -> None:
     """memory:// and SQLAlchemy-style sqlite URLs pick their store, path and keys."""
     assert isinstance(open_store("memory://"), MemoryStore)
-    relative = open_store("sqlite:///data/awx.db")
+    relative = open_store("sqlite:///data/awx.db", allow_plaintext=True)
     assert isinstance(relative, SQLiteStore)
     assert relative.path == "data/awx.db"
     assert relative.keys is None
@@ -1074,9 +1079,10 @@ def test_open_store_maps_urls_to_stores(tmp_path: Path) -> None:
 
 
 class _FakePostgresStore:
-    def __init__(self, dsn: str, *, keys: KeyRing | None) -> None:
+    def __init__(self, dsn: str, *, keys: KeyRing | None, allow_plaintext: bool) -> None:
         self.dsn = dsn
         self.keys = keys
+        self.allow_plaintext = allow_plaintext
 
 
 @pytest.mark.parametrize("url", ["postgresql://user:pw@db:5432/awx", "postgres://db/awx"])
@@ -1090,7 +1096,38 @@ def test_open_store_maps_postgres_urls_to_postgres_store(
     keys = KeyRing.generate()
     store = open_store(url, keys=keys)
     assert isinstance(store, _FakePostgresStore)
-    assert (url, keys) == (store.dsn, store.keys)
+    assert (url, keys, False) == (store.dsn, store.keys, store.allow_plaintext)
+    plain = open_store(url, allow_plaintext=True)
+    assert isinstance(plain, _FakePostgresStore)
+    assert (None, True) == (plain.keys, plain.allow_plaintext)
+
+
+def test_durable_stores_without_keys_refuse_unless_plaintext_is_allowed(tmp_path: Path) -> None:
+    """
+    A durable store without keys would write tokens in plaintext: refused at
+    construction (no file created) with an error naming 'awx-connection keys
+    new', unless allow_plaintext=True. The memory store is unaffected:
+    nothing of it leaves the process.
+    """
+    from awx_connection.stores import PostgresStore
+
+    path = tmp_path / "awx.db"
+    dsn = "postgresql://app:hunter2@db/awx"
+    builders: dict[str, Callable[..., object]] = {
+        "SQLiteStore": lambda **allow: SQLiteStore(path, keys=None, **allow),
+        "PostgresStore": lambda **allow: PostgresStore(dsn, keys=None, **allow),
+        "open_store(sqlite)": lambda **allow: open_store(f"sqlite:///{path}", **allow),
+        "open_store(postgresql)": lambda **allow: open_store(dsn, **allow),
+    }
+    for name, build in builders.items():
+        for refusing in ({}, {"allow_plaintext": False}):
+            with pytest.raises(ConfigurationError, match="'awx-connection keys new'") as caught:
+                build(**refusing)
+            assert "allow_plaintext=True" in str(caught.value), name
+            assert "hunter2" not in str(caught.value), name
+        assert build(allow_plaintext=True) is not None
+    assert not path.exists()
+    assert isinstance(open_store("memory://"), MemoryStore)
 
 
 def test_open_store_without_asyncpg_raises_configuration_error(

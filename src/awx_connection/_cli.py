@@ -17,7 +17,9 @@ from ``AWX_ENCRYPTION_KEYS`` only, never from the command line (it would
 land in shell history and ``ps``); so do the client credentials
 (``Config.from_env()``), which only the commands that talk to Airwallex
 read: ``refresh``, ``reauthorize`` and ``authorize``. Reading commands need
-the store (and its keys) only.
+the store (and its keys) only. A durable store without keys is refused
+unless ``AWX_ALLOW_PLAINTEXT=1`` (``db migrate`` excepted: it touches no
+secret).
 
 Output: a human view by default; ``--json`` prints one JSON object, or one
 per line for lists and streams. Nothing printed ever holds a token, code,
@@ -122,7 +124,19 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_from(args: argparse.Namespace) -> tuple[Store, KeyRing | None]:
+def _store_from(
+    args: argparse.Namespace, *, touches_secrets: bool = True
+) -> tuple[Store, KeyRing | None]:
+    """
+    The store of ``--store``/``AWX_STORE``, unopened, and its keys.
+
+    Keys come from ``AWX_ENCRYPTION_KEYS``. Without them a durable store is
+    refused (exit 2, naming ``awx-connection keys new``) unless
+    ``AWX_ALLOW_PLAINTEXT=1``; the check is made before anything is opened,
+    so a refused command creates no file and migrates nothing. Only a
+    command that reads and writes no record (*touches_secrets* false: ``db
+    migrate``) goes without.
+    """
     from ._crypto import KeyRing
     from .stores import open_store
 
@@ -131,11 +145,26 @@ def _store_from(args: argparse.Namespace) -> tuple[Store, KeyRing | None]:
         msg = "no store: pass --store URL or set AWX_STORE"
         raise ConfigurationError(msg)
     keys = KeyRing.from_env() if os.environ.get("AWX_ENCRYPTION_KEYS") else None
-    return open_store(url, keys=keys), keys
+    allow_plaintext = _allow_plaintext() or not touches_secrets
+    return open_store(url, keys=keys, allow_plaintext=allow_plaintext), keys
+
+
+def _allow_plaintext() -> bool:
+    """
+    ``AWX_ALLOW_PLAINTEXT``: ``1`` allows a store without keys; unset, empty or
+    ``0`` refuses. Anything else is an error rather than a guess: a
+    ``true`` or ``yes`` meant to allow must not silently refuse, nor a typo allow.
+    """
+    value = os.environ.get("AWX_ALLOW_PLAINTEXT", "")
+    if value not in ("", "0", "1"):
+        msg = "AWX_ALLOW_PLAINTEXT must be 1 (store secrets in plaintext) or 0 (refuse)"
+        raise ConfigurationError(msg)
+    return value == "1"
 
 
 async def _db_migrate(args: argparse.Namespace) -> int:
-    store, _ = _store_from(args)
+    # Migrations create tables and touch no record, so no keys are needed.
+    store, _ = _store_from(args, touches_secrets=False)
     await store.open()
     try:
         version = await getattr(store, "schema_version", _no_version)()
@@ -213,7 +242,9 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 _EPILOG = """\
 environment:
   AWX_STORE            store URL when --store is not given
-  AWX_ENCRYPTION_KEYS  ID:BASE64 keys sealing stored secrets (first one encrypts)
+  AWX_ENCRYPTION_KEYS  ID:BASE64 keys sealing stored secrets (first one encrypts);
+                       required for a durable store (make one: awx-connection keys new)
+  AWX_ALLOW_PLAINTEXT  1: use a durable store without keys, secrets in plaintext
   AWX_CLIENT_ID, AWX_CLIENT_SECRET, AWX_REDIRECT_URI, AWX_ENVIRONMENT, AWX_BASE_URL,
   AWX_SCOPES           credentials and endpoints; read by refresh, reauthorize, authorize
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from .._crypto import KeyRing
-from .._errors import StoreError
+from .._errors import ConfigurationError, StoreError
 from .._records import dump_record, load_event, load_record, load_summary
 from .._text import check_text
 
@@ -38,6 +38,7 @@ __all__ = [
     "StoredRow",
     "check_event",
     "check_filters",
+    "check_keys",
     "check_limit",
     "check_record",
     "check_text",
@@ -141,6 +142,26 @@ def check_filters(*, external_id: str | None, account_id: str | None) -> None:
     """
     check_text("external_id", external_id, optional=True)
     check_text("account_id", account_id, optional=True)
+
+
+def check_keys(store: str, keys: KeyRing | None, *, allow_plaintext: bool) -> None:
+    """
+    Raise :class:`~awx_connection.ConfigurationError` unless a durable store
+    has *keys* or was told *allow_plaintext*.
+
+    Without keys, access and refresh tokens, codes and verifiers are written
+    in the clear to the database, its logs and every backup. That must be a
+    visible decision, never what a forgotten ``keys=`` (or an unset
+    ``AWX_ENCRYPTION_KEYS``) does silently; the message says how to get a key.
+    """
+    if keys is None and not allow_plaintext:
+        msg = (
+            f"{store} store: no encryption keys, so tokens would be stored in plaintext; "
+            "generate a key with 'awx-connection keys new' and pass keys=KeyRing.from_env() "
+            "(it reads AWX_ENCRYPTION_KEYS), or accept plaintext explicitly with "
+            "allow_plaintext=True (AWX_ALLOW_PLAINTEXT=1 for the CLI)"
+        )
+        raise ConfigurationError(msg)
 
 
 # --- waiting -----------------------------------------------------------------------------

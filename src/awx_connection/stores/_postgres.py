@@ -104,6 +104,7 @@ from ._common import (
     StoredRow,
     check_event,
     check_filters,
+    check_keys,
     check_limit,
     check_record,
     check_text,
@@ -445,8 +446,11 @@ class PostgresStore:
             will read it (scheme, brackets, every host's port), so a
             malformed URL is a :class:`~awx_connection.ConfigurationError`
             now rather than a bare ``ValueError`` from :meth:`open`.
-        keys: Seals every secret at rest; ``None`` stores them in plain text
-            (tests only).
+        keys: Seals every secret at rest. ``None`` would store them in plain
+            text, and is a :class:`~awx_connection.ConfigurationError` unless
+            *allow_plaintext* is given too.
+        allow_plaintext: Accept ``keys=None`` (tests of plaintext handling);
+            without it a forgotten key ring cannot go unnoticed.
         schema: Where the tables live; created if missing.
         min_size, max_size: The pool's bounds.
         retry_attempts: Tries of an idempotent operation (and of ``open``)
@@ -463,6 +467,7 @@ class PostgresStore:
 
     dsn: str = attrs.field(repr=False, validator=_validate_dsn)
     keys: KeyRing | None = attrs.field(kw_only=True)
+    allow_plaintext: bool = attrs.field(default=False, kw_only=True)
     schema: str = attrs.field(default="awx_connection", kw_only=True, validator=_validate_schema)
     min_size: int = attrs.field(default=1, kw_only=True)
     max_size: int = attrs.field(default=10, kw_only=True)
@@ -489,6 +494,7 @@ class PostgresStore:
     _event_waiters: set[asyncio.Event] = attrs.field(factory=set, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        check_keys("postgres", self.keys, allow_plaintext=self.allow_plaintext)
         if not 1 <= self.min_size <= self.max_size:
             msg = (
                 f"postgres store: need 1 <= min_size <= max_size, "

@@ -30,7 +30,8 @@ Why it is built this way:
 * **Secrets are sealed with the store's** :class:`~awx_connection.KeyRing`
   (AES-256-GCM, bound to connection and field) before they reach ``data``,
   so a copied file, a backup or a stray WAL holds no usable token. ``keys``
-  has no default: running without encryption must be a visible decision.
+  has no default, and ``keys=None`` needs ``allow_plaintext=True`` as well:
+  running without encryption must be a visible decision.
 * **Leases are columns beside the record** (``lease_owner``,
   ``lease_until``), not part of ``data``: taking one is a single
   conditional ``UPDATE`` that SQLite arbitrates across processes, and it
@@ -71,6 +72,7 @@ from ._common import (
     StoredRow,
     check_event,
     check_filters,
+    check_keys,
     check_limit,
     check_record,
     check_text,
@@ -215,18 +217,21 @@ class SQLiteStore:
     Every process that opens the same file sees the same connections. Call
     :meth:`open` before use and :meth:`aclose` after.
 
-    *keys* (required) encrypts every secret before it is written. Pass
-    ``keys=None`` only if you accept that access and refresh tokens, codes
-    and PKCE verifiers sit **in plaintext** in the file, its WAL and every
-    copy or backup of them: anyone who can read one can act as your
-    customers. Once keys are added, rows written in plaintext no longer
-    read (a :class:`~awx_connection.DecryptionError`: plaintext where an
-    envelope belongs is what tampering looks like) until
+    *keys* (required) encrypts every secret before it is written.
+    ``keys=None`` is a :class:`~awx_connection.ConfigurationError` unless
+    *allow_plaintext* is also given: it means access and refresh tokens,
+    codes and PKCE verifiers sit **in plaintext** in the file, its WAL and
+    every copy or backup of them, and anyone who can read one can act as
+    your customers (tests of plaintext handling, throwaway files). Once
+    keys are added, rows written in plaintext no longer read (a
+    :class:`~awx_connection.DecryptionError`: plaintext where an envelope
+    belongs is what tampering looks like) until
     ``rotate_keys(seal_plaintext=True)`` seals them.
     """
 
     path: str | os.PathLike[str]
     _keys: KeyRing | None = attrs.field(kw_only=True)
+    _allow_plaintext: bool = attrs.field(default=False, kw_only=True)
     #: The connection lives on the executor's one thread, created and used only there.
     _db: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(default=None, init=False)
@@ -235,9 +240,12 @@ class SQLiteStore:
     #: Futures of this object's pollers; its own writes resolve them to skip the wait.
     _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
 
+    def __attrs_post_init__(self) -> None:
+        check_keys("sqlite", self._keys, allow_plaintext=self._allow_plaintext)
+
     @property
     def keys(self) -> KeyRing | None:
-        """The key ring secrets are sealed with, or ``None`` (plaintext)."""
+        """The key ring secrets are sealed with, or ``None`` (plaintext, by ``allow_plaintext``)."""
         return self._keys
 
     async def open(self) -> None:
