@@ -151,8 +151,26 @@ def test_check_scopes_accepts_a_list() -> None:
 
 @pytest.mark.parametrize(
     "scopes",
-    ["r:awx_action:balances_view", [], [""], ["a", ""], ["a b"], ["a\tb"], ["a\n"]],
-    ids=["bare-string", "empty-list", "empty-scope", "one-empty", "space", "tab", "newline"],
+    [
+        "r:awx_action:balances_view",
+        [],
+        [""],
+        ["a", ""],
+        ["a b"],
+        ["a\tb"],
+        ["a\n"],
+        ["a:\ud800"],
+    ],
+    ids=[
+        "bare-string",
+        "empty-list",
+        "empty-scope",
+        "one-empty",
+        "space",
+        "tab",
+        "newline",
+        "lone-surrogate",
+    ],
 )
 def test_check_scopes_rejects(scopes: object) -> None:
     """A bare string, no scopes, an empty scope or whitespace in a scope: ConfigurationError."""
@@ -233,6 +251,9 @@ def test_parse_callback_empty_error_becomes_unknown() -> None:
         {"state": "s", "code": None},
         {"state": "s", "code": [1]},
         {"state": "s", "code": b"c"},
+        {1: "a"},
+        {"state": "s", "code": "c", 1: "a"},
+        {b"state": "s", "code": "c"},
     ],
     ids=[
         "no-state",
@@ -254,6 +275,9 @@ def test_parse_callback_empty_error_becomes_unknown() -> None:
         "none-value",
         "int-value",
         "bytes-value",
+        "int-name",
+        "int-name-beside-valid-ones",
+        "bytes-name",
     ],
 )
 def test_parse_callback_rejects(callback: object) -> None:

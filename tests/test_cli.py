@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from awx_connection import ConnectionState, mermaid
+from awx_connection import ConnectionState, KeyRing, mermaid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,9 +63,71 @@ async def test_unknown_command_is_a_usage_error() -> None:
     assert "invalid choice" in err
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:hunter2@h:notaport/db", "postgresql://u:hunter2@[::1/db"],
+    ids=["port-not-a-number", "unclosed-ipv6-bracket"],
+)
+async def test_a_malformed_postgres_url_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """
+    A PostgreSQL URL asyncpg cannot parse is a configuration error: exit 2
+    and one line naming the problem, never the password (it was a 61-line
+    ValueError traceback).
+    """
+    monkeypatch.setenv("AWX_ENCRYPTION_KEYS", f"k1:{KeyRing.new_key()}")
+    for argv in (["connections", "list", "--store", url], ["db", "migrate", "--store", url]):
+        code, out, err = await run(sys.executable, "-m", "awx_connection", *argv)
+        assert (2, "") == (code, out)
+        assert err.startswith("awx-connection: postgres store: malformed database URL: ")
+        assert 1 == len(err.splitlines())
+        assert "hunter2" not in err
+
+
+async def test_a_durable_store_without_keys_is_refused_unless_plaintext_is_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Without AWX_ENCRYPTION_KEYS a command on a durable store exits 2 with one
+    line naming 'awx-connection keys new', before opening (no file appears);
+    AWX_ALLOW_PLAINTEXT=1 allows it, any value but 1 or 0 is an error.
+    `db migrate` touches no secret and needs neither.
+    """
+    path = tmp_path / "awx.db"
+    store = ["--store", f"sqlite:///{path}"]
+    awx = [sys.executable, "-m", "awx_connection"]
+    monkeypatch.delenv("AWX_ENCRYPTION_KEYS", raising=False)
+    monkeypatch.delenv("AWX_ALLOW_PLAINTEXT", raising=False)
+    for argv in (["connections", "list"], ["events", "tail"], ["connections", "show", "conn_x"]):
+        code, out, err = await run(*awx, *argv, *store)
+        assert (2, "") == (code, out), argv
+        assert 1 == len(err.splitlines()), err
+        assert "'awx-connection keys new'" in err
+        assert "AWX_ALLOW_PLAINTEXT=1" in err
+    assert not path.exists()
+    monkeypatch.setenv("AWX_ALLOW_PLAINTEXT", "yes")
+    code, _, err = await run(*awx, "connections", "list", *store)
+    assert 2 == code
+    assert err.startswith("awx-connection: AWX_ALLOW_PLAINTEXT must be 1")
+    assert not path.exists()
+    monkeypatch.setenv("AWX_ALLOW_PLAINTEXT", "0")
+    assert 2 == (await run(*awx, "connections", "list", *store))[0]
+    monkeypatch.delenv("AWX_ALLOW_PLAINTEXT")
+    assert 0 == (await run(*awx, "db", "migrate", *store))[0]
+    monkeypatch.setenv("AWX_ALLOW_PLAINTEXT", "1")
+    code, out, err = await run(*awx, "connections", "list", *store)
+    assert (0, "", "no connections match\n") == (code, out, err)
+
+
 @pytest.mark.slow
-async def test_demo_prints_the_lifecycle_in_order() -> None:
-    """The demo walks pending..revoked, recovers a lost response, exits 0 in < 10 s."""
+async def test_demo_prints_the_lifecycle_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The demo walks pending..revoked, recovers a lost response, exits 0 in
+    < 10 s, with no AWX_* environment (it makes a key for its own file).
+    """
+    for name in [name for name in os.environ if name.startswith("AWX_")]:
+        monkeypatch.delenv(name)
     started = time.monotonic()
     code, out, err = await run(sys.executable, "-m", "awx_connection", "demo")
     elapsed = time.monotonic() - started

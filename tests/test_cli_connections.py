@@ -291,6 +291,18 @@ async def test_unknown_connection_exits_3(cli: Cli, argv: list[str]) -> None:
     assert "awx-connection: no connection 'conn_nope'\n" == result.err
 
 
+async def test_an_argument_that_is_not_utf8_is_a_usage_error(cli: Cli, store_path: Path) -> None:
+    """
+    Bytes that are not UTF-8 reach argv as lone surrogates: ``connections
+    list --external-id`` with one exits 2 with one line, the same on every
+    store, instead of SQLite's UnicodeEncodeError traceback.
+    """
+    result = await cli("connections", "list", "--external-id", "cust-\udcff")
+    assert (2, "") == (result.code, result.out)
+    assert result.err.startswith("awx-connection: external_id is not valid text")
+    assert 1 == len(result.err.splitlines())
+
+
 async def test_no_store_is_a_configuration_error(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without --store or AWX_STORE, a reading command exits 2 and says why."""
     monkeypatch.delenv("AWX_STORE")

@@ -256,6 +256,51 @@ async def test_cli_db_migrate_and_keys_rotate(
     await only_new.aclose()
 
 
+async def test_cli_keys_seal_is_the_one_command_that_accepts_plaintext(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    A sealed token replaced by plaintext in the file: `connections show`
+    and `keys rotate` fail with one line each (rotate naming `keys seal`),
+    changing nothing; `keys seal` seals it and the connection reads again.
+    No output holds the token.
+    """
+    path = tmp_path / "cli.db"
+    url = f"sqlite:///{path}"
+    spec = f"k1:{KeyRing.new_key()}"
+    monkeypatch.setenv("AWX_ENCRYPTION_KEYS", spec)
+    store = SQLiteStore(path, keys=KeyRing.parse(spec))
+    await store.open()
+    await store.insert(*sample_record("conn_plain"))
+    await store.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE connections SET data = json_set(CAST(data AS TEXT), "
+            "'$.tokens.access_token', 'awx_at_swapped') WHERE id = 'conn_plain'"
+        )
+    db.close()
+
+    assert 1 == await run_cli("connections", "show", "conn_plain", "--store", url)
+    err = capsys.readouterr().err
+    assert "'conn_plain'" in err
+    assert "access_token: plaintext" in err
+    assert 1 == len(err.splitlines())
+    assert 1 == await run_cli("keys", "rotate", "--store", url)
+    err = capsys.readouterr().err
+    assert "hold plaintext secrets" in err
+    assert "awx-connection keys seal" in err
+    assert 0 == await run_cli("keys", "seal", "--store", url)
+    out, err = capsys.readouterr()
+    assert "sealed or re-encrypted 1 connection(s) with key 'k1'" in out
+    assert "awx_at_swapped" not in out + err
+    assert 0 == await run_cli("connections", "show", "conn_plain", "--store", url)
+    assert "awx_at_swapped" not in capsys.readouterr().out
+    with sqlite3.connect(path) as db:
+        [(data,)] = db.execute("SELECT data FROM connections WHERE id = 'conn_plain'")
+    db.close()
+    assert b"awx_at_swapped" not in bytes(data)
+
+
 async def test_cli_keys_new_and_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

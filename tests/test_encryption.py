@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
+from awx_connection import Config, ConnectionManager
 from awx_connection._crypto import DecryptionError, KeyRing, _b64decode, _b64encode
 from awx_connection._errors import ConfigurationError, StoreError
 from awx_connection._events import ConnectionEvent
@@ -37,6 +38,7 @@ from awx_connection._secrets import Secret
 from awx_connection._states import ConnectionState, Trigger
 from awx_connection._tokens import TokenSet
 from awx_connection.stores import SQLiteStore
+from awx_connection.testing import FakeAirwallex, ManualClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -407,8 +409,11 @@ async def insert(store: SQLiteStore, connection_id: str, plain: Plaintexts) -> C
 
 @contextlib.asynccontextmanager
 async def opened(path: Path, keys: KeyRing | None) -> AsyncIterator[SQLiteStore]:
-    """An SQLite store on *path* with *keys*, opened, and closed on exit."""
-    store = SQLiteStore(path, keys=keys)
+    """
+    An SQLite store on *path* with *keys*, opened, and closed on exit;
+    ``None`` is plaintext, which is what the tests passing it are about.
+    """
+    store = SQLiteStore(path, keys=keys, allow_plaintext=keys is None)
     await store.open()
     try:
         yield store
@@ -487,15 +492,14 @@ async def test_sqlite_file_without_keys_holds_the_plaintext(tmp_path: Path) -> N
 
 
 async def test_replaced_secrets_do_not_linger_in_the_file(tmp_path: Path) -> None:
-    """Rotating keys over a plaintext row leaves none of the old plaintext behind."""
+    """Sealing a plaintext row leaves none of the old plaintext behind."""
     path = tmp_path / "awx.db"
     plain = Plaintexts()
     async with opened(path, None) as store:
         record = await insert(store, "c1", plain)
     keys = KeyRing.generate()
     async with opened(path, keys) as store:
-        assert record == await store.get("c1")
-        assert 1 == await store.rotate_keys()
+        assert 1 == await store.rotate_keys(seal_plaintext=True)
         assert 0 == await store.rotate_keys()
     assert set() == found_on_disk(path, plain)
     async with opened(path, keys) as store:
@@ -570,13 +574,95 @@ async def test_rotate_keys_rotates_the_readable_rows_around_a_bad_one(tmp_path: 
         assert good == [await store.get("a"), await store.get("c")]
 
 
-async def test_plaintext_rows_stay_readable_after_keys_are_added(tmp_path: Path) -> None:
-    """Turning encryption on does not strand rows written before it."""
+async def test_plaintext_rows_do_not_read_with_keys_until_sealed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    Turning encryption on does not silently accept rows written before it:
+    with keys, plaintext is what tampering looks like. rotate_keys() reports
+    them and rewrites nothing; rotate_keys(seal_plaintext=True) seals them.
+    """
     path = tmp_path / "awx.db"
     async with opened(path, None) as store:
         record = await insert(store, "c1", Plaintexts())
+    before = stored_data(path, "c1")
     async with opened(path, KeyRing.generate()) as store:
+        with pytest.raises(DecryptionError, match="'c1'"):
+            await store.get("c1")
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [] == await store.list_connections()
+            with pytest.raises(StoreError, match=r"could not read 1.*'c1'.*plaintext.*keys seal"):
+                await store.rotate_keys()
+        assert before == stored_data(path, "c1")
+        assert 1 == await store.rotate_keys(seal_plaintext=True)
         assert record == await store.get("c1")
+
+
+async def test_a_secret_tampered_to_plaintext_is_refused_until_sealed(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+) -> None:
+    """
+    A sealed refresh token replaced by plaintext in the file makes get() and
+    access_token() raise DecryptionError naming the connection and the
+    field, never the value; listings leave the row out with an ERROR, the
+    row is left as it is, and only rotate_keys(seal_plaintext=True) seals
+    it (a WARNING names the connection).
+    """
+    path = tmp_path / "awx.db"
+    keys = KeyRing.generate()
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as awx:
+        victim = await connect(awx, awx_fake)
+        bystander = await connect(awx, awx_fake)
+    fields = orjson.loads(stored_data(path, victim))
+    swapped = "attacker-token-" + secrets.token_urlsafe(16)
+    fields["tokens"]["refresh_token"] = swapped
+    tampered = orjson.dumps(fields)
+    with raw(path) as db:
+        db.execute("UPDATE connections SET data = ? WHERE id = ?", (tampered, victim))
+
+    async with ConnectionManager(
+        awx_config, store=SQLiteStore(path, keys=keys), clock=awx_clock
+    ) as awx:
+        with pytest.raises(DecryptionError, match="refresh_token: plaintext") as caught:
+            await awx.access_token(victim)
+        assert victim == caught.value.connection_id
+        with pytest.raises(DecryptionError, match=f"'{victim}'") as again:
+            await awx.store.get(victim)
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [bystander] == [c.id for c in await awx.connections()]
+        assert await awx.access_token(bystander)
+    [logged] = caplog.records
+    assert (logging.ERROR, "awx_connection.stores") == (logged.levelno, logged.name)
+    assert repr(victim) in logged.getMessage()
+    shown = [str(caught.value), str(again.value), logged.getMessage()]
+    assert [] == [text for text in shown if swapped in text]
+    assert tampered == stored_data(path, victim)
+
+    caplog.clear()
+    async with opened(path, keys) as store:
+        with caplog.at_level(logging.WARNING, logger="awx_connection.stores"):
+            assert 1 == await store.rotate_keys(seal_plaintext=True)
+        sealed = await store.get(victim)
+    assert [f"sqlite store: rotate_keys sealed plaintext secrets of connection {victim!r}"] == [
+        record.getMessage() for record in caplog.records
+    ]
+    assert sealed is not None
+    assert sealed.tokens is not None
+    assert Secret(swapped) == sealed.tokens.refresh_token
+    assert swapped.encode() not in stored_data(path, victim)
+
+
+async def connect(awx: ConnectionManager, fake: FakeAirwallex) -> str:
+    """An active connection to a fresh account; its id."""
+    request = await awx.begin_authorization()
+    callback = fake.approve(request.url, account_id=fake.create_account())
+    return (await awx.complete_authorization(callback)).id
 
 
 async def test_encrypted_rows_need_keys(tmp_path: Path) -> None:

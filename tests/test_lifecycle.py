@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -26,6 +27,7 @@ from awx_connection import (
     ConnectionUnusableError,
     Endpoints,
     IllegalTransitionError,
+    InvalidArgumentError,
     KeyRing,
     MalformedResponseError,
     NetworkError,
@@ -34,6 +36,7 @@ from awx_connection import (
     Trigger,
     UnknownStateError,
 )
+from awx_connection.stores import MemoryStore, SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 S = ConnectionState
@@ -148,6 +151,43 @@ async def test_malformed_callbacks(awx_manager: ConnectionManager, callback: str
     with pytest.raises(CallbackError):
         await awx_manager.complete_authorization(callback)
     assert before == await awx_manager.get(request.connection_id)
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [{1: "a"}, {"state": "s", "code": "c", 1: "x"}, {"state": 1, "code": "c"}],
+    ids=["int-name", "int-name-beside-valid-ones", "int-value"],
+)
+async def test_callbacks_with_names_or_values_that_are_not_strings(
+    awx_manager: ConnectionManager, callback: dict[object, object]
+) -> None:
+    """A parsed-parameters callback with a non-string name or value is a CallbackError."""
+    request = await awx_manager.begin_authorization()
+    before = await awx_manager.get(request.connection_id)
+    with pytest.raises(CallbackError):
+        await awx_manager.complete_authorization(callback)  # type: ignore[arg-type]
+    assert before == await awx_manager.get(request.connection_id)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("external_id", ["\ud800", "cust-\udcff", 42, b"cust-1"])
+async def test_begin_authorization_refuses_an_external_id_it_cannot_store(
+    awx_config: Config, awx_clock: ManualClock, tmp_path: Path, kind: str, external_id: object
+) -> None:
+    """
+    A non-string or non-UTF-8 external_id is an InvalidArgumentError (also a
+    ValueError) before anything is stored or published, whatever the store;
+    before, memory kept it and SQLite raised a bare TypeError.
+    """
+    store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "awx.db", keys=KEYS)
+    events: list[ConnectionEvent] = []
+    async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:
+        awx.subscribe(events.append)
+        with pytest.raises(InvalidArgumentError, match="external_id") as caught:
+            await awx.begin_authorization(external_id=external_id)  # type: ignore[arg-type]
+        assert isinstance(caught.value, ValueError)
+        assert ([], []) == (await awx.connections(), events)
+        assert [] == await store.read_outbox()
 
 
 async def test_exchange_rejected_moves_to_failed(

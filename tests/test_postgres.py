@@ -26,6 +26,7 @@ import asyncpg
 import attrs
 import pytest
 
+from awx_connection import Config, ConnectionManager
 from awx_connection._crypto import DecryptionError, KeyRing
 from awx_connection._errors import ConfigurationError, StoreError, StoreUnavailableError
 from awx_connection._events import ConnectionEvent
@@ -34,10 +35,14 @@ from awx_connection._secrets import Secret
 from awx_connection._states import ConnectionState, Trigger
 from awx_connection._tokens import TokenSet
 from awx_connection.stores._postgres import MIGRATIONS, PostgresStore
+from awx_connection.testing import FakeAirwallex, ManualClock
 
 pytestmark = pytest.mark.postgres
 
 S = ConnectionState
+#: The key ring of the tests where encryption is not the point; shared, so
+#: every store object of a test (replicas) reads what the others wrote.
+KEYS = KeyRing.generate()
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -175,7 +180,10 @@ async def test_raw_rows_hold_no_plaintext_secret(
 ) -> None:
     """A plain SQL client sees envelopes in every column of every table, never a secret."""
     keys = KeyRing.generate() if encrypted else None
-    async with opened(PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)) as store:
+    plain_or_sealed = PostgresStore(
+        postgres_dsn, keys=keys, allow_plaintext=not encrypted, schema=postgres_schema
+    )
+    async with opened(plain_or_sealed) as store:
         record = await insert(store)
         newer = await update(store, record, state=S.AUTHORIZED)
         await store.commit_offset("billing", 2)
@@ -196,21 +204,106 @@ async def test_raw_rows_hold_no_plaintext_secret(
         assert everything.count("awx1:k1:") == 4
 
 
-async def test_rotate_keys_encrypts_rows_written_in_plaintext(
+async def test_rotate_keys_seals_rows_written_in_plaintext_only_when_asked(
     postgres_dsn: str, postgres_schema: str, raw: Any
 ) -> None:
-    """Rows written with keys=None are sealed by rotate_keys, version unchanged."""
-    async with opened(PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)) as store:
+    """
+    Rows written with keys=None do not read once keys are configured;
+    rotate_keys() reports them and changes nothing; rotate_keys(seal_plaintext=True)
+    seals them, version unchanged.
+    """
+    plain = PostgresStore(postgres_dsn, keys=None, allow_plaintext=True, schema=postgres_schema)
+    async with opened(plain) as store:
         record = await update(store, await insert(store))
+    before = await raw.fetchval(f'SELECT data FROM "{postgres_schema}".connections')
     keys = KeyRing.generate("k9")
     async with opened(PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)) as store:
-        assert record == await store.get("c1")  # plaintext rows stay readable
-        assert 1 == await store.rotate_keys()
+        with pytest.raises(DecryptionError, match=r"'c1'.*plaintext"):
+            await store.get("c1")
+        with pytest.raises(StoreError, match=r"1 of them hold plaintext.*keys seal"):
+            await store.rotate_keys()
+        assert before == await raw.fetchval(f'SELECT data FROM "{postgres_schema}".connections')
+        assert 1 == await store.rotate_keys(seal_plaintext=True)
         assert 0 == await store.rotate_keys()
         assert record == await store.get("c1")
     data = await raw.fetchval(f'SELECT data::text FROM "{postgres_schema}".connections')
     assert not any(secret in data for secret in plaintexts(record))
     assert data.count("awx1:k9:") == 4
+
+
+async def test_a_token_tampered_to_plaintext_is_refused_until_sealed(
+    postgres_dsn: str,
+    postgres_schema: str,
+    raw: Any,
+    caplog: pytest.LogCaptureFixture,
+    awx_config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+) -> None:
+    """
+    A sealed access token replaced by plaintext in the stored JSON (what
+    someone who can write the database would do) makes get() and
+    access_token() raise DecryptionError naming the connection and field,
+    never the value; listings leave it out with an ERROR. Only
+    rotate_keys(seal_plaintext=True) accepts it, logging a WARNING.
+    """
+    keys = KeyRing.generate()
+
+    def store() -> PostgresStore:
+        return PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)
+
+    async with ConnectionManager(awx_config, store=store(), clock=awx_clock) as awx:
+        victim = await connect(awx, awx_fake)
+        bystander = await connect(awx, awx_fake)
+    swapped = "attacker-token-" + secrets.token_urlsafe(16)
+    await raw.execute(
+        f"""UPDATE "{postgres_schema}".connections
+            SET data = jsonb_set(data::jsonb, '{{tokens,access_token}}', to_jsonb($2::text))::text
+            WHERE id = $1""",
+        victim,
+        swapped,
+    )
+    before = await raw.fetchval(
+        f'SELECT data FROM "{postgres_schema}".connections WHERE id = $1', victim
+    )
+    async with ConnectionManager(awx_config, store=store(), clock=awx_clock) as awx:
+        with pytest.raises(DecryptionError, match="access_token: plaintext") as caught:
+            await awx.access_token(victim)
+        assert victim == caught.value.connection_id
+        assert swapped not in str(caught.value)
+        with pytest.raises(DecryptionError, match=f"'{victim}'"):
+            await awx.store.get(victim)
+        with caplog.at_level(logging.ERROR, logger="awx_connection.stores"):
+            assert [bystander] == [c.id for c in await awx.connections()]
+        [logged] = [r for r in caplog.records if r.name == "awx_connection.stores"]
+        assert (logging.ERROR, True) == (logged.levelno, repr(victim) in logged.getMessage())
+        assert swapped not in logged.getMessage()
+        assert await awx.access_token(bystander)
+    assert before == await raw.fetchval(
+        f'SELECT data FROM "{postgres_schema}".connections WHERE id = $1', victim
+    )
+    caplog.clear()
+    async with opened(store()) as sealing:
+        with caplog.at_level(logging.WARNING, logger="awx_connection.stores"):
+            assert 1 == await sealing.rotate_keys(seal_plaintext=True)
+        assert [
+            f"postgres store: rotate_keys sealed plaintext secrets of connection {victim!r}"
+        ] == [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        sealed = await sealing.get(victim)
+        assert sealed is not None
+        assert sealed.tokens is not None
+        assert Secret(swapped) == sealed.tokens.access_token
+    data = await raw.fetchval(
+        f'SELECT data FROM "{postgres_schema}".connections WHERE id = $1', victim
+    )
+    assert swapped not in data
+
+
+async def connect(awx: ConnectionManager, fake: FakeAirwallex) -> str:
+    """An active connection to a fresh account; its id."""
+    request = await awx.begin_authorization()
+    callback = fake.approve(request.url, account_id=fake.create_account())
+    return (await awx.complete_authorization(callback)).id
 
 
 async def test_undecryptable_row_fails_get_and_is_left_out_of_listings(
@@ -252,9 +345,9 @@ async def test_a_write_by_one_replica_wakes_wait_for_update_in_another(
     postgres_dsn: str, postgres_schema: str
 ) -> None:
     """NOTIFY at commit wakes the other pool's waiter well before any re-check."""
-    writer = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    writer = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
     # A re-check every 30 s: only a notification can wake this one quickly.
-    reader = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema, recheck_interval=30)
+    reader = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema, recheck_interval=30)
     async with opened(writer), opened(reader):
         record = await insert(writer)
         loop = asyncio.get_running_loop()
@@ -271,8 +364,8 @@ async def test_a_write_by_one_replica_wakes_wait_for_events_in_another(
     postgres_dsn: str, postgres_schema: str
 ) -> None:
     """The events channel wakes a consumer in another replica at once."""
-    writer = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
-    reader = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema, recheck_interval=30)
+    writer = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
+    reader = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema, recheck_interval=30)
     async with opened(writer), opened(reader):
         record = await insert(writer)
         [(last, _)] = await reader.read_outbox()
@@ -316,8 +409,8 @@ async def test_tailing_the_outbox_misses_nothing_while_replicas_race(
     position could commit after a higher one was read, and the tail would
     skip it for good. The consumer must end up with every event, in order.
     """
-    a = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
-    b = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    a = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
+    b = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
     async with opened(a), opened(b):
 
         async def writer(n: int) -> None:
@@ -360,7 +453,7 @@ async def test_concurrent_open_of_five_stores_migrates_once(
     postgres_dsn: str, postgres_schema: str, raw: Any
 ) -> None:
     """Five stores opening a new schema together end on the latest version, recorded once."""
-    stores = [PostgresStore(postgres_dsn, keys=None, schema=postgres_schema) for _ in range(5)]
+    stores = [PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema) for _ in range(5)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
         assert {len(MIGRATIONS)} == {await store.schema_version() for store in stores}
@@ -378,7 +471,7 @@ async def test_concurrent_migrate_applies_each_migration_exactly_once(
 ) -> None:
     """migrate() on five unopened stores: one applies everything, four find nothing to do."""
     schema = "awx_test_" + secrets.token_hex(6)
-    stores = [PostgresStore(postgres_dsn, keys=None, schema=schema) for _ in range(5)]
+    stores = [PostgresStore(postgres_dsn, keys=KEYS, schema=schema) for _ in range(5)]
     try:
         assert 0 == await stores[0].schema_version()  # works unopened, like migrate()
         applied = await asyncio.gather(*(store.migrate() for store in stores))
@@ -391,7 +484,7 @@ async def test_concurrent_migrate_applies_each_migration_exactly_once(
 
 async def test_a_newer_schema_is_refused(postgres_dsn: str, postgres_schema: str, raw: Any) -> None:
     """A schema migrated by a newer library is refused rather than misread."""
-    store = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    store = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
     assert len(MIGRATIONS) == await store.migrate()
     await raw.execute(
         f'UPDATE "{postgres_schema}".schema_version SET version = {len(MIGRATIONS) + 1}'
@@ -435,8 +528,8 @@ async def test_leases_give_one_owner_at_a_time_across_replicas(
     postgres_dsn: str, postgres_schema: str
 ) -> None:
     """Two pools on one schema: one holder, takeover after expiry, release only by the holder."""
-    a = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
-    b = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    a = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
+    b = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
     async with opened(a), opened(b):
         record = await insert(a)
         assert await a.acquire_lease("c1", "a", until=100.0, now=0.0)
@@ -469,7 +562,7 @@ async def test_get_after_backends_are_killed_is_retried_transparently(
 ) -> None:
     """Pooled connections killed by the server: the next reads reconnect and succeed."""
     store = PostgresStore(
-        postgres_dsn, keys=None, schema=postgres_schema, min_size=3, application_name=app_name
+        postgres_dsn, keys=KEYS, schema=postgres_schema, min_size=3, application_name=app_name
     )
     async with opened(store):
         record = await insert(store)
@@ -490,7 +583,7 @@ async def test_update_after_backends_are_killed_succeeds(
     it is always the former.
     """
     store = PostgresStore(
-        postgres_dsn, keys=None, schema=postgres_schema, min_size=2, application_name=app_name
+        postgres_dsn, keys=KEYS, schema=postgres_schema, min_size=2, application_name=app_name
     )
     async with opened(store):
         record = await insert(store)
@@ -511,7 +604,7 @@ async def test_update_killed_before_commit_is_retried_and_commits_once(
 ) -> None:
     """Killed while waiting for a row lock (no COMMIT sent): retried on a fresh connection."""
     store = PostgresStore(
-        postgres_dsn, keys=None, schema=postgres_schema, application_name=app_name
+        postgres_dsn, keys=KEYS, schema=postgres_schema, application_name=app_name
     )
     # Its own connection: pg_stat_activity is a snapshot per transaction, so
     # the watching connection must stay outside the blocking one.
@@ -553,7 +646,7 @@ async def test_update_killed_during_commit_is_retried_and_commits_once(
     deterministically.
     """
     store = PostgresStore(
-        postgres_dsn, keys=None, schema=postgres_schema, application_name=app_name
+        postgres_dsn, keys=KEYS, schema=postgres_schema, application_name=app_name
     )
     async with opened(store):
         record = await insert(store)
@@ -637,7 +730,7 @@ async def test_update_whose_answer_was_lost_is_confirmed_by_the_retry(
     postgres_dsn: str, postgres_schema: str
 ) -> None:
     """The write committed, its answer was lost: the retry finds the row exactly ours."""
-    store = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema, retry_base=0.001)
+    store = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema, retry_base=0.001)
     async with opened(store):
         record = await insert(store)
         store._pool = LostAnswers(store._pool, lose=1)
@@ -653,7 +746,7 @@ async def test_update_that_stays_unanswered_raises_store_unavailable(
 ) -> None:
     """Every try's answer lost: StoreUnavailableError; the row is then old or new, never torn."""
     store = PostgresStore(
-        postgres_dsn, keys=None, schema=postgres_schema, retry_base=0.001, retry_attempts=3
+        postgres_dsn, keys=KEYS, schema=postgres_schema, retry_base=0.001, retry_attempts=3
     )
     async with opened(store):
         record = await insert(store)
@@ -687,7 +780,7 @@ async def test_open_against_a_closed_port_raises_store_unavailable_quickly(
     monkeypatch.setattr(asyncpg, "create_pool", counting_create_pool)
     store = PostgresStore(
         "postgresql://postgres:hunter2@127.0.0.1:1/test",
-        keys=None,
+        keys=KEYS,
         retry_attempts=4,
         retry_base=0.01,
         connect_timeout=2.0,
@@ -709,11 +802,11 @@ async def test_waiters_survive_losing_the_listening_connection(
     postgres_dsn: str, postgres_schema: str, raw: Any, app_name: str
 ) -> None:
     """Kill every backend of the waiting replica: it still sees the next write, then by NOTIFY."""
-    writer = PostgresStore(postgres_dsn, keys=None, schema=postgres_schema)
+    writer = PostgresStore(postgres_dsn, keys=KEYS, schema=postgres_schema)
     # No re-check for 30 s: only a re-opened listener can wake it in time.
     reader = PostgresStore(
         postgres_dsn,
-        keys=None,
+        keys=KEYS,
         schema=postgres_schema,
         application_name=app_name,
         recheck_interval=30,
@@ -743,10 +836,10 @@ async def test_waiters_survive_losing_the_listening_connection(
 def test_schema_names_are_validated(schema: str) -> None:
     """Only plain identifiers short enough for the NOTIFY channel names are accepted."""
     with pytest.raises(ConfigurationError, match="schema"):
-        PostgresStore("postgresql://db/x", keys=None, schema=schema)
+        PostgresStore("postgresql://db/x", keys=KEYS, schema=schema)
 
 
 async def test_an_unopened_store_raises_store_error(postgres_dsn: str) -> None:
     """Using the store before open() is a StoreError, not an AttributeError."""
     with pytest.raises(StoreError, match="not open"):
-        await PostgresStore(postgres_dsn, keys=None).get("c1")
+        await PostgresStore(postgres_dsn, keys=KEYS).get("c1")

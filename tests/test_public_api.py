@@ -34,6 +34,7 @@ EXPECTED = {
     "EventCallback",
     "EventConsumer",
     "IllegalTransitionError",
+    "InvalidArgumentError",
     "InvalidClientError",
     "InvalidGrantError",
     "KeyRing",

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import textwrap
 import types
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,8 +38,13 @@ import orjson
 import pytest
 
 import awx_connection.stores
-from awx_connection._crypto import KeyRing
-from awx_connection._errors import ConfigurationError, StoreError, VersionConflictError
+from awx_connection._crypto import DecryptionError, KeyRing
+from awx_connection._errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    StoreError,
+    VersionConflictError,
+)
 from awx_connection._events import ConnectionEvent
 from awx_connection._records import (
     ConnectionRecord,
@@ -161,12 +166,17 @@ async def opened(store: StoreT) -> AsyncIterator[StoreT]:
 def _factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if kind == "memory":
         return lambda keys: MemoryStore()
+    # keys=None: plaintext, which is the point of the tests that pass it.
     if kind == "sqlite":
-        return lambda keys: SQLiteStore(tmp_path / "awx.db", keys=keys)
+        return lambda keys: SQLiteStore(
+            tmp_path / "awx.db", keys=keys, allow_plaintext=keys is None
+        )
     # Only now, so that memory and SQLite never need a PostgreSQL server.
     dsn: str = request.getfixturevalue("postgres_dsn")
     schema: str = request.getfixturevalue("postgres_schema")
-    return lambda keys: awx_connection.stores.PostgresStore(dsn, keys=keys, schema=schema)
+    return lambda keys: awx_connection.stores.PostgresStore(
+        dsn, keys=keys, schema=schema, allow_plaintext=keys is None
+    )
 
 
 # Sync fixtures: getfixturevalue() of the async postgres_schema cannot run
@@ -841,14 +851,185 @@ async def test_pruned_positions_are_never_reused(store: Store) -> None:
     assert make_event("c2") == event
 
 
+# --- text that cannot be stored ---------------------------------------------------------
+
+#: Values no store can hold as text: a lone surrogate (what surrogateescape
+#: makes of bytes that are not UTF-8), one inside a longer string, and
+#: values that are not strings at all.
+BAD_TEXT = ["\ud800", "cust-\udcff", 42, b"cust-1"]
+
+#: Every store method taking a text argument, called with a bad value there.
+TEXT_ARGUMENTS: dict[str, Callable[[Store, Any], Awaitable[object]]] = {
+    "get": lambda store, bad: store.get(bad),
+    "find_by_state_hash": lambda store, bad: store.find_by_state_hash(bad),
+    "list_connections(external_id)": lambda store, bad: store.list_connections(external_id=bad),
+    "list_connections(account_id)": lambda store, bad: store.list_connections(account_id=bad),
+    "list_connections(external_id, limit)": lambda store, bad: store.list_connections(
+        external_id=bad, limit=2
+    ),
+    "read_events": lambda store, bad: store.read_events(bad),
+    "acquire_lease(id)": lambda store, bad: store.acquire_lease(bad, "me", until=2.0, now=1.0),
+    "acquire_lease(owner)": lambda store, bad: store.acquire_lease("c1", bad, until=2.0, now=1.0),
+    "release_lease(id)": lambda store, bad: store.release_lease(bad, "me"),
+    "release_lease(owner)": lambda store, bad: store.release_lease("c1", bad),
+    "wait_for_update": lambda store, bad: store.wait_for_update(bad, after_version=0, timeout=0),
+    "get_offset": lambda store, bad: store.get_offset(bad),
+    "commit_offset": lambda store, bad: store.commit_offset(bad, 1),
+    "webhook_seen": lambda store, bad: store.webhook_seen(bad),
+    "remember_webhook": lambda store, bad: store.remember_webhook(bad, at=1.0),
+}
+
+
+async def _outcome(call: Awaitable[object]) -> str:
+    """
+    What *call* did: ``"refused"`` for an InvalidArgumentError (a ValueError
+    too) whose message shows no bad value; otherwise what happened instead.
+    """
+    try:
+        await call
+    except InvalidArgumentError as exc:
+        shown = [bad for bad in BAD_TEXT if repr(bad) in str(exc)]
+        if shown or not isinstance(exc, ValueError):
+            return f"refused, but showing {shown}"
+        return "refused"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+async def test_text_arguments_that_cannot_be_stored_are_refused_alike(store: Store) -> None:
+    """
+    Every store refuses every bad text argument of every method with the same
+    typed error, also a ValueError, naming the argument but not the value;
+    before, memory answered, SQLite raised UnicodeEncodeError and PostgreSQL
+    a StoreError quoting the value.
+    """
+    record = await insert(store, "c1")
+    outcomes = {
+        (method, bad): await _outcome(call(store, bad))
+        for method, call in TEXT_ARGUMENTS.items()
+        for bad in BAD_TEXT
+    }
+    assert {"refused"} == set(outcomes.values()), outcomes
+    assert [record] == await store.list_connections()
+
+
+def _with_bad(field: str, bad: Any) -> tuple[ConnectionRecord, ConnectionEvent]:
+    """A valid record and event but for *field*, which holds *bad*."""
+    record, event = make_record("c1"), make_event("c1")
+    tokens, auth = record.tokens, record.authorization
+    assert tokens is not None
+    assert auth is not None
+    if field == "id":
+        return attrs.evolve(record, id=bad), attrs.evolve(event, connection_id=bad)
+    if field in ("external_id", "account_id", "reason", "write_id"):
+        return attrs.evolve(record, **{field: bad}), event
+    if field == "scopes":
+        return attrs.evolve(record, scopes=("r:awx_action:balances_view", bad)), event
+    if field == "code":
+        return attrs.evolve(record, code=Secret(bad)), event
+    if field in ("access_token", "refresh_token"):
+        return attrs.evolve(record, tokens=attrs.evolve(tokens, **{field: Secret(bad)})), event
+    if field == "token scope":
+        return attrs.evolve(record, tokens=attrs.evolve(tokens, scope=(bad,))), event
+    if field in ("redirect_uri", "state_hash"):
+        return attrs.evolve(record, authorization=attrs.evolve(auth, **{field: bad})), event
+    if field == "code_verifier":
+        return attrs.evolve(
+            record, authorization=attrs.evolve(auth, code_verifier=Secret(bad))
+        ), event
+    assert field.startswith("event ")
+    return record, attrs.evolve(event, **{field.removeprefix("event "): bad})
+
+
+RECORD_TEXT_FIELDS = [
+    "id",
+    "external_id",
+    "account_id",
+    "reason",
+    "write_id",
+    "scopes",
+    "code",
+    "access_token",
+    "refresh_token",
+    "token scope",
+    "redirect_uri",
+    "state_hash",
+    "code_verifier",
+    "event reason",
+    "event external_id",
+    "event account_id",
+]
+
+
+async def test_records_with_text_that_cannot_be_stored_are_refused_alike(store: Store) -> None:
+    """
+    insert() and update() refuse a record or event with a bad text field
+    (secrets included) with InvalidArgumentError before writing anything, on
+    every store; the message never holds the value. Before, memory stored it
+    and the durable stores raised orjson's TypeError or UnicodeEncodeError.
+    """
+    stored = await insert(store, "stored")
+    outcomes = {}
+    for field in RECORD_TEXT_FIELDS:
+        for bad in BAD_TEXT:
+            record, event = _with_bad(field, bad)
+            outcomes[field, bad, "insert"] = await _outcome(store.insert(record, event))
+            if field == "id":
+                continue  # an update of a bad id has nothing to compare against
+            newer = next_version(attrs.evolve(record, id="stored"))
+            newer_event = attrs.evolve(event, connection_id="stored", sequence=2)
+            outcomes[field, bad, "update"] = await _outcome(
+                store.update(newer, expected_version=1, event=newer_event)
+            )
+            if not field.startswith("event "):
+                outcomes[field, bad, "update, no event"] = await _outcome(
+                    store.update(newer, expected_version=1, event=None)
+                )
+    assert {"refused"} == set(outcomes.values()), outcomes
+    assert [stored] == await store.list_connections()
+    assert 1 == len(await store.read_outbox())
+
+
 # --- key rotation ------------------------------------------------------------------------
 
 
 async def test_memory_store_has_nothing_to_rotate() -> None:
-    """Nothing is encrypted in memory, so rotate_keys rewrites nothing."""
+    """Nothing is encrypted in memory, so rotate_keys rewrites nothing, sealing or not."""
     store = MemoryStore()
     await insert(store)
     assert 0 == await store.rotate_keys()
+    assert 0 == await store.rotate_keys(seal_plaintext=True)
+
+
+async def test_rotate_keys_seals_plaintext_rows_only_when_asked(
+    new_durable_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    With keys, a row holding plaintext secrets does not read and
+    rotate_keys() reports it (an ERROR naming it, a StoreError saying
+    'keys seal') while rotating the rest; rotate_keys(seal_plaintext=True)
+    seals it, with a WARNING naming it.
+    """
+    k1, k2 = secrets.token_bytes(32), secrets.token_bytes(32)
+    async with opened(new_durable_store(None)) as store:
+        plain = await insert(store, "plain", created_at=1.0)
+    async with opened(new_durable_store(KeyRing([("k1", k1)]))) as store:
+        sealed = await insert(store, "sealed", created_at=2.0)
+    async with opened(new_durable_store(KeyRing([("k2", k2), ("k1", k1)]))) as store:
+        with pytest.raises(DecryptionError, match=r"'plain'.*plaintext, not an encrypted envelope"):
+            await store.get("plain")
+        with caplog.at_level(logging.WARNING, logger="awx_connection.stores"):
+            with pytest.raises(StoreError, match=r"re-encrypted 1 .*'plain'.*keys seal"):
+                await store.rotate_keys()
+            assert [sealed] == await store.list_connections()
+            assert 1 == await store.rotate_keys(seal_plaintext=True)
+            assert 0 == await store.rotate_keys()
+        assert [plain, sealed] == await store.list_connections()
+    levels = [(r.levelno, "'plain'" in r.getMessage()) for r in caplog.records]
+    assert [(logging.ERROR, True), (logging.ERROR, True), (logging.WARNING, True)] == levels
+    async with opened(new_durable_store(KeyRing([("k2", k2)]))) as store:
+        assert [plain, sealed] == await store.list_connections()
 
 
 async def test_rotate_keys_reseals_every_row_with_the_newest_key(
@@ -885,7 +1066,7 @@ async def test_rotate_keys_without_keys_raises_store_error(
 def test_open_store_maps_urls_to_stores(tmp_path: Path) -> None:
     """memory:// and SQLAlchemy-style sqlite URLs pick their store, path and keys."""
     assert isinstance(open_store("memory://"), MemoryStore)
-    relative = open_store("sqlite:///data/awx.db")
+    relative = open_store("sqlite:///data/awx.db", allow_plaintext=True)
     assert isinstance(relative, SQLiteStore)
     assert relative.path == "data/awx.db"
     assert relative.keys is None
@@ -898,9 +1079,10 @@ def test_open_store_maps_urls_to_stores(tmp_path: Path) -> None:
 
 
 class _FakePostgresStore:
-    def __init__(self, dsn: str, *, keys: KeyRing | None) -> None:
+    def __init__(self, dsn: str, *, keys: KeyRing | None, allow_plaintext: bool) -> None:
         self.dsn = dsn
         self.keys = keys
+        self.allow_plaintext = allow_plaintext
 
 
 @pytest.mark.parametrize("url", ["postgresql://user:pw@db:5432/awx", "postgres://db/awx"])
@@ -914,7 +1096,38 @@ def test_open_store_maps_postgres_urls_to_postgres_store(
     keys = KeyRing.generate()
     store = open_store(url, keys=keys)
     assert isinstance(store, _FakePostgresStore)
-    assert (url, keys) == (store.dsn, store.keys)
+    assert (url, keys, False) == (store.dsn, store.keys, store.allow_plaintext)
+    plain = open_store(url, allow_plaintext=True)
+    assert isinstance(plain, _FakePostgresStore)
+    assert (None, True) == (plain.keys, plain.allow_plaintext)
+
+
+def test_durable_stores_without_keys_refuse_unless_plaintext_is_allowed(tmp_path: Path) -> None:
+    """
+    A durable store without keys would write tokens in plaintext: refused at
+    construction (no file created) with an error naming 'awx-connection keys
+    new', unless allow_plaintext=True. The memory store is unaffected:
+    nothing of it leaves the process.
+    """
+    from awx_connection.stores import PostgresStore
+
+    path = tmp_path / "awx.db"
+    dsn = "postgresql://app:hunter2@db/awx"
+    builders: dict[str, Callable[..., object]] = {
+        "SQLiteStore": lambda **allow: SQLiteStore(path, keys=None, **allow),
+        "PostgresStore": lambda **allow: PostgresStore(dsn, keys=None, **allow),
+        "open_store(sqlite)": lambda **allow: open_store(f"sqlite:///{path}", **allow),
+        "open_store(postgresql)": lambda **allow: open_store(dsn, **allow),
+    }
+    for name, build in builders.items():
+        for refusing in ({}, {"allow_plaintext": False}):
+            with pytest.raises(ConfigurationError, match="'awx-connection keys new'") as caught:
+                build(**refusing)
+            assert "allow_plaintext=True" in str(caught.value), name
+            assert "hunter2" not in str(caught.value), name
+        assert build(allow_plaintext=True) is not None
+    assert not path.exists()
+    assert isinstance(open_store("memory://"), MemoryStore)
 
 
 def test_open_store_without_asyncpg_raises_configuration_error(
@@ -935,6 +1148,59 @@ def test_open_store_rejects_other_urls_without_echoing_them(url: str) -> None:
     with pytest.raises(ConfigurationError, match=r"memory://.*sqlite:///.*postgresql://") as caught:
         open_store(url)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://u:hunter2@h:notaport/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@h:99999/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@h1:5432,h2:x/db", "the port of host 2 is not a number"),
+        # An unencoded '@' in the password: asyncpg splits at the first one.
+        ("postgresql://u:hun@ter2:pw@h/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@[::1/db", "IPv6 host's '[' is not closed"),
+        ("postgresql://u:hunter2@[::1]:x/db", "the port of host 1 is not a number"),
+        ("postgresql://u:hunter2@h1,/db", "host 2 of the host list is empty"),
+        ("postgresql://u:hunter2@h/db?sslmode", "query string is malformed"),
+    ],
+)
+def test_a_malformed_postgres_url_is_a_configuration_error_without_the_password(
+    url: str, problem: str
+) -> None:
+    """
+    open_store() and PostgresStore() refuse a URL that asyncpg would only
+    refuse in open(), with a bare ValueError quoting part of it: a
+    ConfigurationError naming the problem and never the password.
+    """
+    from awx_connection.stores import PostgresStore
+
+    for build in (
+        lambda: open_store(url, keys=KeyRing.generate()),
+        lambda: PostgresStore(url, keys=KeyRing.generate()),
+    ):
+        with pytest.raises(ConfigurationError, match="malformed database URL") as caught:
+            build()
+        assert problem in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+        assert "ter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p%40ss@db:5432/awx",
+        "postgres://db/awx",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql://u@h1,h2:5433/db",
+        "postgresql:///db?host=/var/run/postgresql",
+        "postgresql://u@h:/db",
+    ],
+)
+def test_well_formed_postgres_urls_are_accepted(url: str) -> None:
+    """What asyncpg parses (encoded passwords, IPv6, host lists, sockets) still builds a store."""
+    from awx_connection.stores import PostgresStore
+
+    assert url == PostgresStore(url, keys=KeyRing.generate()).dsn
 
 
 def test_stores_namespace_exports() -> None:
@@ -1147,7 +1413,7 @@ async def test_sqlite_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> N
         db.execute(
             "INSERT INTO connections VALUES ('c1', 1, 'pending', 'hash-c1', 'ext-c1', NULL, "
             "1000.0, 1000.0, ?)",
-            (orjson.dumps(dump_record(record)),),
+            (orjson.dumps(dump_record(record, KEYS)),),
         )
         db.execute(
             "INSERT INTO events (connection_id, sequence, data) VALUES ('c1', 1, ?)",

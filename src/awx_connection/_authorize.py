@@ -23,6 +23,7 @@ import attrs
 
 from ._errors import CallbackError, ConfigurationError
 from ._secrets import Secret
+from ._text import is_text
 
 __all__ = [
     "AuthorizationRequest",
@@ -89,7 +90,8 @@ def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
     Validate scope names.
 
     Raises:
-        ConfigurationError: No scopes, or a scope is empty or has whitespace.
+        ConfigurationError: No scopes, or a scope is empty, has whitespace or
+            is not valid text (a lone surrogate cannot go into the URL).
     """
     if isinstance(scopes, str):
         msg = "scopes must be a sequence of scope names, not one string"
@@ -98,7 +100,12 @@ def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
         msg = "no scopes: pass scopes= or set Config.default_scopes"
         raise ConfigurationError(msg)
     for scope in scopes:
-        if not isinstance(scope, str) or not scope or any(c.isspace() for c in scope):
+        if (
+            not isinstance(scope, str)
+            or not scope
+            or any(c.isspace() for c in scope)
+            or not is_text(scope)
+        ):
             msg = f"invalid scope {scope!r}"
             raise ConfigurationError(msg)
     return tuple(scopes)
@@ -132,15 +139,6 @@ def authorize_url(
     return f"{base}{separator}{urlencode(params)}"
 
 
-def _is_text(value: str) -> bool:
-    """Whether *value* encodes as UTF-8 (no lone surrogates)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _clean(text: str) -> str:
     printable = "".join(c if c.isprintable() else " " for c in text)
     return printable[:_MAX_ERROR_CHARS]
@@ -156,9 +154,9 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
 
     Raises:
         CallbackError: The input is oversized or not a parsable URL, repeats
-            a parameter, has a value that is not a string (or not valid
-            text), lacks ``state``, or has both or neither of ``code`` and
-            ``error``.
+            a parameter, has a name or value that is not a string (or a
+            value that is not valid text), lacks ``state``, or has both or
+            neither of ``code`` and ``error``.
     """
     if isinstance(callback, str):
         if len(callback) > MAX_CALLBACK_CHARS:
@@ -178,6 +176,11 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
         # A multidict (aiohttp's request.query) yields a repeated key once per
         # value: merge them, so the repetition check below sees every value.
         for key, value in callback.items():
+            if not isinstance(key, str):
+                # Checked here, not left to len() or the lookups below: a
+                # parameter name that is not a string is a malformed callback.
+                msg = "callback parameter names must be strings"
+                raise CallbackError(msg)
             given = [value] if isinstance(value, str) else value
             if not isinstance(given, Sequence) or not all(isinstance(x, str) for x in given):
                 msg = "callback parameter values must be strings or lists of strings"
@@ -195,7 +198,7 @@ def parse_callback(callback: str | Mapping[str, str | Sequence[str]]) -> Callbac
             raise CallbackError(msg)
         if values:
             params[name] = values[0]
-            if not _is_text(values[0]):
+            if not is_text(values[0]):
                 # A lone surrogate (bytes a framework decoded with
                 # surrogateescape) cannot be hashed, stored or sent as JSON.
                 msg = f"callback parameter {name!r} is not valid text"

@@ -4,11 +4,12 @@ The ``awx-connection`` command: this module is the parser and the dispatcher.
 Subcommands: ``demo`` (one connection's whole life against the fake
 provider), ``fake-server`` (the fake Airwallex on 127.0.0.1), ``diagram``
 (the state machine as Mermaid), ``db migrate`` (create or upgrade a store's
-schema), ``keys new`` / ``keys rotate`` (encryption keys), and the day-two
-commands, implemented in ``_cli_*`` modules: ``connections list|show|
-refresh|disconnect|reauthorize`` (``_cli_connections``), ``events tail``
-(``_cli_events``) and ``authorize`` (``_cli_authorize``). docs/cli.md shows
-each with an example.
+schema), ``keys new`` / ``keys rotate`` / ``keys seal`` (encryption keys;
+``seal`` is the one command that accepts secrets stored in plaintext), and
+the day-two commands, implemented in ``_cli_*`` modules: ``connections
+list|show|refresh|disconnect|reauthorize`` (``_cli_connections``), ``events
+tail`` (``_cli_events``) and ``authorize`` (``_cli_authorize``).
+docs/cli.md shows each with an example.
 
 Stores are named by URL (``--store`` or ``AWX_STORE``): ``memory://``,
 ``sqlite:///path.db``, ``postgresql://user@host/db``. Encryption keys come
@@ -16,7 +17,9 @@ from ``AWX_ENCRYPTION_KEYS`` only, never from the command line (it would
 land in shell history and ``ps``); so do the client credentials
 (``Config.from_env()``), which only the commands that talk to Airwallex
 read: ``refresh``, ``reauthorize`` and ``authorize``. Reading commands need
-the store (and its keys) only.
+the store (and its keys) only. A durable store without keys is refused
+unless ``AWX_ALLOW_PLAINTEXT=1`` (``db migrate`` excepted: it touches no
+secret).
 
 Output: a human view by default; ``--json`` prints one JSON object, or one
 per line for lists and streams. Nothing printed ever holds a token, code,
@@ -30,8 +33,9 @@ Exit codes:
 * 1: the operation failed: the provider refused or failed, the connection
   is revoked (or otherwise unusable) or in a state that forbids the
   command, the store failed, ``authorize`` timed out or was declined;
-* 2: usage or configuration error: bad arguments, no store, missing or
-  invalid ``AWX_*`` variables;
+* 2: usage or configuration error: bad arguments (text that is not valid
+  UTF-8 included), no store, a malformed store URL, missing or invalid
+  ``AWX_*`` variables;
 * 3: not found: no connection with that id;
 * 130: interrupted: ``authorize`` by SIGINT or SIGTERM before the
   redirect, any other command by Ctrl-C;
@@ -51,7 +55,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AwxConnectionError, ConfigurationError, ConnectionNotFoundError
+from ._errors import (
+    AwxConnectionError,
+    ConfigurationError,
+    ConnectionNotFoundError,
+    InvalidArgumentError,
+)
 from ._states import ConnectionState
 
 if TYPE_CHECKING:
@@ -115,7 +124,19 @@ def _cmd_fake_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_from(args: argparse.Namespace) -> tuple[Store, KeyRing | None]:
+def _store_from(
+    args: argparse.Namespace, *, touches_secrets: bool = True
+) -> tuple[Store, KeyRing | None]:
+    """
+    The store of ``--store``/``AWX_STORE``, unopened, and its keys.
+
+    Keys come from ``AWX_ENCRYPTION_KEYS``. Without them a durable store is
+    refused (exit 2, naming ``awx-connection keys new``) unless
+    ``AWX_ALLOW_PLAINTEXT=1``; the check is made before anything is opened,
+    so a refused command creates no file and migrates nothing. Only a
+    command that reads and writes no record (*touches_secrets* false: ``db
+    migrate``) goes without.
+    """
     from ._crypto import KeyRing
     from .stores import open_store
 
@@ -124,11 +145,26 @@ def _store_from(args: argparse.Namespace) -> tuple[Store, KeyRing | None]:
         msg = "no store: pass --store URL or set AWX_STORE"
         raise ConfigurationError(msg)
     keys = KeyRing.from_env() if os.environ.get("AWX_ENCRYPTION_KEYS") else None
-    return open_store(url, keys=keys), keys
+    allow_plaintext = _allow_plaintext() or not touches_secrets
+    return open_store(url, keys=keys, allow_plaintext=allow_plaintext), keys
+
+
+def _allow_plaintext() -> bool:
+    """
+    ``AWX_ALLOW_PLAINTEXT``: ``1`` allows a store without keys; unset, empty or
+    ``0`` refuses. Anything else is an error rather than a guess: a
+    ``true`` or ``yes`` meant to allow must not silently refuse, nor a typo allow.
+    """
+    value = os.environ.get("AWX_ALLOW_PLAINTEXT", "")
+    if value not in ("", "0", "1"):
+        msg = "AWX_ALLOW_PLAINTEXT must be 1 (store secrets in plaintext) or 0 (refuse)"
+        raise ConfigurationError(msg)
+    return value == "1"
 
 
 async def _db_migrate(args: argparse.Namespace) -> int:
-    store, _ = _store_from(args)
+    # Migrations create tables and touch no record, so no keys are needed.
+    store, _ = _store_from(args, touches_secrets=False)
     await store.open()
     try:
         version = await getattr(store, "schema_version", _no_version)()
@@ -143,16 +179,31 @@ async def _no_version() -> str:
 
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
+    return await _reseal(args, seal_plaintext=False)
+
+
+async def _keys_seal(args: argparse.Namespace) -> int:
+    return await _reseal(args, seal_plaintext=True)
+
+
+async def _reseal(args: argparse.Namespace, *, seal_plaintext: bool) -> int:
+    """
+    ``keys rotate`` and ``keys seal``: one loop, ``Store.rotate_keys``. Sealing
+    is a command of its own rather than a flag of ``rotate``, so that accepting
+    plaintext (which, with keys configured, is what a tampered row looks
+    like) is never one habitual option away from a routine rotation.
+    """
     store, keys = _store_from(args)
     if keys is None:
         msg = "AWX_ENCRYPTION_KEYS is not set: put the new key first, then the old ones"
         raise ConfigurationError(msg)
     await store.open()
     try:
-        rewritten = await store.rotate_keys()
+        rewritten = await store.rotate_keys(seal_plaintext=seal_plaintext)
     finally:
         await store.aclose()
-    print(f"re-encrypted {rewritten} connection(s) with key {keys.primary!r}")
+    what = "sealed or re-encrypted" if seal_plaintext else "re-encrypted"
+    print(f"{what} {rewritten} connection(s) with key {keys.primary!r}")
     return 0
 
 
@@ -191,7 +242,9 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 _EPILOG = """\
 environment:
   AWX_STORE            store URL when --store is not given
-  AWX_ENCRYPTION_KEYS  ID:BASE64 keys sealing stored secrets (first one encrypts)
+  AWX_ENCRYPTION_KEYS  ID:BASE64 keys sealing stored secrets (first one encrypts);
+                       required for a durable store (make one: awx-connection keys new)
+  AWX_ALLOW_PLAINTEXT  1: use a durable store without keys, secrets in plaintext
   AWX_CLIENT_ID, AWX_CLIENT_SECRET, AWX_REDIRECT_URI, AWX_ENVIRONMENT, AWX_BASE_URL,
   AWX_SCOPES           credentials and endpoints; read by refresh, reauthorize, authorize
 
@@ -420,6 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--store", help="store URL (default: $AWX_STORE)")
     rotate.set_defaults(func=_run_async(_keys_rotate))
+    seal = keys_sub.add_parser(
+        "seal",
+        help="encrypt secrets stored in plaintext (rows written without keys), then rotate",
+        description="Encrypt every secret stored in plaintext with the first key of "
+        "AWX_ENCRYPTION_KEYS, and re-encrypt the other rows to it as 'keys rotate' does. "
+        "With keys configured, a plaintext secret is otherwise refused as tampering "
+        "(DecryptionError): run this only for a store known to hold rows written before "
+        "encryption was turned on. Each row sealed is logged (WARNING) by id.",
+    )
+    seal.add_argument("--store", help="store URL (default: $AWX_STORE)")
+    seal.set_defaults(func=_run_async(_keys_seal))
 
     _add_connections(sub)
     _add_events(sub)
@@ -437,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         result: int = args.func(args)
-    except ConfigurationError as exc:
+    except (ConfigurationError, InvalidArgumentError) as exc:
+        # InvalidArgumentError: an argument the store cannot hold (bytes
+        # that are not UTF-8 arrive in argv as lone surrogates): a usage error.
         print(f"awx-connection: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectionNotFoundError as exc:

@@ -58,7 +58,8 @@ async def run_demo(*, quiet: bool = False) -> list[ConnectionEvent]:
         with tempfile.TemporaryDirectory(prefix="awx-demo-") as tmp:
             db = Path(tmp) / "connections.db"
             say(f"fake Airwallex on {fake.base_url}; store sqlite:///{db}")
-            # Tokens are encrypted at rest; production reads KeyRing.from_env().
+            # A throwaway key for a throwaway file, so the demo needs no environment;
+            # production reads KeyRing.from_env() (a store without keys is refused).
             store = SQLiteStore(db, keys=KeyRing.generate())
             async with ConnectionManager(config, store=store, clock=clock) as awx:
                 awx.subscribe(seen.append)

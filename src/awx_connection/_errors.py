@@ -3,6 +3,7 @@ Every error the library raises, as one tree.
 
     AwxConnectionError
     ├── ConfigurationError           bad settings, at construction time
+    ├── InvalidArgumentError         a call's argument the library cannot accept or store
     ├── ConnectionNotFoundError      no connection with that id
     ├── IllegalTransitionError       a trigger the current state does not allow
     ├── AuthorizationError           the redirect back could not be accepted
@@ -22,10 +23,14 @@ Every error the library raises, as one tree.
     │   ├── ProviderUnavailableError 5xx
     │   ├── MalformedResponseError   not JSON, missing fields, absurd values
     │   └── NetworkError             connection failed or response lost
-    └── StoreError                   the store failed
-        ├── StoreUnavailableError    the database is unreachable (retried with backoff)
-        ├── DecryptionError          a stored secret did not decrypt (in _crypto)
-        └── VersionConflictError     a compare-and-swap lost to a newer write
+    ├── StoreError                   the store failed
+    │   ├── StoreUnavailableError    the database is unreachable (retried with backoff)
+    │   ├── DecryptionError          a stored secret did not decrypt (in _crypto)
+    │   └── VersionConflictError     a compare-and-swap lost to a newer write
+    ├── SubscriptionOverflowError    a subscriber fell too far behind (in _events)
+    └── WebhookError                 a webhook delivery was refused (in _webhooks)
+        ├── WebhookSignatureError    missing, stale or wrong signature
+        └── WebhookPayloadError      a body that is not a webhook event
 
 No message ever contains a token, a code, a verifier, ``state`` or the
 client secret: errors carry HTTP status and provider code only.
@@ -49,6 +54,7 @@ __all__ = [
     "ConnectionRevokedError",
     "ConnectionUnusableError",
     "IllegalTransitionError",
+    "InvalidArgumentError",
     "InvalidClientError",
     "InvalidGrantError",
     "MalformedResponseError",
@@ -72,6 +78,19 @@ class AwxConnectionError(Exception):
 
 class ConfigurationError(AwxConnectionError, ValueError):
     """A setting is missing or invalid."""
+
+
+class InvalidArgumentError(AwxConnectionError, ValueError):
+    """
+    An argument of a call is of the wrong type, or text the library cannot
+    store or send (a lone surrogate, which has no UTF-8 encoding).
+
+    Raised before anything is written, by the manager and by every store
+    alike, so that bad input is one typed error rather than whichever
+    ``TypeError`` or ``UnicodeEncodeError`` a driver happens to raise (or,
+    in memory, no error at all). A ``ValueError`` too, for callers that
+    catch that. Messages name the argument or field, never its value.
+    """
 
 
 class ConnectionNotFoundError(AwxConnectionError, LookupError):

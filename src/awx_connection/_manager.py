@@ -95,6 +95,7 @@ from ._secrets import Secret
 from ._states import ConnectionState, Trigger
 from ._statistics import ManagerStatistics
 from ._store import Store
+from ._text import check_text
 from ._tokens import TokenSet
 from ._transport import Transport
 from ._webhooks import (
@@ -545,8 +546,11 @@ class ConnectionManager:
 
         Raises:
             ConfigurationError: No or invalid scopes.
+            InvalidArgumentError: *external_id* is not ``None`` or a string
+                that encodes as UTF-8; nothing was stored.
         """
         self._check_open()
+        check_text("external_id", external_id, optional=True)
         chosen = check_scopes(self.config.default_scopes if scopes is None else scopes)
         now = self.clock.now()
         connection_id = _new_connection_id()

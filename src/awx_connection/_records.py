@@ -219,19 +219,32 @@ def dump_record(record: ConnectionRecord, keys: KeyRing | None = None) -> dict[s
     }
 
 
-def _opener(record_id: str, keys: KeyRing | None) -> Callable[[object, str], Secret | None]:
+def _opener(
+    record_id: str, keys: KeyRing | None, *, accept_plaintext: bool
+) -> Callable[[object, str], Secret | None]:
     def open_(value: object, field: str) -> Secret | None:
         if value is None:
             return None
         if not isinstance(value, str):
             raise TypeError("secret is not a string")
-        if KeyRing.is_envelope(value):
-            if keys is None:
+        if keys is None:
+            # No keys: the in-memory store, or a durable store opened with
+            # allow_plaintext=True. An envelope cannot be opened here.
+            if KeyRing.is_envelope(value):
                 raise DecryptionError(record_id, f"{field}: encrypted, but no keys configured")
-            return Secret(keys.decrypt(value, connection_id=record_id, field=field))
-        # Plaintext: written without keys (or before encryption was turned
-        # on); `rotate_keys` encrypts such rows.
-        return Secret(value)
+            return Secret(value)
+        if not KeyRing.is_envelope(value):
+            if accept_plaintext:  # rotate_keys(seal_plaintext=True), about to seal it
+                return Secret(value)
+            # With keys every secret was written sealed: plaintext in its
+            # place is tampering (a token swapped in by someone who can
+            # write the database) until an operator says otherwise.
+            raise DecryptionError(
+                record_id,
+                f"{field}: plaintext, not an encrypted envelope: tampered with, or written "
+                "without keys ('awx-connection keys seal' seals such rows)",
+            )
+        return Secret(keys.decrypt(value, connection_id=record_id, field=field))
 
     return open_
 
@@ -266,19 +279,27 @@ def _required(value: Secret | None) -> Secret:
     return value
 
 
-def load_record(data: dict[str, Any], keys: KeyRing | None = None) -> ConnectionRecord:
+def load_record(
+    data: dict[str, Any], keys: KeyRing | None = None, *, accept_plaintext: bool = False
+) -> ConnectionRecord:
     """
     Rebuild a record from :func:`dump_record` output, decrypting with *keys*.
 
+    With *keys*, every secret must be an envelope: a plaintext one raises
+    :class:`DecryptionError`, as tampering, unless *accept_plaintext* (only
+    for ``rotate_keys(seal_plaintext=True)``, which seals it at once).
+    Without *keys*, secrets are plaintext and an envelope raises.
+
     Raises:
-        DecryptionError: A secret did not decrypt (wrong key, tampering).
+        DecryptionError: A secret did not decrypt (wrong key, tampering), or
+            is plaintext although *keys* are given.
         StoreError: The data does not describe a valid record.
     """
     if not isinstance(data, dict):
         msg = f"stored record is corrupt (a JSON {type(data).__name__}, not an object)"
         raise StoreError(msg)
     connection_id = str(data.get("id", "?"))
-    _opt_secret = _opener(connection_id, keys)
+    _opt_secret = _opener(connection_id, keys, accept_plaintext=accept_plaintext)
     try:
         auth = data["authorization"]
         tokens = data["tokens"]

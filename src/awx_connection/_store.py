@@ -2,7 +2,7 @@
 The storage contract.
 
 A :class:`Store` keeps connection records and their events. The manager
-relies on three promises, which the contract test-suite
+relies on these promises, which the contract test-suite
 (``tests/test_store_contract.py``) checks for every implementation:
 
 1. **Compare-and-swap.** :meth:`Store.update` writes only if the stored
@@ -27,9 +27,17 @@ relies on three promises, which the contract test-suite
    :class:`~awx_connection.KeyRing` and write every secret as an
    AES-256-GCM envelope; :meth:`Store.rotate_keys` re-encrypts every row to
    the newest key. A row that does not decrypt raises
-   :class:`~awx_connection.DecryptionError` naming the connection.
+   :class:`~awx_connection.DecryptionError` naming the connection, and so,
+   with keys, does a secret stored in plaintext: it is tampering until
+   ``rotate_keys(seal_plaintext=True)`` is told otherwise.
 7. **Webhook ids.** Handled webhook ids are remembered so Airwallex's
    at-least-once deliveries are acted on once, in any replica.
+8. **Bad text is one typed error.** Every text argument (ids, owners,
+   consumer names, filters) and every text field of a record or event
+   written must be a ``str`` that encodes as UTF-8; otherwise the store
+   raises :class:`~awx_connection.InvalidArgumentError` before touching its
+   data, whatever its database would have done with it (the built-in
+   stores share the checks of ``awx_connection.stores._common``).
 """
 
 from __future__ import annotations
@@ -56,7 +64,14 @@ class Store(Protocol):
         ...
 
     async def get(self, connection_id: str) -> ConnectionRecord | None:
-        """The latest record of *connection_id*, or ``None``."""
+        """
+        The latest record of *connection_id*, or ``None``.
+
+        Raises:
+            InvalidArgumentError: *connection_id* is not a string or not
+                valid text (every store checks it, with the shared checks of
+                ``awx_connection.stores._common``).
+        """
         ...
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
@@ -88,6 +103,8 @@ class Store(Protocol):
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not
+                ``None`` or valid text.
         """
         ...
 
@@ -119,6 +136,8 @@ class Store(Protocol):
 
         Raises:
             StoreError: The id exists already.
+            InvalidArgumentError: A text field of the record or event is not
+                a string that encodes as UTF-8; nothing was written.
         """
         ...
 
@@ -141,6 +160,8 @@ class Store(Protocol):
 
         Raises:
             VersionConflictError: The stored version differs (or the record is gone).
+            InvalidArgumentError: A text field of the record or event is not
+                a string that encodes as UTF-8; nothing was written.
         """
         ...
 
@@ -220,9 +241,14 @@ class Store(Protocol):
         """Delete events whose ``at`` is older than *before*; return how many."""
         ...
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """
         Re-encrypt every stored secret with the key ring's primary key.
+
+        A secret stored in plaintext is refused (the row is reported as
+        unreadable, a :class:`~awx_connection.StoreError` at the end) unless
+        *seal_plaintext* says the store holds rows written before encryption:
+        with keys, plaintext is otherwise indistinguishable from tampering.
 
         Returns:
             How many connections were rewritten. Versions do not change.

@@ -48,7 +48,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(msg)
 
 
-def open_store(url: str, *, keys: KeyRing | None = None) -> Store:
+def open_store(url: str, *, keys: KeyRing | None = None, allow_plaintext: bool = False) -> Store:
     """
     The store a URL names; call :meth:`~awx_connection.Store.open` on it before use.
 
@@ -60,20 +60,22 @@ def open_store(url: str, *, keys: KeyRing | None = None) -> Store:
     * ``postgresql://...`` or ``postgres://...``: a :class:`PostgresStore`
       on that DSN (needs ``asyncpg``).
 
-    Durable stores seal secrets with *keys*; without them tokens are
-    written in plaintext (see :class:`SQLiteStore`).
+    Durable stores seal secrets with *keys*. Without keys they refuse to
+    open unless *allow_plaintext* (tokens would be written in plaintext; see
+    :class:`SQLiteStore`); the memory store takes neither.
 
     Raises:
-        ConfigurationError: Any other URL, or a PostgreSQL URL without
-            ``asyncpg``. The message names the scheme only, since a database
-            URL may carry a password.
+        ConfigurationError: Any other URL, a malformed PostgreSQL URL, a
+            PostgreSQL URL without ``asyncpg``, or a durable store without
+            *keys* or *allow_plaintext*. The message never shows the URL
+            beyond its scheme, since a database URL may carry a password.
     """
     if url == "memory://":
         return MemoryStore()
     if url.startswith(_SQLITE_PREFIX) and url[len(_SQLITE_PREFIX) :]:
         from ._sqlite import SQLiteStore
 
-        return SQLiteStore(url[len(_SQLITE_PREFIX) :], keys=keys)
+        return SQLiteStore(url[len(_SQLITE_PREFIX) :], keys=keys, allow_plaintext=allow_plaintext)
     if url.startswith(_POSTGRES_SCHEMES):
         try:
             from ._postgres import PostgresStore
@@ -83,7 +85,7 @@ def open_store(url: str, *, keys: KeyRing | None = None) -> Store:
                 f"({type(exc).__name__}); install it with 'pip install asyncpg'"
             )
             raise ConfigurationError(msg) from exc
-        return PostgresStore(url, keys=keys)
+        return PostgresStore(url, keys=keys, allow_plaintext=allow_plaintext)
     scheme, sep, _ = url.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         scheme = "?"

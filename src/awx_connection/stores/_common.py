@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from .._errors import StoreError
+from .._crypto import KeyRing
+from .._errors import ConfigurationError, StoreError
 from .._records import dump_record, load_event, load_record, load_summary
+from .._text import check_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 
-    from .._crypto import KeyRing
     from .._events import ConnectionEvent
     from .._records import ConnectionRecord, ConnectionSummary
 
@@ -36,7 +37,11 @@ __all__ = [
     "ListedRow",
     "StoredRow",
     "check_event",
+    "check_filters",
+    "check_keys",
     "check_limit",
+    "check_record",
+    "check_text",
     "check_version",
     "load_listed",
     "load_page",
@@ -81,10 +86,82 @@ def check_limit(limit: int) -> None:
 
 
 def check_event(record: ConnectionRecord, event: ConnectionEvent) -> None:
-    """Raise ``ValueError`` unless *event* belongs to *record*'s connection."""
+    """
+    Raise ``ValueError`` unless *event* belongs to *record*'s connection, and
+    :class:`~awx_connection.InvalidArgumentError` unless its text can be stored.
+    """
     if event.connection_id != record.id:
         msg = f"connection {record.id!r}: the event belongs to {event.connection_id!r}"
         raise ValueError(msg)
+    check_text("event reason", event.reason)
+    check_text("event external_id", event.external_id, optional=True)
+    check_text("event account_id", event.account_id, optional=True)
+
+
+def check_record(record: ConnectionRecord) -> None:
+    """
+    Raise :class:`~awx_connection.InvalidArgumentError` unless every text
+    field of *record*, its secrets included, is a string that encodes as
+    UTF-8 (``None`` where the field is optional).
+
+    Every store runs it before writing, so a bad value is the same typed
+    error in memory (which would keep it), in SQLite (``UnicodeEncodeError``
+    from the driver, ``TypeError`` from orjson) and in PostgreSQL. Messages
+    name the field, never its value. Mirrors the fields of
+    :func:`~awx_connection._records.dump_record`.
+    """
+    check_text("connection id", record.id)
+    where = f"connection {record.id!r}: "
+    check_text(where + "reason", record.reason)
+    check_text(where + "external_id", record.external_id, optional=True)
+    check_text(where + "account_id", record.account_id, optional=True)
+    check_text(where + "write_id", record.write_id)
+    for scope in record.scopes:
+        check_text(where + "a scope", scope)
+    if record.code is not None:
+        check_text(where + "code", record.code.reveal())
+    auth = record.authorization
+    if auth is not None:
+        check_text(where + "state_hash", auth.state_hash, optional=True)
+        check_text(where + "redirect_uri", auth.redirect_uri)
+        if auth.code_verifier is not None:
+            check_text(where + "code_verifier", auth.code_verifier.reveal())
+    tokens = record.tokens
+    if tokens is not None:
+        check_text(where + "access_token", tokens.access_token.reveal())
+        check_text(where + "refresh_token", tokens.refresh_token.reveal())
+        for scope in tokens.scope:
+            check_text(where + "a token scope", scope)
+
+
+def check_filters(*, external_id: str | None, account_id: str | None) -> None:
+    """
+    Raise :class:`~awx_connection.InvalidArgumentError` unless the filters of
+    ``list_connections`` are ``None`` or text: a lone surrogate matches no
+    stored row, and only memory could even look for it.
+    """
+    check_text("external_id", external_id, optional=True)
+    check_text("account_id", account_id, optional=True)
+
+
+def check_keys(store: str, keys: KeyRing | None, *, allow_plaintext: bool) -> None:
+    """
+    Raise :class:`~awx_connection.ConfigurationError` unless a durable store
+    has *keys* or was told *allow_plaintext*.
+
+    Without keys, access and refresh tokens, codes and verifiers are written
+    in the clear to the database, its logs and every backup. That must be a
+    visible decision, never what a forgotten ``keys=`` (or an unset
+    ``AWX_ENCRYPTION_KEYS``) does silently; the message says how to get a key.
+    """
+    if keys is None and not allow_plaintext:
+        msg = (
+            f"{store} store: no encryption keys, so tokens would be stored in plaintext; "
+            "generate a key with 'awx-connection keys new' and pass keys=KeyRing.from_env() "
+            "(it reads AWX_ENCRYPTION_KEYS), or accept plaintext explicitly with "
+            "allow_plaintext=True (AWX_ALLOW_PLAINTEXT=1 for the CLI)"
+        )
+        raise ConfigurationError(msg)
 
 
 # --- waiting -----------------------------------------------------------------------------
@@ -274,14 +351,16 @@ async def load_page(
 class _UnreadableRowError(Exception):
     """A row rotate_keys cannot decode or decrypt; the cause says why."""
 
+    def __init__(self, *, plaintext: bool) -> None:
+        super().__init__()
+        #: Whether the row holds plaintext secrets (which only seal_plaintext accepts).
+        self.plaintext = plaintext
 
-def _sealed_with_primary(fields: dict[str, Any], keys: KeyRing) -> bool:
+
+def _stored_secrets(fields: dict[str, Any]) -> list[object]:
     """
-    Whether every secret in stored *fields* is an envelope of the primary key.
-
-    A plaintext secret makes it ``False`` (rows written without keys get
-    encrypted). Mirrors where :func:`~awx_connection._records.dump_record`
-    puts secrets.
+    Every secret in stored *fields*, as stored (``None`` where absent).
+    Mirrors where :func:`~awx_connection._records.dump_record` puts secrets.
     """
     secrets: list[object] = [fields.get("code")]
     auth = fields.get("authorization")
@@ -290,10 +369,20 @@ def _sealed_with_primary(fields: dict[str, Any], keys: KeyRing) -> bool:
     tokens = fields.get("tokens")
     if isinstance(tokens, dict):
         secrets.extend([tokens.get("access_token"), tokens.get("refresh_token")])
+    return secrets
+
+
+def _sealed_with_primary(secrets: list[object], keys: KeyRing) -> bool:
+    """Whether every one of *secrets* is an envelope of the primary key (or absent)."""
     return all(
         value is None or (isinstance(value, str) and keys.key_of(value) == keys.primary)
         for value in secrets
     )
+
+
+def _holds_plaintext(secrets: list[object]) -> bool:
+    """Whether one of *secrets* is a string that is not an envelope: plaintext."""
+    return any(isinstance(value, str) and not KeyRing.is_envelope(value) for value in secrets)
 
 
 async def rotate_keys(
@@ -304,6 +393,7 @@ async def rotate_keys(
     write: Callable[[str, int, bytes], Awaitable[bool]],
     reread: Callable[[str], Awaitable[tuple[int, object] | None]],
     decrypt_sealed: bool,
+    seal_plaintext: bool,
 ) -> int:
     """
     Reseal every row of *rows* not sealed with the primary key; return how many changed.
@@ -321,6 +411,13 @@ async def rotate_keys(
     already sealed with the primary key is still decrypted (and reported if
     it does not open) rather than skipped unread.
 
+    A row holding a plaintext secret is unreadable, as it is to every read
+    with keys (a token swapped in by someone who can write the database
+    looks exactly like one written before encryption), unless
+    *seal_plaintext*: the operator's explicit word that such rows predate
+    encryption. Each one sealed is then logged (WARNING, naming the
+    connection), so what was accepted can be reviewed.
+
     Raises:
         StoreError: *keys* is ``None``; or some rows could not be read (each
             logged with its id; every other row was rotated and stays
@@ -331,16 +428,24 @@ async def rotate_keys(
         raise StoreError(msg)
     rewritten = 0
     unreadable: list[str] = []
+    plaintext = 0
     async with contextlib.aclosing(rows()) as stored:
         async for connection_id, version, data in stored:
             try:
                 if await _rotate_row(
-                    keys, connection_id, version, data, write, reread, decrypt_sealed
+                    store,
+                    keys,
+                    (connection_id, version, data),
+                    write,
+                    reread,
+                    decrypt_sealed=decrypt_sealed,
+                    seal_plaintext=seal_plaintext,
                 ):
                     rewritten += 1
             except _UnreadableRowError as exc:
                 _log.error("%s store: rotate_keys skipped %s", store, exc.__cause__)
                 unreadable.append(connection_id)
+                plaintext += exc.plaintext
     if unreadable:
         shown = ", ".join(repr(connection_id) for connection_id in unreadable[:_SHOWN_UNREADABLE])
         extra = len(unreadable) - _SHOWN_UNREADABLE
@@ -349,32 +454,48 @@ async def rotate_keys(
             f"{store} store: rotate_keys re-encrypted {rewritten} connection(s) but could "
             f"not read {len(unreadable)}, which keep their old key: {shown}{more}"
         )
+        if plaintext:
+            msg += (
+                f"; {plaintext} of them hold plaintext secrets, which only "
+                "rotate_keys(seal_plaintext=True) ('awx-connection keys seal') encrypts"
+            )
         raise StoreError(msg)
     return rewritten
 
 
 async def _rotate_row(
+    store: str,
     keys: KeyRing,
-    connection_id: str,
-    version: int,
-    data: object,
+    row: StoredRow,
     write: Callable[[str, int, bytes], Awaitable[bool]],
     reread: Callable[[str], Awaitable[tuple[int, object] | None]],
+    *,
     decrypt_sealed: bool,
+    seal_plaintext: bool,
 ) -> bool:
     """Reseal one row with the primary key unless it is already; retry if it moves."""
+    connection_id, version, data = row
     while True:
+        plaintext = False
         try:
             fields = _decode(connection_id, "record", data)
-            sealed = _sealed_with_primary(fields, keys)
+            secrets = _stored_secrets(fields)
+            sealed = _sealed_with_primary(secrets, keys)
             if sealed and not decrypt_sealed:
                 return False
-            record = load_record(_own(connection_id, fields), keys)
+            plaintext = _holds_plaintext(secrets)
+            record = load_record(_own(connection_id, fields), keys, accept_plaintext=seal_plaintext)
         except StoreError as exc:
-            raise _UnreadableRowError from exc
+            raise _UnreadableRowError(plaintext=plaintext) from exc
         if sealed:
             return False
         if await write(connection_id, version, orjson.dumps(dump_record(record, keys))):
+            if plaintext:
+                _log.warning(
+                    "%s store: rotate_keys sealed plaintext secrets of connection %r",
+                    store,
+                    connection_id,
+                )
             return True
         current = await reread(connection_id)
         if current is None:

@@ -33,7 +33,16 @@ import attrs
 
 from .._errors import StoreError, VersionConflictError
 from .._records import ConnectionSummary
-from ._common import check_event, check_limit, check_version, wait_until, wake
+from ._common import (
+    check_event,
+    check_filters,
+    check_limit,
+    check_record,
+    check_text,
+    check_version,
+    wait_until,
+    wake,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -75,11 +84,18 @@ class MemoryStore:
         """Nothing to release; the data stays readable."""
 
     async def get(self, connection_id: str) -> ConnectionRecord | None:
-        """The latest record of *connection_id*, or ``None``."""
+        """
+        The latest record of *connection_id*, or ``None``.
+
+        Raises:
+            InvalidArgumentError: *connection_id* is not a string or not valid text.
+        """
+        check_text("connection_id", connection_id)
         return self._records.get(connection_id)
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
         """The connection whose pending authorization has this ``state`` hash."""
+        check_text("state_hash", state_hash)
         connection_id = self._by_state_hash.get(state_hash)
         return None if connection_id is None else self._records[connection_id]
 
@@ -99,7 +115,9 @@ class MemoryStore:
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not text.
         """
+        check_filters(external_id=external_id, account_id=account_id)
         if limit is not None:
             check_limit(limit)
         wanted = None if states is None else frozenset(states)
@@ -139,8 +157,12 @@ class MemoryStore:
         Raises:
             StoreError: The id exists already, or its ``state`` hash is taken.
             ValueError: The event belongs to another connection.
+            InvalidArgumentError: A field of the record or event is not text
+                that a durable store could hold (checked here all the same,
+                so code tested in memory fails as it would on disk).
         """
         check_event(record, event)
+        check_record(record)
         if record.id in self._records:
             msg = f"memory store: insert of connection {record.id!r} failed: the id exists"
             raise StoreError(msg)
@@ -169,10 +191,12 @@ class MemoryStore:
             ValueError: ``record.version`` is not ``expected_version + 1``, or
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_version(record, expected_version)
         if event is not None:
             check_event(record, event)
+        check_record(record)
         current = self._records.get(record.id)
         if current is None or current.version != expected_version:
             actual = None if current is None else current.version
@@ -195,6 +219,7 @@ class MemoryStore:
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
+        check_text("connection_id", connection_id)
         events = self._events.get(connection_id, {})
         return [events[seq] for seq in sorted(events) if seq > after]
 
@@ -212,6 +237,8 @@ class MemoryStore:
             The stored record if *owner* now holds the lease; ``None`` when
             someone else does or the id is unknown.
         """
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         record = self._records.get(connection_id)
         if record is None:
             return None
@@ -223,6 +250,8 @@ class MemoryStore:
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         self._release(connection_id, owner)
 
     def _release(self, connection_id: str, owner: str) -> None:
@@ -247,6 +276,7 @@ class MemoryStore:
         Returns:
             The newer record, or ``None`` on timeout.
         """
+        check_text("connection_id", connection_id)
 
         async def newer() -> ConnectionRecord | None:
             record = self._records.get(connection_id)
@@ -282,6 +312,7 @@ class MemoryStore:
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
+        check_text("consumer", consumer)
         return self._offsets.get(consumer, 0)
 
     async def commit_offset(self, consumer: str, position: int) -> None:
@@ -291,6 +322,7 @@ class MemoryStore:
         An older position than the committed one is ignored: a consumer that
         restarted from a stale checkpoint must not make others re-read.
         """
+        check_text("consumer", consumer)
         self._offsets[consumer] = max(self._offsets.get(consumer, 0), position)
 
     async def prune_events(self, *, before: float) -> int:
@@ -310,17 +342,19 @@ class MemoryStore:
 
     async def webhook_seen(self, event_id: str) -> bool:
         """Whether a webhook with this event ``id`` was handled already."""
+        check_text("event_id", event_id)
         return event_id in self._webhooks
 
     async def remember_webhook(self, event_id: str, *, at: float) -> bool:
         """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+        check_text("event_id", event_id)
         if event_id in self._webhooks:
             return False
         self._webhooks[event_id] = at
         return True
 
-    async def rotate_keys(self) -> int:
-        """Nothing is encrypted in memory: always 0."""
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
+        """Nothing is encrypted in memory (nor needs to be): always 0, whatever *seal_plaintext*."""
         return 0
 
     def _append(self, event: ConnectionEvent) -> None:

@@ -82,6 +82,7 @@ import hashlib
 import logging
 import random
 import re
+import urllib.parse
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -102,7 +103,11 @@ from .._records import dump_event, dump_record
 from ._common import (
     StoredRow,
     check_event,
+    check_filters,
+    check_keys,
     check_limit,
+    check_record,
+    check_text,
     check_version,
     load_listed,
     load_page,
@@ -365,6 +370,68 @@ class _Sql:
         self.schema_version = f"SELECT version FROM {s}.schema_version"
 
 
+#: A bracketed IPv6 host and its optional port, as asyncpg reads one.
+_IPV6_HOST_RE: Final = re.compile(r"\[[^\]]+\](?::([^,]*))?")
+
+
+def _dsn_problem(dsn: object) -> str | None:
+    """
+    What is wrong with *dsn* as asyncpg would parse it, or ``None``.
+
+    asyncpg parses the URL only when it connects, in :meth:`PostgresStore.open`,
+    and a port that is not a number or an unclosed IPv6 bracket is then a bare
+    ``ValueError`` whose message quotes the offending text, which can be part
+    of a password that was not percent-encoded (``u:pa@ss:wd@h`` reads as
+    host ``ss``, port ``wd@h``). This follows asyncpg's reading (the user
+    part ends at the *first* ``@``; hosts are comma-separated, each with an
+    optional port) so that those mistakes are found at construction, and
+    describes each without quoting any part of the URL.
+    """
+    if not isinstance(dsn, str):
+        return f"the DSN must be a string, not {type(dsn).__name__}"
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        urllib.parse.parse_qs(parts.query, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        unclosed = "IPv6" in str(exc)
+        return (
+            "an IPv6 host's '[' is not closed by ']'"
+            if unclosed
+            else "it is not a parsable URL (its query string is malformed)"
+        )
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "the scheme must be 'postgresql://' or 'postgres://'"
+    _, at, hosts = parts.netloc.partition("@")
+    hostlist = hosts if at else parts.netloc
+    if not hostlist:
+        return None  # no host: libpq's defaults (a local socket, or ?host=)
+    for number, host in enumerate(hostlist.split(","), start=1):
+        if not host:
+            return f"host {number} of the host list is empty"
+        if host.startswith("["):
+            matched = _IPV6_HOST_RE.match(host)
+            if matched is None:
+                return f"host {number} is not a valid bracketed IPv6 address"
+            port = matched.group(1) or ""
+        else:
+            port = host.partition(":")[2]
+        port = urllib.parse.unquote(port)
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return (
+                f"the port of host {number} is not a number from 1 to 65535 (if the "
+                "password holds '@', ':' or '/', percent-encode it: '@' is %40)"
+            )
+    return None
+
+
+def _validate_dsn(_instance: object, _attribute: object, value: str) -> None:
+    problem = _dsn_problem(value)
+    if problem is not None:
+        # Never the DSN itself: it may carry a password.
+        msg = f"postgres store: malformed database URL: {problem}"
+        raise ConfigurationError(msg)
+
+
 def _validate_schema(_instance: object, _attribute: object, value: str) -> None:
     if not isinstance(value, str) or not _SCHEMA_RE.fullmatch(value):
         msg = (
@@ -387,9 +454,15 @@ class PostgresStore:
 
     Args:
         dsn: A libpq-style URL, ``postgresql://user:password@host:5432/db``.
-            Never shown in messages or the ``repr``.
-        keys: Seals every secret at rest; ``None`` stores them in plain text
-            (tests only).
+            Never shown in messages or the ``repr``. Checked here as asyncpg
+            will read it (scheme, brackets, every host's port), so a
+            malformed URL is a :class:`~awx_connection.ConfigurationError`
+            now rather than a bare ``ValueError`` from :meth:`open`.
+        keys: Seals every secret at rest. ``None`` would store them in plain
+            text, and is a :class:`~awx_connection.ConfigurationError` unless
+            *allow_plaintext* is given too.
+        allow_plaintext: Accept ``keys=None`` (tests of plaintext handling);
+            without it a forgotten key ring cannot go unnoticed.
         schema: Where the tables live; created if missing.
         min_size, max_size: The pool's bounds.
         retry_attempts: Tries of an idempotent operation (and of ``open``)
@@ -404,8 +477,9 @@ class PostgresStore:
             of this store (overrides one given in the *dsn*).
     """
 
-    dsn: str = attrs.field(repr=False)
+    dsn: str = attrs.field(repr=False, validator=_validate_dsn)
     keys: KeyRing | None = attrs.field(kw_only=True)
+    allow_plaintext: bool = attrs.field(default=False, kw_only=True)
     schema: str = attrs.field(default="awx_connection", kw_only=True, validator=_validate_schema)
     min_size: int = attrs.field(default=1, kw_only=True)
     max_size: int = attrs.field(default=10, kw_only=True)
@@ -434,6 +508,7 @@ class PostgresStore:
     _event_waiters: set[asyncio.Event] = attrs.field(factory=set, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        check_keys("postgres", self.keys, allow_plaintext=self.allow_plaintext)
         if not 1 <= self.min_size <= self.max_size:
             msg = (
                 f"postgres store: need 1 <= min_size <= max_size, "
@@ -535,7 +610,9 @@ class PostgresStore:
         Raises:
             DecryptionError: Its secrets do not decrypt with the key ring.
             StoreError: The stored record does not decode.
+            InvalidArgumentError: *connection_id* is not a string or not valid text.
         """
+        check_text("connection_id", connection_id)
         row = await self._query(
             f"get of connection {connection_id!r}", "fetchrow", self._sql.get, connection_id
         )
@@ -543,6 +620,7 @@ class PostgresStore:
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
         """The connection whose pending authorization has this ``state`` hash."""
+        check_text("state_hash", state_hash)
         row = await self._query("find_by_state_hash", "fetchrow", self._sql.find, state_hash)
         return None if row is None else load_stored_record(row["id"], row["data"], self.keys)
 
@@ -569,6 +647,7 @@ class PostgresStore:
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not text.
         """
         return await self._list(
             "list_connections",
@@ -614,6 +693,7 @@ class PostgresStore:
         account_id: str | None = None,
     ) -> list[_T]:
         """The rows matching the filters, oldest first, as *load* makes them."""
+        check_filters(external_id=external_id, account_id=account_id)
         if limit is not None:
             check_limit(limit)
         clauses: list[str] = []
@@ -657,8 +737,10 @@ class PostgresStore:
             StoreUnavailableError: The database failed while committing: the
                 connection may or may not exist now; re-read it.
             ValueError: The event belongs to another connection.
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_event(record, event)
+        check_record(record)
         columns = self._columns(record)
         event_row = _event_row(event)
 
@@ -697,10 +779,13 @@ class PostgresStore:
             ValueError: ``record.version`` is not ``expected_version + 1``, or
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_version(record, expected_version)
         if event is not None:
             check_event(record, event)
+        check_record(record)
+        check_record(record)
         columns = self._columns(record)
         event_row = None if event is None else _event_row(event)
         sql = self._sql
@@ -736,6 +821,7 @@ class PostgresStore:
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
+        check_text("connection_id", connection_id)
         rows = await self._query(
             f"read_events of connection {connection_id!r}",
             "fetch",
@@ -767,6 +853,8 @@ class PostgresStore:
         Raises:
             DecryptionError: The record does not decrypt (the lease is held).
         """
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         row = await self._query(
             f"acquire_lease of connection {connection_id!r}",
             "fetchrow",
@@ -781,6 +869,8 @@ class PostgresStore:
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         await self._query(
             f"release_lease of connection {connection_id!r}",
             "execute",
@@ -813,6 +903,7 @@ class PostgresStore:
         Raises:
             StoreUnavailableError: A re-read failed through every retry.
         """
+        check_text("connection_id", connection_id)
         wake = asyncio.Event()
         waiters = self._update_waiters.setdefault(connection_id, set())
         waiters.add(wake)
@@ -875,6 +966,7 @@ class PostgresStore:
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
+        check_text("consumer", consumer)
         value = await self._query(
             f"get_offset of consumer {consumer!r}", "fetchval", self._sql.get_offset, consumer
         )
@@ -882,6 +974,7 @@ class PostgresStore:
 
     async def commit_offset(self, consumer: str, position: int) -> None:
         """Record that *consumer* processed everything up to *position*; never moves back."""
+        check_text("consumer", consumer)
         await self._query(
             f"commit_offset of consumer {consumer!r}",
             "execute",
@@ -921,6 +1014,7 @@ class PostgresStore:
 
     async def webhook_seen(self, event_id: str) -> bool:
         """Whether a webhook with this event ``id`` was handled already."""
+        check_text("event_id", event_id)
         return bool(await self._query("webhook_seen", "fetchval", self._sql.webhook_seen, event_id))
 
     async def remember_webhook(self, event_id: str, *, at: float) -> bool:
@@ -929,6 +1023,7 @@ class PostgresStore:
 
         Retried like a read: ``ON CONFLICT DO NOTHING`` makes a repeat harmless.
         """
+        check_text("event_id", event_id)
         count = await self._query(
             "remember_webhook", "fetchval", self._sql.remember_webhook, event_id, at
         )
@@ -936,7 +1031,7 @@ class PostgresStore:
 
     # --- keys -----------------------------------------------------------------------------
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """
         Re-encrypt every row whose secrets are not all sealed with the primary key.
 
@@ -946,6 +1041,12 @@ class PostgresStore:
         re-read and tried again), so rotation runs alongside live traffic and
         can be interrupted and run again. Give every process the new ring
         first, or their writes keep sealing with the old key.
+
+        A row holding a plaintext secret (written without keys, or tampered
+        with: the two look the same) is not read but reported, like any
+        unreadable row, unless *seal_plaintext*: then it is sealed, and
+        logged (WARNING) by id. Pass it only for a store known to hold rows
+        from before encryption (``awx-connection keys seal``).
 
         Returns:
             How many connections were rewritten. Versions do not change.
@@ -961,6 +1062,7 @@ class PostgresStore:
             rows=self._rotation_rows,
             write=self._reseal,
             reread=self._reread,
+            seal_plaintext=seal_plaintext,
             # Rows already on the primary key are skipped without decrypting.
             decrypt_sealed=False,
         )

@@ -30,7 +30,8 @@ Why it is built this way:
 * **Secrets are sealed with the store's** :class:`~awx_connection.KeyRing`
   (AES-256-GCM, bound to connection and field) before they reach ``data``,
   so a copied file, a backup or a stray WAL holds no usable token. ``keys``
-  has no default: running without encryption must be a visible decision.
+  has no default, and ``keys=None`` needs ``allow_plaintext=True`` as well:
+  running without encryption must be a visible decision.
 * **Leases are columns beside the record** (``lease_owner``,
   ``lease_until``), not part of ``data``: taking one is a single
   conditional ``UPDATE`` that SQLite arbitrates across processes, and it
@@ -70,7 +71,11 @@ from .._records import dump_event, dump_record
 from ._common import (
     StoredRow,
     check_event,
+    check_filters,
+    check_keys,
     check_limit,
+    check_record,
+    check_text,
     check_version,
     load_listed,
     load_page,
@@ -162,7 +167,7 @@ MIGRATIONS: tuple[str, ...] = (
 # Run after busy_timeout, by _enable_wal. secure_delete: a replaced row's old
 # bytes are zeroed rather than left in free space, so tokens written before
 # encryption (or sealed with a retired key) do not linger in the file after
-# rotate_keys.
+# rotate_keys (seal_plaintext=True for the former).
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
@@ -215,16 +220,21 @@ class SQLiteStore:
     Every process that opens the same file sees the same connections. Call
     :meth:`open` before use and :meth:`aclose` after.
 
-    *keys* (required) encrypts every secret before it is written. Pass
-    ``keys=None`` only if you accept that access and refresh tokens, codes
-    and PKCE verifiers sit **in plaintext** in the file, its WAL and every
-    copy or backup of them: anyone who can read one can act as your
-    customers. Rows written in plaintext stay readable after keys are added,
-    and :meth:`rotate_keys` encrypts them.
+    *keys* (required) encrypts every secret before it is written.
+    ``keys=None`` is a :class:`~awx_connection.ConfigurationError` unless
+    *allow_plaintext* is also given: it means access and refresh tokens,
+    codes and PKCE verifiers sit **in plaintext** in the file, its WAL and
+    every copy or backup of them, and anyone who can read one can act as
+    your customers (tests of plaintext handling, throwaway files). Once
+    keys are added, rows written in plaintext no longer read (a
+    :class:`~awx_connection.DecryptionError`: plaintext where an envelope
+    belongs is what tampering looks like) until
+    ``rotate_keys(seal_plaintext=True)`` seals them.
     """
 
     path: str | os.PathLike[str]
     _keys: KeyRing | None = attrs.field(kw_only=True)
+    _allow_plaintext: bool = attrs.field(default=False, kw_only=True)
     #: Seconds a write waits for another connection's write lock before it
     #: fails with StoreUnavailableError (SQLite's ``busy_timeout``).
     busy_timeout: float = attrs.field(default=5.0, kw_only=True)
@@ -239,9 +249,12 @@ class SQLiteStore:
     #: Futures of this object's pollers; its own writes resolve them to skip the wait.
     _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
 
+    def __attrs_post_init__(self) -> None:
+        check_keys("sqlite", self._keys, allow_plaintext=self._allow_plaintext)
+
     @property
     def keys(self) -> KeyRing | None:
-        """The key ring secrets are sealed with, or ``None`` (plaintext)."""
+        """The key ring secrets are sealed with, or ``None`` (plaintext, by ``allow_plaintext``)."""
         return self._keys
 
     async def open(self) -> None:
@@ -288,7 +301,9 @@ class SQLiteStore:
         Raises:
             DecryptionError: A stored secret does not decrypt with the keys.
             StoreError: The stored record does not decode.
+            InvalidArgumentError: *connection_id* is not a string or not valid text.
         """
+        check_text("connection_id", connection_id)
         rows = await self._fetch(
             f"get of connection {connection_id!r}",
             "SELECT id, data FROM connections WHERE id = ?",
@@ -304,6 +319,7 @@ class SQLiteStore:
             DecryptionError: A stored secret does not decrypt with the keys.
             StoreError: The stored record does not decode.
         """
+        check_text("state_hash", state_hash)
         rows = await self._fetch(
             "find_by_state_hash",
             "SELECT id, data FROM connections WHERE state_hash = ?",
@@ -332,6 +348,7 @@ class SQLiteStore:
 
         Raises:
             ValueError: *limit* is less than 1.
+            InvalidArgumentError: *external_id* or *account_id* is not text.
         """
         return await self._list(
             "list_connections",
@@ -377,6 +394,7 @@ class SQLiteStore:
         account_id: str | None = None,
     ) -> list[_T]:
         """The rows matching the filters, oldest first, as *load* makes them."""
+        check_filters(external_id=external_id, account_id=account_id)
         if limit is not None:
             check_limit(limit)
         paged = after is not None or limit is not None
@@ -424,8 +442,10 @@ class SQLiteStore:
             StoreError: The id exists already, its ``state`` hash is taken, or
                 SQLite failed.
             ValueError: The event belongs to another connection.
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_event(record, event)
+        check_record(record)
         columns = self._columns(record)
         event_row = _event_row(event)
 
@@ -455,10 +475,12 @@ class SQLiteStore:
             ValueError: ``record.version`` is not ``expected_version + 1``, or
                 the event belongs to another connection (a caller bug,
                 checked before the store is looked at).
+            InvalidArgumentError: A field of the record or event is not text.
         """
         check_version(record, expected_version)
         if event is not None:
             check_event(record, event)
+        check_record(record)
         params = {**self._columns(record), "expected_version": expected_version}
         event_row = None if event is None else _event_row(event)
 
@@ -478,6 +500,7 @@ class SQLiteStore:
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
         """The stored events of *connection_id* with ``sequence > after``, in order."""
+        check_text("connection_id", connection_id)
         rows = await self._fetch(
             f"read_events of connection {connection_id!r}",
             "SELECT data FROM events WHERE connection_id = ? AND sequence > ? ORDER BY sequence",
@@ -504,6 +527,8 @@ class SQLiteStore:
         Raises:
             DecryptionError: The record does not decrypt (the lease is held).
         """
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         params = {"id": connection_id, "owner": owner, "until": until, "now": now}
 
         def op(db: sqlite3.Connection) -> Any:
@@ -516,6 +541,8 @@ class SQLiteStore:
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
         """Give the lease up if *owner* holds it; otherwise do nothing."""
+        check_text("connection_id", connection_id)
+        check_text("owner", owner)
         await self._call(
             f"release_lease of connection {connection_id!r}",
             lambda db: db.execute(_RELEASE_LEASE, (connection_id, owner)),
@@ -541,6 +568,7 @@ class SQLiteStore:
         Raises:
             DecryptionError: The newer record does not decrypt.
         """
+        check_text("connection_id", connection_id)
         action = f"wait_for_update of connection {connection_id!r}"
 
         async def newer() -> ConnectionRecord | None:
@@ -596,6 +624,7 @@ class SQLiteStore:
 
     async def get_offset(self, consumer: str) -> int:
         """The committed position of *consumer* (0 if it never committed)."""
+        check_text("consumer", consumer)
         rows = await self._fetch(
             f"get_offset of consumer {consumer!r}",
             "SELECT position FROM consumers WHERE name = ?",
@@ -611,6 +640,7 @@ class SQLiteStore:
         upsert): a consumer that restarted from a stale checkpoint, or a
         slower twin of it, must not make everyone re-read.
         """
+        check_text("consumer", consumer)
         await self._call(
             f"commit_offset of consumer {consumer!r}",
             lambda db: db.execute(_COMMIT_OFFSET, (consumer, position)),
@@ -651,11 +681,13 @@ class SQLiteStore:
 
     async def webhook_seen(self, event_id: str) -> bool:
         """Whether a webhook with this event ``id`` was handled already."""
+        check_text("event_id", event_id)
         rows = await self._fetch("webhook_seen", "SELECT 1 FROM webhooks WHERE id = ?", (event_id,))
         return bool(rows)
 
     async def remember_webhook(self, event_id: str, *, at: float) -> bool:
         """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+        check_text("event_id", event_id)
         cursor = await self._call(
             "remember_webhook",
             lambda db: db.execute(
@@ -664,7 +696,7 @@ class SQLiteStore:
         )
         return bool(cursor.rowcount == 1)
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """
         Re-encrypt every secret not sealed with the primary key; return how many rows changed.
 
@@ -674,6 +706,12 @@ class SQLiteStore:
         (which stays the same), so a concurrent write is never undone: the
         row is re-read and tried again. Give every process the new ring
         before rotating, or their writes keep sealing with the old key.
+
+        A row holding a plaintext secret (written without keys, or tampered
+        with: the two look the same) is not read but reported, like any
+        unreadable row, unless *seal_plaintext*: then it is sealed, and
+        logged (WARNING) by id. Pass it only for a store known to hold rows
+        from before encryption (``awx-connection keys seal``).
 
         Raises:
             StoreError: The store has no keys; or some rows could not be read
@@ -686,6 +724,7 @@ class SQLiteStore:
             rows=self._rotation_rows,
             write=self._reseal,
             reread=self._reread,
+            seal_plaintext=seal_plaintext,
             # Decrypted even when already on the primary key: a row sealed
             # under the primary's id with other key material must be reported.
             decrypt_sealed=True,
