@@ -191,13 +191,16 @@ async def test_webhook_disconnect_revokes_and_unsigned_is_401(
     """A signed connection.disconnected revokes the tenant's connection; an unsigned one is 401."""
     body = await connect(client, awx_fake, "acme")
     awx_clock.advance(1)
+    awx_fake.disconnect(body["account_id"])  # what the webhook tells of
     event = orjson.dumps(
         {
             "id": "evt_1",
             "name": "connection.disconnected",
             "account_id": body["account_id"],
             "data": {},
-            "created_at": datetime.fromtimestamp(awx_clock.now(), UTC).isoformat(),
+            "created_at": datetime.fromtimestamp(awx_clock.now(), UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S+0000"
+            ),
         }
     )
     assert 401 == (await client.post("/airwallex/webhooks", content=event)).status_code

@@ -48,6 +48,7 @@ from awx_connection import (
     Secret,
     StoreError,
     TimingPolicy,
+    WebhookClaim,
 )
 from awx_connection._authorize import Callback, check_scopes, parse_callback
 from awx_connection._records import (
@@ -491,7 +492,9 @@ def test_unsigned_or_badly_signed_webhooks_are_401_and_change_nothing(
     result = env.run(env.manager.handle_webhook(headers, body))
     assert 401 == result.status
     assert before == env.record(env.connection_id)
-    assert not env.run(env.manager.store.webhook_seen("evt_fixed"))
+    claim = env.manager.store.claim_webhook("evt_fixed", owner="probe", now=0, until=0)
+    assert WebhookClaim.CLAIMED is env.run(claim)  # never claimed by the refused delivery
+    env.run(env.manager.store.release_webhook("evt_fixed", owner="probe"))
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

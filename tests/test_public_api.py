@@ -62,6 +62,7 @@ EXPECTED = {
     "KeepaliveReport",
     "ManagerStatistics",
     "WebhookCallback",
+    "WebhookClaim",
     "WebhookError",
     "WebhookEvent",
     "WebhookPayloadError",

@@ -38,6 +38,7 @@ import orjson
 import pytest
 
 import awx_connection.stores
+from awx_connection import WebhookClaim
 from awx_connection._crypto import DecryptionError, KeyRing
 from awx_connection._errors import (
     ConfigurationError,
@@ -875,8 +876,10 @@ TEXT_ARGUMENTS: dict[str, Callable[[Store, Any], Awaitable[object]]] = {
     "wait_for_update": lambda store, bad: store.wait_for_update(bad, after_version=0, timeout=0),
     "get_offset": lambda store, bad: store.get_offset(bad),
     "commit_offset": lambda store, bad: store.commit_offset(bad, 1),
-    "webhook_seen": lambda store, bad: store.webhook_seen(bad),
-    "remember_webhook": lambda store, bad: store.remember_webhook(bad, at=1.0),
+    "claim_webhook(id)": lambda store, bad: store.claim_webhook(bad, owner="o", now=1, until=2),
+    "claim_webhook(owner)": lambda store, bad: store.claim_webhook("e", owner=bad, now=1, until=2),
+    "finish_webhook": lambda store, bad: store.finish_webhook(bad, owner="o", at=1.0),
+    "release_webhook": lambda store, bad: store.release_webhook(bad, owner="o"),
 }
 
 
@@ -1541,19 +1544,49 @@ async def test_sqlite_wait_for_update_sees_a_write_by_another_process(tmp_path: 
 # --- Webhook ids -----------------------------------------------------------------------
 
 
-async def test_webhook_ids_are_remembered_once(store: Store) -> None:
-    """A handled webhook id is seen afterwards; remembering it twice reports False."""
-    assert not await store.webhook_seen("evt_1")
-    assert await store.remember_webhook("evt_1", at=1000.0)
-    assert await store.webhook_seen("evt_1")
-    assert not await store.remember_webhook("evt_1", at=1001.0)
-    assert not await store.webhook_seen("evt_2")
+async def test_a_webhook_id_is_claimed_once_then_handled(store: Store) -> None:
+    """One claim wins; others see BUSY until it is handled, then HANDLED."""
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("e1", owner="a", now=10, until=70)
+    assert WebhookClaim.BUSY is await store.claim_webhook("e1", owner="b", now=11, until=71)
+    # The same owner again (a retried call) holds it still.
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("e1", owner="a", now=12, until=72)
+    await store.finish_webhook("e1", owner="b", at=13)  # not b's: nothing happens
+    assert WebhookClaim.BUSY is await store.claim_webhook("e1", owner="b", now=14, until=74)
+    await store.finish_webhook("e1", owner="a", at=15)
+    for owner in ("a", "b"):
+        assert WebhookClaim.HANDLED is await store.claim_webhook(
+            "e1", owner=owner, now=16, until=76
+        )
+    await store.release_webhook("e1", owner="a")  # handled stays handled
+    assert WebhookClaim.HANDLED is await store.claim_webhook("e1", owner="c", now=17, until=77)
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("e2", owner="c", now=17, until=77)
+
+
+async def test_a_released_or_lapsed_webhook_claim_can_be_taken(store: Store) -> None:
+    """Handling failed (released) or its holder died (claim ran out): a retry claims it."""
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("e1", owner="a", now=10, until=70)
+    await store.release_webhook("e1", owner="b")  # not b's to release
+    assert WebhookClaim.BUSY is await store.claim_webhook("e1", owner="b", now=11, until=71)
+    await store.release_webhook("e1", owner="a")
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("e1", owner="b", now=12, until=72)
+    assert WebhookClaim.BUSY is await store.claim_webhook("e1", owner="c", now=71, until=131)
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("e1", owner="c", now=72, until=132)
+
+
+async def test_concurrent_claims_of_one_webhook_id_have_one_winner(store: Store) -> None:
+    """Twenty claims at once, through the store's own concurrency: exactly one wins."""
+    claims = await asyncio.gather(
+        *(store.claim_webhook("e1", owner=f"o{n}", now=10, until=70) for n in range(20))
+    )
+    assert 1 == claims.count(WebhookClaim.CLAIMED)
+    assert 19 == claims.count(WebhookClaim.BUSY)
 
 
 async def test_webhook_ids_are_pruned_with_events(store: Store) -> None:
     """prune_events forgets webhook ids older than the cutoff, keeps newer ones."""
-    await store.remember_webhook("old", at=100.0)
-    await store.remember_webhook("new", at=5000.0)
+    for event_id, at in (("old", 100.0), ("new", 5000.0)):
+        await store.claim_webhook(event_id, owner="a", now=at, until=at + 60)
+        await store.finish_webhook(event_id, owner="a", at=at)
     await store.prune_events(before=1000.0)
-    assert not await store.webhook_seen("old")
-    assert await store.webhook_seen("new")
+    assert WebhookClaim.CLAIMED is await store.claim_webhook("old", owner="b", now=6000, until=1)
+    assert WebhookClaim.HANDLED is await store.claim_webhook("new", owner="b", now=6000, until=1)

@@ -5,10 +5,12 @@ and the fake provider posting real signed webhooks to a real aiohttp server.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -20,6 +22,8 @@ from awx_connection import (
     ConnectionState,
     Endpoints,
     KeyRing,
+    StoreUnavailableError,
+    WebhookClaim,
     WebhookEvent,
     webhook_handler,
 )
@@ -39,7 +43,7 @@ def envelope(name: str, account_id: str | None, created_at: float, **extra: obje
         "name": name,
         "account_id": account_id,
         "data": extra.pop("data", {}),
-        "created_at": datetime.fromtimestamp(created_at, UTC).isoformat(),
+        "created_at": datetime.fromtimestamp(created_at, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000"),
         **extra,
     }
     return orjson.dumps(payload)
@@ -300,3 +304,181 @@ def test_signature_matches_the_documented_recipe() -> None:
     timestamp = str(int(time.time() * 1000))
     expected = hmac.new(b"s3cret", timestamp.encode() + body, hashlib.sha256).hexdigest()
     assert expected == sign("s3cret", timestamp, body)
+
+
+# --- one event, many deliveries at once ---------------------------------------------
+
+
+async def test_twenty_concurrent_deliveries_of_one_event_act_once(
+    manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """
+    Twenty deliveries of one event at once (Airwallex retrying while the
+    first is still being handled): one acts; the others are told to retry
+    (409) or that it is a duplicate (200), and none runs the subscribers.
+    """
+    _, account_id = await active(manager, awx_fake)
+    calls: list[str] = []
+
+    async def slow(event: WebhookEvent) -> None:
+        calls.append(event.id)
+        await asyncio.sleep(0.05)
+
+    manager.subscribe_webhooks(slow)
+    body = envelope("account.active", account_id, awx_clock.now(), id="evt_once")
+    results = await asyncio.gather(
+        *(manager.handle_webhook(signed(body, awx_clock.now()), body) for _ in range(20))
+    )
+    assert ["evt_once"] == calls
+    assert 1 == sum(r.detail == "handled" for r in results)
+    assert {200, 409} >= {r.status for r in results}
+    again = await manager.handle_webhook(signed(body, awx_clock.now()), body)
+    assert (200, True) == (again.status, again.duplicate)
+
+
+async def deliver_to_two_replicas(
+    a: ConnectionManager, b: ConnectionManager, body: bytes, now: float
+) -> list[str]:
+    """The same delivery to both replicas at once, subscribers recording into one list."""
+    calls: list[str] = []
+
+    async def slow(event: WebhookEvent) -> None:
+        calls.append(event.id)
+        await asyncio.sleep(0.05)
+
+    a.subscribe_webhooks(slow)
+    b.subscribe_webhooks(slow)
+    results = await asyncio.gather(
+        *(m.handle_webhook(signed(body, now), body) for m in (a, b, a, b))
+    )
+    assert 1 == sum(r.detail == "handled" for r in results)
+    return calls
+
+
+async def test_two_replicas_on_one_sqlite_file_act_on_an_event_once(
+    config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, tmp_path: Path
+) -> None:
+    """Two managers (replicas) on one SQLite file receive the same event: one acts."""
+    keys = KeyRing.generate()
+    path = tmp_path / "awx.db"
+    async with (
+        ConnectionManager(config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as a,
+        ConnectionManager(config, store=SQLiteStore(path, keys=keys), clock=awx_clock) as b,
+    ):
+        _, account_id = await active(a, awx_fake)
+        body = envelope("account.active", account_id, awx_clock.now(), id="evt_replicas")
+        assert ["evt_replicas"] == await deliver_to_two_replicas(a, b, body, awx_clock.now())
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_postgresql_act_on_an_event_once(
+    config: Config,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    postgres_dsn: str,
+    postgres_schema: str,
+) -> None:
+    """The same across two PostgreSQL pools: the claim is one upsert, one winner."""
+    from awx_connection.stores import PostgresStore
+
+    keys = KeyRing.generate()
+
+    def store() -> PostgresStore:
+        return PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)
+
+    async with (
+        ConnectionManager(config, store=store(), clock=awx_clock) as a,
+        ConnectionManager(config, store=store(), clock=awx_clock) as b,
+    ):
+        _, account_id = await active(a, awx_fake)
+        body = envelope("account.active", account_id, awx_clock.now(), id="evt_pg")
+        assert ["evt_pg"] == await deliver_to_two_replicas(a, b, body, awx_clock.now())
+
+
+async def test_a_delivery_that_failed_is_handled_by_the_retry(
+    manager: ConnectionManager,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store fails mid-handling: 503 and the claim released, so the retry acts."""
+    connection_id, account_id = await active(manager, awx_fake)
+    listing = SQLiteStore.list_connections
+    failures = [StoreUnavailableError("the database went away (simulated)")]
+
+    async def flaky(self: SQLiteStore, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await listing(self, **kwargs)
+
+    monkeypatch.setattr(SQLiteStore, "list_connections", flaky)
+    body = envelope("connection.disconnected", account_id, awx_clock.now() + 5, id="evt_retry")
+    first = await manager.handle_webhook(signed(body, awx_clock.now()), body)
+    assert 503 == first.status
+    assert S.ACTIVE is (await manager.get(connection_id)).state
+    retry = await manager.handle_webhook(signed(body, awx_clock.now()), body)
+    assert (200, (connection_id,)) == (retry.status, retry.revoked)
+
+
+# --- a disconnect in the second of the activation --------------------------------------
+
+
+async def test_a_disconnect_in_the_second_of_the_activation_is_checked_with_the_provider(
+    manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """
+    Airwallex's created_at is to the second: a disconnect in the second the
+    connection was activated (here half a second later) has no certain order
+    with it. The provider is asked, refuses the token, and the connection is
+    revoked (it used to be ignored as older, and stay active).
+    """
+    awx_clock.advance(0.25)
+    connection_id, account_id = await active(manager, awx_fake)
+    activated = awx_clock.now()
+    awx_clock.advance(0.5)
+    awx_fake.disconnect(account_id)  # the customer disconnects at once
+    body = envelope("connection.disconnected", account_id, activated, id="evt_same_second")
+    result = await manager.handle_webhook(signed(body, awx_clock.now()), body)
+    assert (200, (connection_id,)) == (result.status, result.revoked)
+    assert S.REVOKED is (await manager.get(connection_id)).state
+
+
+async def test_an_earlier_disconnect_in_the_same_second_leaves_a_reconnect_alone(
+    manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """Disconnected, then reconnected within the second: the provider still takes the token."""
+    awx_clock.advance(0.1)
+    connection_id, account_id = await active(manager, awx_fake)
+    awx_fake.disconnect(account_id)
+    disconnected_at = awx_clock.now()
+    await manager.revoke(connection_id, "disconnected (seen through the API)")
+    again = await manager.reauthorize(connection_id)
+    awx_clock.advance(0.3)
+    await manager.complete_authorization(awx_fake.approve(again.url, account_id=account_id))
+    body = envelope("connection.disconnected", account_id, disconnected_at, id="evt_earlier")
+    result = await manager.handle_webhook(signed(body, awx_clock.now()), body)
+    assert (200, ()) == (result.status, result.revoked)
+    assert S.ACTIVE is (await manager.get(connection_id)).state
+
+
+async def test_a_disconnect_of_uncertain_order_is_retried_when_the_provider_is_down(
+    manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """The provider cannot be asked: 503, nothing changes, and the claim is free again."""
+    awx_clock.advance(0.25)
+    connection_id, account_id = await active(manager, awx_fake)
+    await awx_fake.aclose()  # Airwallex unreachable
+    body = envelope("connection.disconnected", account_id, awx_clock.now(), id="evt_unknown")
+    result = await manager.handle_webhook(signed(body, awx_clock.now()), body)
+    assert 503 == result.status
+    assert S.ACTIVE is (await manager.get(connection_id)).state
+    now = awx_clock.now()
+    claim = await manager.store.claim_webhook("evt_unknown", owner="retry", now=now, until=now)
+    assert WebhookClaim.CLAIMED is claim
+
+
+def test_the_fake_renders_created_at_as_airwallex_does(awx_fake: FakeAirwallex) -> None:
+    """To the second, with a +0000 offset: 2025-07-24T07:16:00+0000."""
+    awx_fake.set_webhook("http://127.0.0.1:9/hooks", SECRET)
+    payload = awx_fake.webhooks.event("account.active", "acct_1", created_at=1753341360.987)
+    assert "2025-07-24T07:16:00+0000" == payload["created_at"]

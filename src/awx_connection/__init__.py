@@ -55,6 +55,7 @@ from ._statistics import ManagerStatistics
 from ._store import Store
 from ._webhooks import (
     WebhookCallback,
+    WebhookClaim,
     WebhookError,
     WebhookEvent,
     WebhookPayloadError,
@@ -114,6 +115,7 @@ __all__ = [
     "UnknownStateError",
     "VersionConflictError",
     "WebhookCallback",
+    "WebhookClaim",
     "WebhookError",
     "WebhookEvent",
     "WebhookPayloadError",

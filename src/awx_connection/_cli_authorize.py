@@ -120,7 +120,7 @@ async def authorize(args: argparse.Namespace) -> int:
     config = Config.from_env()
     host, port, path = callback_address(config.redirect_uri, args.port)
     store, _ = _store_from(args)
-    async with ConnectionManager(config, store=store) as manager:
+    async with ConnectionManager(config, store=store, keepalive=False, settle=False) as manager:
         callback = _Callback(manager)
         app = web.Application()
         app.router.add_get(path, callback.handle)

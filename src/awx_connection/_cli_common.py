@@ -163,7 +163,9 @@ async def provider_manager(args: argparse.Namespace) -> AsyncIterator[Connection
     """
     config = Config.from_env()
     store, _ = _store_from(args)
-    async with ConnectionManager(config, store=store) as manager:
+    # A one-shot command: no keep-alive pass, and no settling of other
+    # connections behind the back of the one the command is about.
+    async with ConnectionManager(config, store=store, keepalive=False, settle=False) as manager:
         yield manager
 
 
@@ -191,7 +193,9 @@ def offline_config() -> Config:
 async def offline_manager(args: argparse.Namespace) -> AsyncIterator[ConnectionManager]:
     """An open manager on the store with :func:`offline_config`, for store-only writes."""
     store, _ = _store_from(args)
-    async with ConnectionManager(offline_config(), store=store) as manager:
+    async with ConnectionManager(
+        offline_config(), store=store, keepalive=False, settle=False
+    ) as manager:
         yield manager
 
 

@@ -61,7 +61,9 @@ async def run_demo(*, quiet: bool = False) -> list[ConnectionEvent]:
             # A throwaway key for a throwaway file, so the demo needs no environment;
             # production reads KeyRing.from_env() (a store without keys is refused).
             store = SQLiteStore(db, keys=KeyRing.generate())
-            async with ConnectionManager(config, store=store, clock=clock) as awx:
+            async with ConnectionManager(
+                config, store=store, clock=clock, keepalive=False, settle=False
+            ) as awx:
                 awx.subscribe(seen.append)
                 if not quiet:
                     awx.subscribe(_print_event)

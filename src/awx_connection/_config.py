@@ -227,6 +227,15 @@ class TimingPolicy:
     api_retries: int = attrs.field(default=2, validator=_count_or_zero)
     #: Largest accepted distance between a webhook's ``x-timestamp`` and now.
     webhook_tolerance: float = attrs.field(default=300.0, validator=_positive)
+    #: How long (injected clock) a webhook delivery's claim on its event id
+    #: lasts: another delivery of the same event meanwhile is answered 409
+    #: (retry later); a claim whose holder died is taken over after it.
+    webhook_claim_ttl: float = attrs.field(default=60.0, validator=_positive)
+    #: How far Airwallex's clock and ours may disagree. A disconnect webhook
+    #: whose ``created_at`` (to the second) is within this (plus that
+    #: second) of the connection's activation has no certain order with it:
+    #: the provider is asked instead (an API call with the current token).
+    webhook_clock_skew: float = attrs.field(default=2.0, validator=_non_negative)
     #: Keep-alive: an idle connection's refresh token is rotated once less
     #: than this fraction of its lifetime is left (minus per-connection
     #: jitter), so a 90-day token is rotated about every 45 days, not every

@@ -47,7 +47,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, Protocol, Self, TypeVar, final
+from typing import Any, Literal, Protocol, Self, TypeVar, final
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -63,7 +63,7 @@ from ._authorize import (
     state_hash,
 )
 from ._clock import Clock, SystemClock
-from ._config import Config
+from ._config import Config, TimingPolicy
 from ._connection import Connection, _Live
 from ._errors import (
     AwxConnectionError,
@@ -101,6 +101,7 @@ from ._transport import Transport
 from ._webhooks import (
     DISCONNECT_EVENTS,
     WebhookCallback,
+    WebhookClaim,
     WebhookError,
     WebhookEvent,
     WebhookResult,
@@ -142,6 +143,25 @@ _KEEPALIVE_PAGE = 1000
 def _unusable(record: ConnectionRecord) -> ConnectionUnusableError:
     cls = _UNUSABLE.get(record.state, ConnectionUnusableError)
     return cls(record.id, record.state, record.reason)
+
+
+def _order_of(
+    created_at: float, activated_at: float | None, timing: TimingPolicy
+) -> Literal["before", "after", "unknown"]:
+    """
+    Whether a webhook created at *created_at* (Airwallex renders it to the
+    second: the event happened within the second after it) surely came
+    before or after the activation at *activated_at*, allowing
+    ``webhook_clock_skew`` between the two clocks; else ``"unknown"``.
+    """
+    if activated_at is None:
+        return "after"
+    skew = timing.webhook_clock_skew
+    if created_at + 1.0 + skew <= activated_at:
+        return "before"
+    if created_at - skew > activated_at:
+        return "after"
+    return "unknown"
 
 
 def _new_connection_id() -> str:
@@ -1509,26 +1529,65 @@ class ConnectionManager:
         framework: pass the request headers and the *raw* body, answer
         ``result.status``.
 
-        200: handled, or a duplicate of a handled ``id``. 401: bad or stale
-        signature. 400: not a JSON webhook. Nothing changes unless 200.
+        The event id is claimed in the store before anything is done, so
+        deliveries of one event (Airwallex retries; replicas receive them
+        concurrently) are acted on once.
+
+        * 200: handled, or a duplicate of a handled ``id``.
+        * 401: bad or stale signature. 400: not a JSON webhook.
+        * 409: the same event is being handled by another delivery right
+          now; Airwallex's retry will find it handled.
+        * 503: it could not be handled now (the store failed, or Airwallex
+          could not be asked whether a disconnect is the current
+          authorization's); the claim is released, so a retry handles it.
+
+        Nothing changes unless 200.
         """
         self._check_open()
+        timing = self.config.timing
         try:
             verify_signature(
                 headers,
                 body,
                 secrets=self.config.webhook_secrets,
                 now=self.clock.now(),
-                tolerance=self.config.timing.webhook_tolerance,
+                tolerance=timing.webhook_tolerance,
             )
             event = parse_webhook(body)
         except WebhookError as exc:
             _log.warning("webhook refused (%s): %s", exc.status, exc)
             self._counts["webhooks_refused"] += 1
             return WebhookResult(exc.status, str(exc))
-        if await self.store.webhook_seen(event.id):
+        owner = secrets.token_hex(8)
+        now = self.clock.now()
+        claim = await self.store.claim_webhook(
+            event.id, owner=owner, now=now, until=now + timing.webhook_claim_ttl
+        )
+        if claim is WebhookClaim.HANDLED:
             self._counts["webhooks_handled"] += 1
             return WebhookResult(200, "duplicate", event, duplicate=True)
+        if claim is WebhookClaim.BUSY:
+            return WebhookResult(409, "being handled by another delivery; retry later", event)
+        try:
+            event, revoked = await self._act_on_webhook(event)
+            await self.store.finish_webhook(event.id, owner=owner, at=self.clock.now())
+        except AwxConnectionError as exc:
+            _log.warning(
+                "webhook %s %s could not be handled now (%s); answering 503 so it is retried",
+                event.name,
+                event.id,
+                exc,
+            )
+            await self._release_webhook(event.id, owner)
+            return WebhookResult(503, f"could not be handled now: {exc}", event)
+        except BaseException:
+            await self._release_webhook(event.id, owner)
+            raise
+        self._counts["webhooks_handled"] += 1
+        return WebhookResult(200, "handled", event, revoked=revoked)
+
+    async def _act_on_webhook(self, event: WebhookEvent) -> tuple[WebhookEvent, tuple[str, ...]]:
+        """Tie *event* to its connections, revoke them on a disconnect, run the subscribers."""
         records: dict[str, ConnectionRecord] = {}
         for account_id in event.account_ids:
             for record in await self.store.list_connections(account_id=account_id):
@@ -1543,19 +1602,31 @@ class ConnectionManager:
             ]
         for sub in [s for s in self._webhook_subscribers if s.matches(event)]:
             await sub.deliver(event)
-        await self.store.remember_webhook(event.id, at=self.clock.now())
-        self._counts["webhooks_handled"] += 1
-        return WebhookResult(200, "handled", event, revoked=tuple(revoked))
+        return event, tuple(revoked)
+
+    async def _release_webhook(self, event_id: str, owner: str) -> None:
+        try:
+            await asyncio.shield(self.store.release_webhook(event_id, owner=owner))
+        except StoreError as exc:
+            # Harmless: the claim runs out by itself (webhook_claim_ttl).
+            _log.warning("webhook %s: could not release its claim: %s", event_id, exc)
 
     async def _revoke_for_webhook(self, live: _Live, event: WebhookEvent) -> bool:
+        """
+        Revoke the connection for a disconnect webhook, unless the event
+        belongs to an earlier authorization (deliveries are unordered: an
+        old disconnect must not undo a newer reconnect).
+
+        ``created_at`` is to the second, and the two clocks may disagree;
+        where that leaves the order uncertain, the provider is asked.
+        """
         async with live.lock:
             await self._reload(live)
             record = live.record
             if record.state not in (_S.ACTIVE, _S.REFRESHING):
                 return False
-            if record.activated_at is not None and event.created_at < record.activated_at:
-                # Unordered delivery: this disconnect predates the current
-                # authorization (the customer reconnected since).
+            order = _order_of(event.created_at, record.activated_at, self.config.timing)
+            if order == "before":
                 _log.info(
                     "connection %s: ignoring %s %s older than the current authorization",
                     record.id,
@@ -1564,10 +1635,64 @@ class ConnectionManager:
                     extra={"connection_id": record.id},
                 )
                 return False
-            await self._transition(
-                live, _T.REVOKE, f"webhook {event.name} ({event.id})", journal=None
-            )
-            return True
+            if order == "after":
+                await self._transition(
+                    live, _T.REVOKE, f"webhook {event.name} ({event.id})", journal=None
+                )
+                return True
+        return await self._still_connected_after(live, event)
+
+    async def _still_connected_after(self, live: _Live, event: WebhookEvent) -> bool:
+        """
+        A disconnect whose order with the activation is uncertain: ask
+        Airwallex with the connection's own token (``GET /api/v1/account/``).
+        Refused (401), or its refresh refused (``invalid_grant``): the grant
+        is gone, so the connection is revoked. Any other answer but a 5xx:
+        the current authorization stands, and the event was an earlier one's.
+
+        Returns:
+            Whether the connection was revoked.
+
+        Raises:
+            ProviderError: Airwallex could not be asked (a 5xx, the network);
+                the webhook is answered 503 and retried later.
+        """
+        connection_id = live.record.id
+        try:
+            token = await self.access_token(connection_id)
+            await self._transport.fetch_account(Secret(token))
+        except ConnectionRevokedError:
+            return True  # the refresh was refused: revoked, as it says
+        except ConnectionUnusableError:
+            return False
+        except ProviderError as exc:
+            if exc.status != 401:
+                if exc.status is None or exc.status >= 500:
+                    raise
+                status: int | None = exc.status  # 403, 404: the token works
+            else:
+                async with live.lock:
+                    if live.record.state not in (_S.ACTIVE, _S.REFRESHING):
+                        return False
+                    await self._transition(
+                        live,
+                        _T.REVOKE,
+                        f"webhook {event.name} ({event.id}); the provider refused the token",
+                        journal=None,
+                    )
+                return True
+        else:
+            status = 200
+        _log.info(
+            "connection %s: ignoring %s %s from about when it was activated; the provider "
+            "still accepts its token (%s)",
+            connection_id,
+            event.name,
+            event.id,
+            status,
+            extra={"connection_id": connection_id},
+        )
+        return False
 
     # -- keep-alive -----------------------------------------------------------
 

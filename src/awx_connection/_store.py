@@ -30,8 +30,10 @@ relies on these promises, which the contract test-suite
    :class:`~awx_connection.DecryptionError` naming the connection, and so,
    with keys, does a secret stored in plaintext: it is tampering until
    ``rotate_keys(seal_plaintext=True)`` is told otherwise.
-7. **Webhook ids.** Handled webhook ids are remembered so Airwallex's
-   at-least-once deliveries are acted on once, in any replica.
+7. **Webhook ids.** A delivery claims its event id atomically before it
+   acts, and marks it handled after (or releases the claim if handling
+   failed), so Airwallex's at-least-once deliveries, concurrent ones
+   included, are acted on once, in any replica.
 8. **Bad text is one typed error.** Every text argument (ids, owners,
    consumer names, filters) and every text field of a record or event
    written must be a ``str`` that encodes as UTF-8; otherwise the store
@@ -48,6 +50,7 @@ from typing import Protocol
 from ._events import ConnectionEvent
 from ._records import ConnectionRecord, ConnectionSummary
 from ._states import ConnectionState
+from ._webhooks import WebhookClaim
 
 __all__ = ["Store"]
 
@@ -255,15 +258,29 @@ class Store(Protocol):
         """
         ...
 
-    async def webhook_seen(self, event_id: str) -> bool:
-        """Whether a webhook with this event ``id`` was handled already."""
-        ...
-
-    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
+    async def claim_webhook(
+        self, event_id: str, *, owner: str, now: float, until: float
+    ) -> WebhookClaim:
         """
-        Record a handled webhook ``id`` (pruned with the events by ``at``).
+        Claim the webhook *event_id* for *owner* (a random token of one
+        delivery) until *until*, atomically: of concurrent claims, in any
+        process, one wins.
 
         Returns:
-            ``False`` if it was recorded already.
+            ``CLAIMED`` when the id was new, or its claim ran out, or
+            *owner* holds it already; ``HANDLED`` when it was handled
+            (:meth:`finish_webhook`); ``BUSY`` when another owner's claim is
+            still running.
         """
+        ...
+
+    async def finish_webhook(self, event_id: str, *, owner: str, at: float) -> None:
+        """
+        Mark *event_id* handled, if *owner* holds its claim; remembered until
+        :meth:`prune_events` passes *at*.
+        """
+        ...
+
+    async def release_webhook(self, event_id: str, *, owner: str) -> None:
+        """Drop *owner*'s claim of *event_id* if it is not handled, so a retry can claim it."""
         ...

@@ -26,6 +26,7 @@ defensively. The manager (:meth:`ConnectionManager.handle_webhook`) then:
 from __future__ import annotations
 
 import contextlib
+import enum
 import fnmatch
 import hashlib
 import hmac
@@ -44,6 +45,7 @@ from ._secrets import Secret
 __all__ = [
     "DISCONNECT_EVENTS",
     "WebhookCallback",
+    "WebhookClaim",
     "WebhookError",
     "WebhookEvent",
     "WebhookPayloadError",
@@ -61,6 +63,25 @@ _log = logging.getLogger("awx_connection.webhooks")
 DISCONNECT_EVENTS = frozenset({"connection.disconnected", "partner_connection.disconnected"})
 #: Largest webhook body accepted, in bytes (real ones are a few KiB).
 MAX_BODY_BYTES = 256 * 1024
+
+
+class WebhookClaim(enum.Enum):
+    """
+    What :meth:`~awx_connection.Store.claim_webhook` found for an event id.
+
+    Claiming before acting is what makes "act once" hold for concurrent
+    deliveries of one event (Airwallex retries while an earlier attempt is
+    still being handled; replicas receive them in parallel): only the
+    delivery that claimed the id acts.
+    """
+
+    #: Ours now: handle it, then :meth:`~awx_connection.Store.finish_webhook`
+    #: (or :meth:`~awx_connection.Store.release_webhook` if handling failed).
+    CLAIMED = "claimed"
+    #: Handled already (answer 200: a duplicate).
+    HANDLED = "handled"
+    #: Another delivery holds the claim right now (answer 409: retry later).
+    BUSY = "busy"
 
 
 class WebhookError(AwxConnectionError):

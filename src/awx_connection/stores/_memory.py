@@ -33,6 +33,7 @@ import attrs
 
 from .._errors import StoreError, VersionConflictError
 from .._records import ConnectionSummary
+from .._webhooks import WebhookClaim
 from ._common import (
     check_event,
     check_filters,
@@ -73,7 +74,10 @@ class MemoryStore:
     #: Consumer name -> committed position.
     _offsets: dict[str, int] = attrs.field(factory=dict, init=False)
     #: Handled webhook ids and when they were handled.
-    _webhooks: dict[str, float] = attrs.field(factory=dict, init=False)
+    #: Webhook ids: ``(at, claimed_by, claimed_until)``; no claim once handled.
+    _webhooks: dict[str, tuple[float, str | None, float | None]] = attrs.field(
+        factory=dict, init=False
+    )
     #: Futures of the coroutines in wait_for_*; every write resolves them all.
     _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
 
@@ -332,7 +336,7 @@ class MemoryStore:
         They disappear from :meth:`read_events` and :meth:`read_outbox`
         alike. Positions are not reused, so consumers' offsets stay valid.
         """
-        self._webhooks = {k: at for k, at in self._webhooks.items() if at >= before}
+        self._webhooks = {k: v for k, v in self._webhooks.items() if v[0] >= before}
         pruned = [event for _, event in self._outbox if event.at < before]
         if pruned:
             self._outbox = [item for item in self._outbox if item[1].at >= before]
@@ -340,18 +344,37 @@ class MemoryStore:
                 del self._events[event.connection_id][event.sequence]
         return len(pruned)
 
-    async def webhook_seen(self, event_id: str) -> bool:
-        """Whether a webhook with this event ``id`` was handled already."""
+    async def claim_webhook(
+        self, event_id: str, *, owner: str, now: float, until: float
+    ) -> WebhookClaim:
+        """Claim *event_id* for *owner* until *until*, unless handled or claimed by another."""
         check_text("event_id", event_id)
-        return event_id in self._webhooks
+        check_text("owner", owner)
+        held = self._webhooks.get(event_id)
+        if held is not None:
+            _, claimed_by, claimed_until = held
+            if claimed_until is None:
+                return WebhookClaim.HANDLED
+            if claimed_by != owner and claimed_until > now:
+                return WebhookClaim.BUSY
+        self._webhooks[event_id] = (now, owner, until)
+        return WebhookClaim.CLAIMED
 
-    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
-        """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+    async def finish_webhook(self, event_id: str, *, owner: str, at: float) -> None:
+        """Mark *event_id* handled (remembered until pruned by *at*), if *owner* claimed it."""
         check_text("event_id", event_id)
-        if event_id in self._webhooks:
-            return False
-        self._webhooks[event_id] = at
-        return True
+        check_text("owner", owner)
+        held = self._webhooks.get(event_id)
+        if held is not None and held[1] == owner:
+            self._webhooks[event_id] = (at, None, None)
+
+    async def release_webhook(self, event_id: str, *, owner: str) -> None:
+        """Drop *owner*'s claim of an unhandled *event_id*, so a retry can claim it."""
+        check_text("event_id", event_id)
+        check_text("owner", owner)
+        held = self._webhooks.get(event_id)
+        if held is not None and held[1] == owner and held[2] is not None:
+            del self._webhooks[event_id]
 
     async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """Nothing is encrypted in memory (nor needs to be): always 0, whatever *seal_plaintext*."""

@@ -100,6 +100,7 @@ import orjson
 from .._crypto import KeyRing
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError, VersionConflictError
 from .._records import dump_event, dump_record
+from .._webhooks import WebhookClaim
 from ._common import (
     StoredRow,
     check_event,
@@ -179,6 +180,12 @@ MIGRATIONS: tuple[str, ...] = (
     # render every row back to text: a third of a 100,000-connection load.
     """
     ALTER TABLE {schema}.connections ALTER COLUMN data TYPE TEXT USING data::text;
+    """,
+    # 4: webhook ids are claimed before they are handled (concurrent
+    # deliveries of one event act once); NULL claimed_until means handled.
+    """
+    ALTER TABLE {schema}.webhooks ADD COLUMN claimed_by TEXT;
+    ALTER TABLE {schema}.webhooks ADD COLUMN claimed_until DOUBLE PRECISION;
     """,
 )
 
@@ -352,14 +359,25 @@ class _Sql:
             )
             SELECT count(*) FROM deleted
         """
-        self.webhook_seen = f"SELECT EXISTS (SELECT 1 FROM {s}.webhooks WHERE id = $1)"
-        self.remember_webhook = f"""
-            WITH inserted AS (
-                INSERT INTO {s}.webhooks (id, at) VALUES ($1, $2)
-                ON CONFLICT (id) DO NOTHING RETURNING 1
-            )
-            SELECT count(*) FROM inserted
+        self.claim_webhook = f"""
+            INSERT INTO {s}.webhooks AS w (id, at, claimed_by, claimed_until)
+            VALUES ($1, $3, $2, $4)
+            ON CONFLICT (id) DO UPDATE
+                SET at = EXCLUDED.at, claimed_by = EXCLUDED.claimed_by,
+                    claimed_until = EXCLUDED.claimed_until
+                WHERE w.claimed_until IS NOT NULL
+                    AND (w.claimed_until <= $3 OR w.claimed_by = $2)
+            RETURNING 1
         """
+        self.webhook_claim = f"SELECT claimed_until FROM {s}.webhooks WHERE id = $1"
+        self.finish_webhook = (
+            f"UPDATE {s}.webhooks SET at = $3, claimed_by = NULL, claimed_until = NULL "
+            "WHERE id = $1 AND claimed_by = $2"
+        )
+        self.release_webhook = (
+            f"DELETE FROM {s}.webhooks WHERE id = $1 AND claimed_by = $2 "
+            "AND claimed_until IS NOT NULL"
+        )
         self.rotate_page = (
             f"SELECT id, version, data FROM {s}.connections WHERE id > $1 ORDER BY id LIMIT $2"
         )
@@ -1012,22 +1030,44 @@ class PostgresStore:
 
     # --- webhooks -------------------------------------------------------------------------
 
-    async def webhook_seen(self, event_id: str) -> bool:
-        """Whether a webhook with this event ``id`` was handled already."""
-        check_text("event_id", event_id)
-        return bool(await self._query("webhook_seen", "fetchval", self._sql.webhook_seen, event_id))
-
-    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
+    async def claim_webhook(
+        self, event_id: str, *, owner: str, now: float, until: float
+    ) -> WebhookClaim:
         """
-        Record a handled webhook ``id``; ``False`` if it was recorded already.
+        Claim *event_id* for *owner* until *until*, unless handled or claimed by another.
 
-        Retried like a read: ``ON CONFLICT DO NOTHING`` makes a repeat harmless.
+        One upsert decides (the row lock orders concurrent claims, across
+        replicas). Retried when the database is unavailable: the same
+        owner's repeat of a claim that did commit finds it its own.
         """
         check_text("event_id", event_id)
-        count = await self._query(
-            "remember_webhook", "fetchval", self._sql.remember_webhook, event_id, at
+        check_text("owner", owner)
+        sql = self._sql
+
+        async def op(connection: Any) -> WebhookClaim:
+            if await connection.fetchval(sql.claim_webhook, event_id, owner, now, until):
+                return WebhookClaim.CLAIMED
+            row = await connection.fetchrow(sql.webhook_claim, event_id)
+            handled = row is not None and row["claimed_until"] is None
+            return WebhookClaim.HANDLED if handled else WebhookClaim.BUSY
+
+        return await self._run("claim_webhook", op, retry=True, write=True)
+
+    async def finish_webhook(self, event_id: str, *, owner: str, at: float) -> None:
+        """Mark *event_id* handled (remembered until pruned by *at*), if *owner* claimed it."""
+        check_text("event_id", event_id)
+        check_text("owner", owner)
+        await self._query(
+            "finish_webhook", "execute", self._sql.finish_webhook, event_id, owner, at, write=True
         )
-        return int(count) == 1
+
+    async def release_webhook(self, event_id: str, *, owner: str) -> None:
+        """Drop *owner*'s claim of an unhandled *event_id*, so a retry can claim it."""
+        check_text("event_id", event_id)
+        check_text("owner", owner)
+        await self._query(
+            "release_webhook", "execute", self._sql.release_webhook, event_id, owner, write=True
+        )
 
     # --- keys -----------------------------------------------------------------------------
 

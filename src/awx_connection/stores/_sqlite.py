@@ -68,6 +68,7 @@ import orjson
 from .._crypto import KeyRing
 from .._errors import StoreError, StoreUnavailableError, VersionConflictError
 from .._records import dump_event, dump_record
+from .._webhooks import WebhookClaim
 from ._common import (
     StoredRow,
     check_event,
@@ -162,6 +163,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX connections_created ON connections (created_at, id);
     """,
+    # 5: webhook ids are claimed before they are handled (concurrent
+    # deliveries of one event act once); NULL claimed_until means handled.
+    """
+    ALTER TABLE webhooks ADD COLUMN claimed_by TEXT;
+    ALTER TABLE webhooks ADD COLUMN claimed_until REAL;
+    """,
 )
 
 # Run after busy_timeout, by _enable_wal. secure_delete: a replaced row's old
@@ -204,6 +211,16 @@ _ACQUIRE_LEASE = """
 _RELEASE_LEASE = (
     "UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?"
 )
+
+_CLAIM_WEBHOOK = """
+    INSERT INTO webhooks (id, at, claimed_by, claimed_until) VALUES (:id, :now, :owner, :until)
+    ON CONFLICT (id) DO UPDATE
+        SET at = excluded.at, claimed_by = excluded.claimed_by,
+            claimed_until = excluded.claimed_until
+        WHERE webhooks.claimed_until IS NOT NULL
+            AND (webhooks.claimed_until <= :now OR webhooks.claimed_by = :owner)
+    RETURNING 1
+"""
 
 _COMMIT_OFFSET = """
     INSERT INTO consumers (name, position) VALUES (?, ?)
@@ -679,22 +696,55 @@ class SQLiteStore:
                 return deleted
             await asyncio.sleep(_PRUNE_PAUSE)
 
-    async def webhook_seen(self, event_id: str) -> bool:
-        """Whether a webhook with this event ``id`` was handled already."""
-        check_text("event_id", event_id)
-        rows = await self._fetch("webhook_seen", "SELECT 1 FROM webhooks WHERE id = ?", (event_id,))
-        return bool(rows)
+    async def claim_webhook(
+        self, event_id: str, *, owner: str, now: float, until: float
+    ) -> WebhookClaim:
+        """
+        Claim *event_id* for *owner* until *until*, unless handled or claimed by another.
 
-    async def remember_webhook(self, event_id: str, *, at: float) -> bool:
-        """Record a handled webhook ``id``; ``False`` if it was recorded already."""
+        One upsert decides, so of two processes claiming the same id at
+        once exactly one gets CLAIMED; a claim whose term ran out (its
+        holder died) can be taken over, and the same owner's repeat (a
+        retried call) is its own.
+        """
         check_text("event_id", event_id)
-        cursor = await self._call(
-            "remember_webhook",
+        check_text("owner", owner)
+        params = {"id": event_id, "owner": owner, "now": now, "until": until}
+
+        def op(db: sqlite3.Connection) -> WebhookClaim:
+            if db.execute(_CLAIM_WEBHOOK, params).fetchall():
+                return WebhookClaim.CLAIMED
+            row = db.execute("SELECT claimed_until FROM webhooks WHERE id = ?", (event_id,))
+            found = row.fetchone()
+            return WebhookClaim.HANDLED if found and found[0] is None else WebhookClaim.BUSY
+
+        return await self._call("claim_webhook", op)
+
+    async def finish_webhook(self, event_id: str, *, owner: str, at: float) -> None:
+        """Mark *event_id* handled (remembered until pruned by *at*), if *owner* claimed it."""
+        check_text("event_id", event_id)
+        check_text("owner", owner)
+        await self._call(
+            "finish_webhook",
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO webhooks (id, at) VALUES (?, ?)", (event_id, at)
+                "UPDATE webhooks SET at = ?, claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ?",
+                (at, event_id, owner),
             ),
         )
-        return bool(cursor.rowcount == 1)
+
+    async def release_webhook(self, event_id: str, *, owner: str) -> None:
+        """Drop *owner*'s claim of an unhandled *event_id*, so a retry can claim it."""
+        check_text("event_id", event_id)
+        check_text("owner", owner)
+        await self._call(
+            "release_webhook",
+            lambda db: db.execute(
+                "DELETE FROM webhooks WHERE id = ? AND claimed_by = ? "
+                "AND claimed_until IS NOT NULL",
+                (event_id, owner),
+            ),
+        )
 
     async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """

@@ -63,7 +63,8 @@ class WebhookSender:
             "account_id": account_id,
             "org_id": None,
             "data": data or {},
-            "created_at": datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
+            # Airwallex's own form: to the second, "+0000" (2025-07-24T07:16:00+0000).
+            "created_at": datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000"),
             "version": "2025-02-14",
         }
 
