@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from awx_connection import Config, ConnectionManager
-from awx_connection._crypto import DecryptionError, KeyRing, _b64decode, _b64encode
+from awx_connection import Config, ConnectionManager, DecryptionError, KeyRing
+from awx_connection._crypto import _b64decode, _b64encode
 from awx_connection._errors import ConfigurationError, StoreError
 from awx_connection._events import ConnectionEvent
 from awx_connection._records import ConnectionRecord, PendingAuthorization

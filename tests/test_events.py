@@ -8,8 +8,14 @@ from collections.abc import Iterable
 
 import pytest
 
-from awx_connection import ConnectionEvent, ConnectionState, Trigger
-from awx_connection._events import EventBus, Subscription, SubscriptionOverflowError
+from awx_connection import (
+    ConnectionEvent,
+    ConnectionState,
+    Subscription,
+    SubscriptionOverflowError,
+    Trigger,
+)
+from awx_connection._events import EventBus
 
 S = ConnectionState
 T = Trigger

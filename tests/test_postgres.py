@@ -26,8 +26,7 @@ import asyncpg
 import attrs
 import pytest
 
-from awx_connection import Config, ConnectionManager
-from awx_connection._crypto import DecryptionError, KeyRing
+from awx_connection import Config, ConnectionManager, DecryptionError, KeyRing
 from awx_connection._errors import ConfigurationError, StoreError, StoreUnavailableError
 from awx_connection._events import ConnectionEvent
 from awx_connection._records import ConnectionRecord, PendingAuthorization

@@ -38,8 +38,7 @@ import orjson
 import pytest
 
 import awx_connection.stores
-from awx_connection import WebhookClaim
-from awx_connection._crypto import DecryptionError, KeyRing
+from awx_connection import DecryptionError, KeyRing, WebhookClaim
 from awx_connection._errors import (
     ConfigurationError,
     InvalidArgumentError,

@@ -17,7 +17,7 @@ from ._authorize import AuthorizationRequest
 from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
 from ._connection import Connection
-from ._crypto import DecryptionError, KeyRing
+from ._crypto import KeyRing
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
@@ -28,6 +28,7 @@ from ._errors import (
     ConnectionNotFoundError,
     ConnectionRevokedError,
     ConnectionUnusableError,
+    DecryptionError,
     IllegalTransitionError,
     InvalidArgumentError,
     InvalidClientError,
@@ -42,10 +43,14 @@ from ._errors import (
     StateExpiredError,
     StoreError,
     StoreUnavailableError,
+    SubscriptionOverflowError,
     UnknownStateError,
     VersionConflictError,
+    WebhookError,
+    WebhookPayloadError,
+    WebhookSignatureError,
 )
-from ._events import ConnectionEvent, EventCallback, Subscription, SubscriptionOverflowError
+from ._events import ConnectionEvent, EventCallback, Subscription
 from ._keepalive import KeepaliveReport
 from ._manager import ConnectionManager
 from ._outbox import EventConsumer
@@ -56,11 +61,8 @@ from ._store import Store
 from ._webhooks import (
     WebhookCallback,
     WebhookClaim,
-    WebhookError,
     WebhookEvent,
-    WebhookPayloadError,
     WebhookResult,
-    WebhookSignatureError,
     WebhookSubscription,
 )
 

@@ -29,9 +29,9 @@ import pybase64
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._errors import ConfigurationError, StoreError
+from ._errors import ConfigurationError, DecryptionError
 
-__all__ = ["DecryptionError", "KeyRing"]
+__all__ = ["KeyRing"]
 
 _PREFIX = "awx1"
 
@@ -77,14 +77,6 @@ def _key_material(text: str) -> bytes:
     decodes to the wrong thing fails its length check anyway.
     """
     return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
-
-
-class DecryptionError(StoreError):
-    """A stored secret did not decrypt: wrong or missing key, or a tampered row."""
-
-    def __init__(self, connection_id: str, detail: str) -> None:
-        self.connection_id = connection_id
-        super().__init__(f"connection {connection_id!r}: cannot decrypt stored secrets ({detail})")
 
 
 def _check_key_id(key_id: str) -> str:

@@ -25,10 +25,10 @@ Every error the library raises, as one tree.
     │   └── NetworkError             connection failed or response lost
     ├── StoreError                   the store failed
     │   ├── StoreUnavailableError    the database is unreachable (retried with backoff)
-    │   ├── DecryptionError          a stored secret did not decrypt (in _crypto)
+    │   ├── DecryptionError          a stored secret did not decrypt (wrong key, tampering)
     │   └── VersionConflictError     a compare-and-swap lost to a newer write
-    ├── SubscriptionOverflowError    a subscriber fell too far behind (in _events)
-    └── WebhookError                 a webhook delivery was refused (in _webhooks)
+    ├── SubscriptionOverflowError    a subscriber fell too far behind
+    └── WebhookError                 a webhook delivery was refused
         ├── WebhookSignatureError    missing, stale or wrong signature
         └── WebhookPayloadError      a body that is not a webhook event
 
@@ -53,6 +53,7 @@ __all__ = [
     "ConnectionNotFoundError",
     "ConnectionRevokedError",
     "ConnectionUnusableError",
+    "DecryptionError",
     "IllegalTransitionError",
     "InvalidArgumentError",
     "InvalidClientError",
@@ -67,8 +68,12 @@ __all__ = [
     "StateExpiredError",
     "StoreError",
     "StoreUnavailableError",
+    "SubscriptionOverflowError",
     "UnknownStateError",
     "VersionConflictError",
+    "WebhookError",
+    "WebhookPayloadError",
+    "WebhookSignatureError",
 ]
 
 
@@ -282,6 +287,37 @@ class VersionConflictError(StoreError):
         super().__init__(
             f"connection {connection_id!r}: expected version {expected}, store has {actual}"
         )
+
+
+class DecryptionError(StoreError):
+    """A stored secret did not decrypt: wrong or missing key, or a tampered row."""
+
+    def __init__(self, connection_id: str, detail: str) -> None:
+        self.connection_id = connection_id
+        super().__init__(f"connection {connection_id!r}: cannot decrypt stored secrets ({detail})")
+
+
+class SubscriptionOverflowError(AwxConnectionError):
+    """A subscriber fell too far behind; its subscription was closed."""
+
+
+class WebhookError(AwxConnectionError):
+    """A webhook delivery was refused; nothing changed."""
+
+    #: The HTTP status to answer with.
+    status: int = 400
+
+
+class WebhookSignatureError(WebhookError):
+    """Missing, malformed, wrong or stale signature (answer 401)."""
+
+    status = 401
+
+
+class WebhookPayloadError(WebhookError):
+    """The body is not a JSON webhook envelope (answer 400)."""
+
+    status = 400
 
 
 _E = TypeVar("_E", bound=BaseException)

@@ -32,7 +32,7 @@ from typing import Self, final
 
 import attrs
 
-from ._errors import AwxConnectionError
+from ._errors import SubscriptionOverflowError
 from ._states import ConnectionState, Trigger
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "EventBus",
     "EventCallback",
     "Subscription",
-    "SubscriptionOverflowError",
 ]
 
 _log = logging.getLogger("awx_connection.events")
@@ -70,10 +69,6 @@ class ConnectionEvent:
 
 #: A subscriber callback: plain function or coroutine function.
 EventCallback = Callable[[ConnectionEvent], Awaitable[None] | None]
-
-
-class SubscriptionOverflowError(AwxConnectionError):
-    """A subscriber fell too far behind; its subscription was closed."""
 
 
 def _check_maxsize(maxsize: int) -> None:

@@ -83,6 +83,7 @@ from ._errors import (
     StoreUnavailableError,
     UnknownStateError,
     VersionConflictError,
+    WebhookError,
     fresh,
 )
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
@@ -102,7 +103,6 @@ from ._webhooks import (
     DISCONNECT_EVENTS,
     WebhookCallback,
     WebhookClaim,
-    WebhookError,
     WebhookEvent,
     WebhookResult,
     WebhookSubscription,

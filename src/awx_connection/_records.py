@@ -19,8 +19,8 @@ from typing import Any, final
 
 import attrs
 
-from ._crypto import DecryptionError, KeyRing
-from ._errors import StoreError
+from ._crypto import KeyRing
+from ._errors import DecryptionError, StoreError
 from ._events import ConnectionEvent
 from ._secrets import Secret
 from ._states import ConnectionState, Trigger

@@ -39,18 +39,15 @@ from typing import Any, final
 import attrs
 import orjson
 
-from ._errors import AwxConnectionError
+from ._errors import WebhookPayloadError, WebhookSignatureError
 from ._secrets import Secret
 
 __all__ = [
     "DISCONNECT_EVENTS",
     "WebhookCallback",
     "WebhookClaim",
-    "WebhookError",
     "WebhookEvent",
-    "WebhookPayloadError",
     "WebhookResult",
-    "WebhookSignatureError",
     "WebhookSubscription",
     "parse_webhook",
     "sign",
@@ -82,25 +79,6 @@ class WebhookClaim(enum.Enum):
     HANDLED = "handled"
     #: Another delivery holds the claim right now (answer 409: retry later).
     BUSY = "busy"
-
-
-class WebhookError(AwxConnectionError):
-    """A webhook delivery was refused; nothing changed."""
-
-    #: The HTTP status to answer with.
-    status: int = 400
-
-
-class WebhookSignatureError(WebhookError):
-    """Missing, malformed, wrong or stale signature (answer 401)."""
-
-    status = 401
-
-
-class WebhookPayloadError(WebhookError):
-    """The body is not a JSON webhook envelope (answer 400)."""
-
-    status = 400
 
 
 @final
