@@ -164,9 +164,9 @@ async def test_new_tokens_are_stored_once_postgresql_is_reachable_again(
 @pytest.mark.slow
 async def test_pruning_many_events_lets_other_writers_in(tmp_path: Path) -> None:
     """
-    Pruning 400,000 events while another process writes: the writer, with a
-    100 ms busy timeout, never finds the file locked for longer. One DELETE
-    of them all held the lock for about half a second here.
+    Pruning 400,000 events while another connection writes: the writer,
+    with a 250 ms busy timeout, never finds the file locked for longer. One
+    DELETE of them all held the lock for over half a second here.
     """
     path = tmp_path / "awx.db"
     pruner = SQLiteStore(path, keys=KeyRing.generate())
@@ -186,7 +186,7 @@ async def test_pruning_many_events_lets_other_writers_in(tmp_path: Path) -> None
     finally:
         db.close()
 
-    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.1)
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.25)
     done = False
     writes = 0
 

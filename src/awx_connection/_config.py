@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import ConfigurationError
+from ._retry import Backoff
 from ._secrets import Secret
 
 __all__ = ["Config", "Endpoints", "Environment", "TimingPolicy"]
@@ -303,11 +304,14 @@ class TimingPolicy:
         """The refresh skew for a token that lives *lifetime* seconds."""
         return min(self.skew_max, self.skew_ratio * lifetime)
 
+    @property
+    def retry_backoff(self) -> Backoff:
+        """The backoff of every retry loop: ``backoff_base`` doubling up to ``backoff_max``."""
+        return Backoff(self.backoff_base, self.backoff_max)
+
     def backoff(self, attempt: int) -> float:
         """Upper bound of the delay before retry number *attempt* (1-based)."""
-        # The exponent is capped: 2 ** 1024 does not fit a float, and a large
-        # max_attempts must not turn the 1025th backoff into an OverflowError.
-        return float(min(self.backoff_max, self.backoff_base * 2.0 ** min(attempt - 1, 1000)))
+        return self.retry_backoff.ceiling(attempt)
 
 
 def _scopes(value: Iterable[str]) -> tuple[str, ...]:

@@ -92,6 +92,7 @@ from ._keepalive import KeepaliveReport, due_at
 from ._machine import advance
 from ._outbox import EventConsumer
 from ._records import ConnectionRecord, ConnectionSummary, PendingAuthorization, RotationJournal
+from ._retry import Attempt, Retries
 from ._secrets import Secret
 from ._states import ConnectionState, Trigger
 from ._statistics import ManagerStatistics
@@ -749,7 +750,7 @@ class ConnectionManager:
         assert record.code is not None
         assert auth is not None
         timing = self.config.timing
-        for attempt in range(1, timing.max_attempts + 1):
+        async for attempt in Retries(timing.retry_backoff, limit=timing.max_attempts):
             try:
                 tokens = await self._transport.exchange_code(
                     record.code,
@@ -758,8 +759,7 @@ class ConnectionManager:
                     now=self.clock.now(),
                 )
             except ProviderError as exc:
-                if exc.retryable and attempt < timing.max_attempts:
-                    await self._backoff(attempt)
+                if exc.retryable and not attempt.last:
                     continue
                 if isinstance(exc, InvalidClientError):
                     _log.error(
@@ -772,7 +772,7 @@ class ConnectionManager:
                     _log.warning(
                         "connection %s: code exchange failed after %d attempts: %s",
                         record.id,
-                        attempt,
+                        attempt.number,
                         exc,
                         extra={"connection_id": record.id, "state": record.state.value},
                     )
@@ -1132,8 +1132,21 @@ class ConnectionManager:
         timing = self.config.timing
         task = asyncio.current_task()
         assert task is not None
-        for attempt in range(1, timing.max_attempts + 1):
+        presented: TokenSet | None = None
+        async for attempt in Retries(timing.retry_backoff, limit=timing.max_attempts):
             self._check_open()
+            if presented is not None:
+                # After a failed attempt (and its backoff): a 429 "concurrent
+                # refresh" means someone else holds this token right now;
+                # see whether they finished.
+                await self._reload(live)
+                adopted = live.record.tokens
+                if (
+                    live.record.state is _S.ACTIVE
+                    and adopted is not None
+                    and adopted.generation > presented.generation
+                ):
+                    return adopted
             # Everything an attempt decides from the clock and the lease (the
             # grace deadline, whether the lease is still ours) is decided
             # after a slot is free: a refresh queued behind an outage's
@@ -1150,33 +1163,21 @@ class ConnectionManager:
                     sent = await self._attempt(live)
                 if sent.error is None:
                     return await self._store_rotated(live, sent)
-                retry = await self._after_failed_attempt(live, sent, attempt)
-                if isinstance(retry, TokenSet):
-                    return retry
+                tokens = await self._after_failed_attempt(live, sent, attempt)
+                if tokens is not None:
+                    return tokens
             finally:
                 self._sending.discard(task)
-            self._check_open()
-            await self._backoff(attempt)
-            # A 429 "concurrent refresh" means someone else holds
-            # this token right now: see whether they finished.
-            await self._reload(live)
-            adopted = live.record.tokens
-            if (
-                live.record.state is _S.ACTIVE
-                and adopted is not None
-                and adopted.generation > sent.presented.generation
-            ):
-                return adopted
-        raise AssertionError("unreachable")  # pragma: no cover
+            presented = sent.presented
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
     async def _after_failed_attempt(
-        self, live: _Live, sent: _Sent, attempt: int
+        self, live: _Live, sent: _Sent, attempt: Attempt
     ) -> TokenSet | None:
         """
         Record what a failed attempt taught, and decide: tokens to return
         (another writer rotated), ``None`` to retry, or raise.
         """
-        timing = self.config.timing
         connection_id = live.record.id
         exc = sent.error
         assert exc is not None
@@ -1190,14 +1191,14 @@ class ConnectionManager:
             # certainly did not reach the provider: undo that.
             journal = attrs.evolve(journal, unsafe_since=None)
             await self._save(live, journal=journal)
-        retry = exc.retryable and attempt < timing.max_attempts
+        retry = exc.retryable and not attempt.last
         # A rejected client is our configuration, not the customer's:
         # every connection is affected, so it is an error.
         _log.log(
             logging.ERROR if isinstance(exc, InvalidClientError) else logging.WARNING,
             "connection %s: refresh attempt %d failed: %s%s",
             connection_id,
-            attempt,
+            attempt.number,
             exc,
             "; retrying" if retry else "",
             extra={"connection_id": connection_id, "state": live.record.state.value},
@@ -1250,8 +1251,7 @@ class ConnectionManager:
         deadline = (
             journal.unsafe_since if journal.unsafe_since is not None else journal.started_at
         ) + (timing.grace - timing.grace_margin)
-        failures = 0
-        while True:
+        async for attempt in Retries(timing.retry_backoff, deadline=deadline, clock=self.clock):
             try:
                 if live.record.version != record_version:
                     # A failed write's re-read found another writer's record.
@@ -1260,7 +1260,7 @@ class ConnectionManager:
             except VersionConflictError:
                 # The provider rotated for us, but the connection moved in
                 # the store meanwhile (a webhook revoked it, another process
-                # took the lease over). Our pair is thrown away; if another
+                # resumed the journal). Our pair is thrown away; if another
                 # replica presented the same token, the provider kept only
                 # the later of the two pairs. Rare by design (the lease), so
                 # loud when it happens.
@@ -1275,8 +1275,7 @@ class ConnectionManager:
                 )
                 raise
             except StoreError as exc:
-                failures += 1
-                if self.clock.now() >= deadline:
+                if attempt.last:
                     self._counts["rotations_discarded"] += 1
                     _log.error(
                         "connection %s: the provider rotated generation %d, but the store "
@@ -1284,7 +1283,7 @@ class ConnectionManager:
                         "the new tokens",
                         connection_id,
                         sent.presented.generation,
-                        failures,
+                        attempt.number,
                         exc,
                         extra={"connection_id": connection_id},
                     )
@@ -1295,9 +1294,9 @@ class ConnectionManager:
                     exc,
                     extra={"connection_id": connection_id},
                 )
-                await self._backoff(failures)
             else:
                 return new_tokens
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
     async def _until_quiet(self, live: _Live) -> None:
         """

@@ -104,7 +104,7 @@ _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
 _POLL = (_POLL_FIRST, _POLL_MAX)
 
-#: Real seconds prune_events pauses between two batches, for other writers.
+#: Real seconds prune_events pauses at least between two batches, for other writers.
 _PRUNE_PAUSE = 0.01
 
 #: Rows read per query by rotate_keys, so a large file is not loaded at once.
@@ -690,11 +690,14 @@ class SQLiteStore:
 
         deleted = 0
         while True:
+            started = time.monotonic()
             count = await self._transaction("prune_events", batch)
             deleted += count
             if count < self.prune_batch:
                 return deleted
-            await asyncio.sleep(_PRUNE_PAUSE)
+            # At least as long as the batch held the lock: other writers get
+            # half the time or more, however slow the disk is today.
+            await asyncio.sleep(max(_PRUNE_PAUSE, time.monotonic() - started))
 
     async def claim_webhook(
         self, event_id: str, *, owner: str, now: float, until: float
