@@ -249,9 +249,12 @@ class Mode:
     p_disconnect: float = 0.1
     p_reconnect: float = 0.5
     p_consumer_kill: float = 0.0
-    p_outage: float = 0.01
-    p_outage_after_commit: float = 0.01
-    p_sigterm: float = 0.03
+    #: Outages cost real seconds (SQLite's lock 6.5 s, a failed write after
+    #: a commit about 10 s in all), so they are rarer than kills: each kind
+    #: is forced once per store anyway.
+    p_outage: float = 0.005
+    p_outage_after_commit: float = 0.005
+    p_sigterm: float = 0.02
     #: Orphan mode (--orphans): the soak never touches a connection because
     #: it was left ``refreshing``; only the library may resume it.
     orphans: bool = False
