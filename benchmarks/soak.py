@@ -5,6 +5,7 @@ random faults, SIGKILLs and customer disconnects, on SQLite and PostgreSQL.
     python benchmarks/soak.py --quick --json      # ~3 minutes on 2 cores
     python benchmarks/soak.py --smoke --json      # < 1 minute (tests/test_soak.py)
     python benchmarks/soak.py --hours 4           # 4 hours of chaos (plus checks), readable summary
+    python benchmarks/soak.py --quick --orphans   # nothing touches connections left refreshing
 
 Why a soak on top of the unit and multi-process tests: those check one
 hazard at a time. Production meets them together: a lost refresh response
@@ -16,7 +17,10 @@ Each store (SQLite, then PostgreSQL, half the time budget each) gets a
 fresh world: one fake Airwallex in this process, one FileClock that only
 this process advances, a store, ``--processes`` worker processes
 (``soak_worker.py worker``) and one durable consumer process
-(``soak_worker.py consumer``). Every round:
+(``soak_worker.py consumer``). The children reach the store through
+something this process can take away: PostgreSQL through a TCP proxy of
+its own on 127.0.0.1 (the server itself is never touched); SQLite is one
+file, whose write lock this process can hold. Every round:
 
 1. simulated time moves: mostly a step past access-token expiry, sometimes
    a jump of hours (refresh tokens live three simulated days here, so
@@ -32,22 +36,71 @@ this process advances, a store, ``--processes`` worker processes
 4. sometimes a worker is SIGKILLed mid-round, or while the fake holds a
    response it has already committed (HOLD_AFTER_COMMIT); a fresh worker
    replaces it and the clock moves past the dead worker's lease (20 s) but
-   stays inside the provider's grace window (60 s), as a restart would;
+   stays inside the provider's grace window (60 s), as a restart would.
+   Sometimes, instead of a kill, the store goes away mid-round
+   (``store_outage``): SQLite's write lock is held 6.5 s by another
+   connection (past the 5 s busy timeout, so writes fail with "database is
+   locked"), or the PostgreSQL proxy closes every connection and resets
+   every new one for 3 s; then the clock moves past the leases whose
+   release failed, as after a restart;
 5. connections left ``refreshing`` by an exhausted retry are touched again
    a few simulated seconds later, as a live application would (never long
-   enough to leave the grace window).
+   enough to leave the grace window); in orphan mode nothing touches them;
+6. sometimes a worker is stopped gracefully while the fake holds a
+   committed response (``sigterm_mid_rotation``): SIGTERM, on which the
+   worker calls ``await manager.aclose()`` and exits; the fake then lets
+   the response go (as a dropped connection) and a fresh worker takes the
+   slot. A caller that got an error the library did not type (a bare
+   ``CancelledError``) counts in ``untyped_errors``;
+7. sometimes the provider rotates and storing the new pair fails
+   (``store_outage_after_commit``): while the fake sleeps before
+   committing a rotation (a DELAY fault of 0.3 s, below the 1 s request
+   timeout), the store goes away as in step 4, so the worker receives the
+   new pair with no store to write it to. (HOLD_AFTER_COMMIT cannot do
+   this: a held response is released as a dropped connection, so the
+   worker would never see the pair.) The store comes back, the clock
+   standing still; 2 real seconds later the connection is used again, 50
+   simulated seconds on: past the 45 s (grace - grace_margin) inside which
+   a journal may be resumed, so only the library's own work in between
+   (storing the pair once it can, or settling the rotation) keeps it
+   active. Nothing settles it in either mode.
 
-The consumer is SIGKILLed once mid-run and restarted. A final quiet phase
+The consumer is SIGKILLed once mid-run and restarted; a store error ends
+its reading, and it resumes from its committed offset. A final quiet phase
 (no faults, healthy workers) touches every connection twice, then the
 store, the fake's counters, the consumer's transcript and every log file
 are checked. The RNG is seeded (``--seed``): the same seed makes the same
 decisions; thread and process interleavings still differ between runs.
 
+``--orphans`` (orphan mode; combines with any size) turns off every
+deliberate touch of a connection left ``refreshing``: step 5's settling,
+the fresh worker's use of the connection after a kill or a SIGTERM, and
+the quiet phase's first touch. Instead, wherever the soak would have
+settled, it waits up to 15 real seconds, the clock standing still inside
+the grace window, until the store shows no connection left ``refreshing``
+with a token maybe sent and a journal younger than 45 s: only the library
+itself (an orphan resumer in any process that has the store open) can
+save those. What is left then, the next clock step carries past the
+grace window, and the connection's next use (ordinary traffic,
+keep-alive, or the quiet phase, whose one touch comes past access-token
+expiry) ends it ``invalidated``. Ordinary traffic still runs: workers
+still call ``access_token()`` for random connections, including ones
+another worker left ``refreshing`` in the same round.
+
 Output: one JSON object with ``--json`` (else a readable summary). Per
 store settings (``connections``, ``processes``) are per store; counters at
 the top level are totals over both stores; ``stores`` has the breakdown.
-Exit status 0 only when reuse_violations, invalidated, revoked_unexpected,
-lost_events, stuck_connections and secrets_in_logs are all 0.
+``faults`` counts every fault kind and every kind of chaos (kills,
+disconnects, ``store_outage``, ``store_outage_after_commit``,
+``sigterm_mid_rotation``); ``orphans`` says whether orphan mode was on;
+``notes`` has ``orphans`` (connections waited for) and
+``orphans_unresumed`` (still refreshing after the wait), ``outage_late``
+/ ``outage_missed`` (a store_outage_after_commit that could not be placed
+and was not counted), ``shutdown_hung`` / ``shutdown_unclean`` (a SIGTERMed
+worker that did not exit in 30 s, or not cleanly); ``events`` has
+``consumer_resumes``. Exit status 0 only when reuse_violations,
+invalidated, revoked_unexpected, lost_events, stuck_connections,
+secrets_in_logs and untyped_errors are all 0.
 """
 
 from __future__ import annotations
@@ -63,12 +116,15 @@ import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import orjson
@@ -118,6 +174,31 @@ CATCH_UP_TIMEOUT = 30.0
 #: Extra rounds at the end to consume queued faults and finish the
 #: required chaos of a store before the quiet phase.
 CATCH_UP_ROUNDS = 12
+#: Real seconds the fake sleeps before committing the rotation whose
+#: storing the soak makes fail (store_outage_after_commit): the outage
+#: starts in between, so the worker gets the new pair with the store gone.
+#: Below the workers' request timeout (1 s).
+COMMIT_DELAY = 0.3
+#: Real seconds after a store outage before the connection's next use: the
+#: library may go on writing the new pair, or settle the rotation, meanwhile.
+AFTER_OUTAGE = 2.0
+#: The connection's next use after store_outage_after_commit, in simulated
+#: seconds: past the 45 s (grace - grace_margin) up to which a journal may
+#: be resumed, so only the library's own work in between can save it.
+NEXT_USE_STEP = 50.0
+#: Real seconds between SIGTERM and releasing the held response: the
+#: worker's aclose() is under way while its rotation is still in flight.
+SIGTERM_PAUSE = 0.2
+#: Real seconds a worker may take to shut down after SIGTERM (its aclose()
+#: is bounded by the request timeout, 1 s, and a write).
+SHUTDOWN_TIMEOUT = 30.0
+#: Orphan mode: real seconds the soak waits, touching nothing and leaving
+#: the clock inside the grace window, for the library to resume connections
+#: left refreshing with a token maybe sent (a resumer running every few
+#: seconds, plus the resume delay, 1.2 s here, plus the rotation).
+ORPHAN_WAIT = 15.0
+#: Real seconds between looks at the store while waiting for the resumer.
+ORPHAN_POLL = 0.25
 
 #: Fault kinds queued in the fake; the kills, disconnects and consumer
 #: kill are counted under their own names next to these.
@@ -129,7 +210,15 @@ FAULT_KINDS = (
     FaultKind.DELAY,
     FaultKind.MALFORMED_AFTER_COMMIT,
 )
-CHAOS = ("sigkill", "hold_after_commit_kill", "disconnect", "consumer_sigkill")
+CHAOS = (
+    "sigkill",
+    "hold_after_commit_kill",
+    "disconnect",
+    "consumer_sigkill",
+    "store_outage",
+    "store_outage_after_commit",
+    "sigterm_mid_rotation",
+)
 #: The counters that must all be 0 for exit status 0.
 MUST_BE_ZERO = (
     "reuse_violations",
@@ -138,6 +227,7 @@ MUST_BE_ZERO = (
     "lost_events",
     "stuck_connections",
     "secrets_in_logs",
+    "untyped_errors",
 )
 
 
@@ -159,6 +249,15 @@ class Mode:
     p_disconnect: float = 0.1
     p_reconnect: float = 0.5
     p_consumer_kill: float = 0.0
+    #: Outages cost real seconds (SQLite's lock 6.5 s, a failed write after
+    #: a commit about 10 s in all), so they are rarer than kills: each kind
+    #: is forced once per store anyway.
+    p_outage: float = 0.005
+    p_outage_after_commit: float = 0.005
+    p_sigterm: float = 0.02
+    #: Orphan mode (--orphans): the soak never touches a connection because
+    #: it was left ``refreshing``; only the library may resume it.
+    orphans: bool = False
 
 
 def mode_for(args: argparse.Namespace) -> Mode:
@@ -179,7 +278,7 @@ def mode_for(args: argparse.Namespace) -> Mode:
             p_consumer_kill=0.01,
         )
     elif args.smoke:
-        base = Mode(name="smoke", connections=6, processes=2, rounds=8, budget=50.0, reserve=12.0)
+        base = Mode(name="smoke", connections=6, processes=2, rounds=8, budget=80.0, reserve=12.0)
     else:
         base = Mode(
             name="quick", connections=40, processes=4, rounds=None, budget=170.0, reserve=25.0
@@ -189,6 +288,7 @@ def mode_for(args: argparse.Namespace) -> Mode:
         connections=args.connections or base.connections,
         processes=args.processes or base.processes,
         rounds=args.rounds if args.rounds is not None else base.rounds,
+        orphans=args.orphans,
     )
 
 
@@ -265,6 +365,20 @@ class Child:
             self.process.kill()
         await self.process.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM (by this child's pid): a worker then shuts down gracefully."""
+        if self.alive:
+            self.process.terminate()
+
+    async def last_words(self, timeout: float) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        """Every answer left until the process exits; ``TimeoutError`` if it does not."""
+        answers = []
+        async with asyncio.timeout(timeout):
+            while (answer := await self.read(timeout)) is not None:
+                answers.append(answer)
+            await self.process.wait()
+        return answers
+
     async def stop(self) -> None:
         if not self.alive:
             return
@@ -331,6 +445,176 @@ async def stored_text(spec: dict[str, Any]) -> str:
 def read_files(paths: Iterable[Path]) -> str:
     """The bytes of every existing file in *paths*, as latin-1 text (lossless)."""
     return "\n".join(p.read_bytes().decode("latin-1") for p in paths if p.exists())
+
+
+# --- store outages --------------------------------------------------------------------------
+
+
+class Outage(Protocol):
+    """A way to take the children's store away for a few seconds, and to give it back."""
+
+    #: Real seconds one outage lasts.
+    seconds: float
+
+    def route(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The store spec the children get: the one the outage can cut."""
+        ...
+
+    async def cut(self) -> None: ...
+
+    async def lift(self) -> None: ...
+
+
+class SQLiteWriteLock:
+    """
+    An SQLite outage: a connection of the soak's own holds the database's
+    write lock (``BEGIN IMMEDIATE``), on a thread of its own, until lifted.
+    Readers go on (WAL); every writer waits out its busy timeout (5 s) and
+    fails with "database is locked". Held 6.5 s, so writes started in the
+    first 1.5 s fail and later ones wait and succeed.
+    """
+
+    seconds = 6.5
+    #: Real seconds after which the lock goes whatever happens: a harness
+    #: bug must not lock the file for the rest of the run.
+    LIMIT = 60.0
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lift = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def route(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return spec
+
+    async def cut(self) -> None:
+        """Return once the lock is held."""
+        loop = asyncio.get_running_loop()
+        held: asyncio.Future[None] = loop.create_future()
+        self._lift.clear()
+        self._thread = threading.Thread(
+            target=self._hold, args=(loop, held), name="soak-sqlite-lock", daemon=True
+        )
+        self._thread.start()
+        await held
+
+    def _hold(self, loop: asyncio.AbstractEventLoop, held: asyncio.Future[None]) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            db.close()
+            error = SoakError(f"could not take the SQLite write lock: {exc}")
+            loop.call_soon_threadsafe(held.set_exception, error)
+            return
+        loop.call_soon_threadsafe(held.set_result, None)
+        try:
+            self._lift.wait(self.LIMIT)
+        finally:
+            db.rollback()
+            db.close()
+
+    async def lift(self) -> None:
+        """Return once the lock is released."""
+        self._lift.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+
+class PostgresProxy:
+    """
+    A PostgreSQL outage: a TCP proxy on 127.0.0.1, in this process, between
+    the children and the server. Cut, it closes every live connection and
+    resets every new one at once, for 3 s: longer than the store's own
+    retries (about 0.75 s). The server itself is never touched.
+    """
+
+    seconds = 3.0
+
+    def __init__(self, dsn: str) -> None:
+        self.parts = urllib.parse.urlsplit(dsn)
+        self.upstream = (self.parts.hostname or "127.0.0.1", self.parts.port or 5432)
+        self.server: asyncio.Server | None = None
+        self.down = False
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        self._close_links()
+
+    def route(self, spec: dict[str, Any]) -> dict[str, Any]:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        user, at, _ = self.parts.netloc.rpartition("@")
+        netloc = f"{user}{at}127.0.0.1:{port}"
+        return {**spec, "dsn": urllib.parse.urlunsplit(self.parts._replace(netloc=netloc))}
+
+    async def cut(self) -> None:
+        self.down = True
+        self._close_links()
+
+    async def lift(self) -> None:
+        self.down = False
+
+    def _close_links(self) -> None:
+        for writer in list(self.links):
+            writer.transport.abort()
+        self.links.clear()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection, piped to the server both ways until either side closes."""
+        if self.down:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        if self.down:  # cut while we connected
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
+        self.links.update((writer, up_writer))
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for end in (writer, up_writer):
+                self.links.discard(end)
+                end.transport.abort()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy bytes one way until either side closes, then close the sink."""
+    with contextlib.suppress(ConnectionError, OSError):
+        while chunk := await source.read(65536):
+            sink.write(chunk)
+            await sink.drain()
+    sink.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def outage_for(kind: str, spec: dict[str, Any]) -> AsyncIterator[Outage]:
+    """A store's outage: a write lock for SQLite, a proxy that can be cut for PostgreSQL."""
+    if kind == "sqlite":
+        lock = SQLiteWriteLock(spec["path"])
+        try:
+            yield lock
+        finally:
+            await lock.lift()
+        return
+    proxy = PostgresProxy(spec["dsn"])
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
 
 
 #: Signs the fake's webhooks to the sink; nothing verifies them.
@@ -439,9 +723,13 @@ class StoreSoak:
         self.workers: list[Child] = []
         self.consumer: Child | None = None
         self.consumer_runs = 0
+        #: Times a consumer resumed after a store error, inside its process.
+        self.consumer_resumes = 0
+        #: Consumer readings so far: one per process, plus one per resume.
+        self.readings = 0
         self.consumer_task: asyncio.Task[None] | None = None
         self.retired: list[Child] = []
-        #: (consumer run, connection id, sequence) in the order printed.
+        #: (consumer reading, connection id, sequence) in the order printed.
         self.seen: list[tuple[int, str, int]] = []
         self.conns: list[Conn] = []
         self.fault_log: list[str] = []
@@ -468,7 +756,13 @@ class StoreSoak:
         """
         nominal = self.mode.rounds or 40
         last = max(2, int(nominal * 0.6))
-        for name in [kind.value for kind in FAULT_KINDS] + ["sigkill", "hold_after_commit_kill"]:
+        for name in [kind.value for kind in FAULT_KINDS] + [
+            "sigkill",
+            "hold_after_commit_kill",
+            "store_outage",
+            "store_outage_after_commit",
+            "sigterm_mid_rotation",
+        ]:
             self.forced[name] = self.rng.randrange(1, last)
         self.forced["disconnect"] = self.rng.randrange(1, max(2, last - 2))
         self.forced["reconnect"] = self.forced["disconnect"] + 2
@@ -497,12 +791,17 @@ class StoreSoak:
                 self.fake,
                 webhook_sink() as sink_url,
                 store_spec(self.kind, self.tmp, self.dsn) as spec,
+                outage_for(self.kind, spec) as outage,
             ):
                 # The fake announces every grant it kills (user disconnect or
                 # token reuse) as a webhook; its sender keeps what it sent,
                 # which tells an unexpected revocation's cause.
                 self.fake.set_webhook(sink_url, WEBHOOK_SECRET)
                 self.spec = spec
+                self.outage = outage
+                timing = build_config(self.settings()).timing
+                #: How old a journal may be and still be resumed (45 s).
+                self.resumable = timing.grace - timing.grace_margin
                 self.store = build_store(spec)
                 await self.store.open()
                 try:
@@ -514,13 +813,14 @@ class StoreSoak:
             self.clock.close()
 
     def settings(self) -> dict[str, Any]:
+        """A child's settings: its store is the one an outage can cut (this process's is not)."""
         return {
             "clock": str(self.clock_path),
             "client_id": self.fake.client_id,
             "client_secret": self.fake.client_secret,
             "redirect": REDIRECT,
             "base_url": self.fake.base_url,
-            "store": self.spec,
+            "store": self.outage.route(self.spec),
         }
 
     def manager(self) -> ConnectionManager:
@@ -566,10 +866,19 @@ class StoreSoak:
     async def _pump(self, child: Child, run: int) -> None:
         """Record every event the consumer printed, until its stdout closes."""
         assert child.process.stdout is not None
+        self.readings += 1
+        reading = self.readings
         while line := await child.process.stdout.readline():
             child.lines.append(line)
-            connection_id, sequence = orjson.loads(line)["e"]
-            self.seen.append((run, connection_id, sequence))
+            printed = orjson.loads(line)
+            if printed.get("resumed"):
+                # A fresh reading from the committed offset: it may repeat events.
+                self.consumer_resumes += 1
+                self.readings += 1
+                reading = self.readings
+                continue
+            connection_id, sequence = printed["e"]
+            self.seen.append((reading, connection_id, sequence))
 
     async def kill_consumer(self) -> None:
         """SIGKILL the consumer mid-stream; a fresh one resumes from the committed offset."""
@@ -591,19 +900,25 @@ class StoreSoak:
     def queued(self) -> int:
         return len(self.fault_log) - self.applied
 
-    def inject(self, kind: FaultKind) -> None:
-        """Queue one fault for the next refresh POST (faults are FIFO)."""
-        delay, status = 0.0, 503
-        if kind is FaultKind.DELAY:
+    def inject(self, kind: FaultKind, *, delay: float | None = None, label: str = "") -> None:
+        """
+        Queue one fault for the next refresh POST (faults are FIFO). An
+        explicit *delay* replaces the random one; a *label* counts the fault
+        under that name instead of its kind (a fault that is one part of
+        another kind of chaos).
+        """
+        status = 503
+        if kind is FaultKind.DELAY and delay is None:
             delay = round(self.rng.uniform(0.05, 0.8), 3)
         elif kind is FaultKind.SERVER_ERROR:
             # 503 says "not processed"; 502 and 504 may have been: both paths.
             status = self.rng.choice((503, 503, 502, 504))
         elif kind is FaultKind.HOLD_AFTER_COMMIT:
             delay = 30.0  # released by hand long before; bounds a harness bug
+        delay = delay or 0.0
         self.fake.inject(Fault(kind, grant_type="refresh_token", delay=delay, status=status))
         self.log.info("fault queued: %s (status %s, delay %s)", kind.value, status, delay)
-        self.fault_log.append(kind.value)
+        self.fault_log.append(label or kind.value)
 
     def clear_faults(self) -> None:
         """Drop queued faults; only applied ones count."""
@@ -712,30 +1027,60 @@ class StoreSoak:
         self.workers[self.workers.index(worker)] = fresh
         return fresh
 
-    async def ask_all(self, commands: list[dict[str, Any]], kill: int | None) -> None:
+    async def ask_all(
+        self, commands: list[dict[str, Any]], kill: int | None, *, outage: bool = False
+    ) -> None:
         """
         Send every worker its command at once; with *kill*, SIGKILL that
         worker a random moment later, move time past its lease, and start
-        its replacement while the others are still working.
+        its replacement while the others are still working; with *outage*,
+        take the store away from every child for a few seconds meanwhile.
         """
         workers = list(self.workers)
         for worker, command in zip(workers, commands, strict=True):
             await worker.send(command)
         if kill is not None:
-            await asyncio.sleep(self.rng.uniform(0.0, 0.3))
-            victim = workers[kill]
-            await victim.kill()
-            self.log.info("SIGKILL worker pid %s mid-round", victim.process.pid)
-            self.chaos["sigkill"] += 1
-            self.done("sigkill")
-            self.clock.advance(RESTART_STEP)
-            await self.replace(victim)
+            await self.kill_mid_round(workers[kill])
+        elif outage:
+            await self.outage_mid_round()
         for index, worker in enumerate(workers):
             if index == kill:
                 continue
             answer = await self.read_answer(worker)
             if answer is not None:
                 self.record(answer)
+
+    async def kill_mid_round(self, victim: Child) -> None:
+        await asyncio.sleep(self.rng.uniform(0.0, 0.3))
+        await victim.kill()
+        self.log.info("SIGKILL worker pid %s mid-round", victim.process.pid)
+        self.chaos["sigkill"] += 1
+        self.done("sigkill")
+        self.clock.advance(RESTART_STEP)
+        await self.replace(victim)
+
+    async def outage_mid_round(self) -> None:
+        """
+        A store outage a random moment into the round, while the workers
+        refresh: SQLite's write lock held, or PostgreSQL's proxy cut. Then
+        the clock moves past the lease of every worker whose release failed
+        in the outage, as a restart's would (inside the grace window).
+        """
+        await asyncio.sleep(self.rng.uniform(0.0, 0.3))
+        await self.store_outage()
+        self.chaos["store_outage"] += 1
+        self.done("store_outage")
+        self.clock.advance(RESTART_STEP)
+
+    async def store_outage(self) -> None:
+        """Take the children's store away for ``outage.seconds`` real seconds."""
+        await self.outage.cut()
+        self.log.info("store outage: %s gone for %.1f s", self.kind, self.outage.seconds)
+        try:
+            await asyncio.sleep(self.outage.seconds)
+        finally:
+            await self.outage.lift()
+        self.log.info("store outage over")
 
     async def read_answer(self, worker: Child) -> dict[str, Any] | None:
         """An answer, or None after replacing a worker that hung or died on its own."""
@@ -770,6 +1115,13 @@ class StoreSoak:
         if answer is not None:
             self.record(answer)
 
+    async def after_round(self, since: float) -> None:
+        """What follows a round or a kill: settling, or in orphan mode, waiting for the library."""
+        if self.mode.orphans:
+            await self.wait_for_resumer()
+        else:
+            await self.settle(since)
+
     async def settle(self, since: float) -> None:
         """
         Touch connections left ``refreshing`` a few simulated seconds later,
@@ -793,6 +1145,90 @@ class StoreSoak:
             await asyncio.sleep(SETTLE_PAUSE)
             await self.touch(self.rng.choice(self.workers), left, per_connection=2)
 
+    async def wait_for_resumer(self) -> None:
+        """
+        Orphan mode's settling: touch nothing. A connection left
+        ``refreshing`` with a token maybe sent can only be resumed by the
+        library itself (any process that has the store open), before its
+        grace window closes: give it ORPHAN_WAIT real seconds, the clock
+        standing still. What is left then, the next clock step carries past
+        the window, and its next use ends it ``invalidated``.
+        """
+        left = await self.unsafe()
+        if not left:
+            return
+        self.notes["orphans"] += len(left)
+        self.log.info("orphans: %s left refreshing; touching nothing", left)
+        deadline = time.monotonic() + ORPHAN_WAIT
+        while left and time.monotonic() < deadline:
+            await asyncio.sleep(ORPHAN_POLL)
+            left = await self.unsafe()
+        if left:
+            self.notes["orphans_unresumed"] += len(left)
+            self.log.info("orphans: %s still refreshing after %.0f s", left, ORPHAN_WAIT)
+
+    async def unsafe(self) -> list[str]:
+        """
+        Connections left ``refreshing`` with a refresh token that may have
+        been sent, and that the library may still resume: those whose
+        journal is younger than ``grace - grace_margin`` (45 s). Older ones
+        are lost already; their next use shows it.
+        """
+        oldest = self.clock.now() - self.resumable
+        records = await self.store.list_connections(states=[ConnectionState.REFRESHING])
+        return [
+            r.id
+            for r in records
+            if r.journal and r.journal.unsafe_since is not None and r.journal.unsafe_since > oldest
+        ]
+
+    async def rescue(self, rescuer: Child, target: str, since: float) -> None:
+        """After a replica died mid-rotation: its replacement uses the connection (not orphans)."""
+        if not self.mode.orphans:
+            await self.touch(rescuer, [target], per_connection=3)
+        await self.after_round(since)
+
+    def rotation_target(self, states: dict[str, ConnectionState]) -> str | None:
+        """
+        An active connection (none if faults are still queued: a fault meant
+        for its rotation would land on another request), with the clock
+        moved past access-token expiry so that its next use rotates.
+        """
+        if self.queued:
+            return None
+        candidates = [
+            c.id
+            for c in self.conns
+            if not c.disconnected and states[c.id] is ConnectionState.ACTIVE
+        ]
+        if not candidates:
+            return None
+        # Past expiry, so access_token() must rotate. (Not refresh(): in a
+        # replica whose cached record is stale, refresh() adopts the newer
+        # stored tokens and sends nothing.)
+        self.clock.advance(self.rng.uniform(241.0, 300.0))
+        return self.rng.choice(candidates)
+
+    @staticmethod
+    def use(ids: list[str], per_connection: int = 2) -> dict[str, Any]:
+        return {
+            "cmd": "round",
+            "ids": ids,
+            "per_connection": per_connection,
+            "api": [],
+            "keepalive": False,
+        }
+
+    @staticmethod
+    async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+        """Whether *condition* became true within *seconds* of real time (polled every 10 ms)."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     async def hold_kill(self, states: dict[str, ConnectionState]) -> None:
         """
         Kill a replica while the fake holds a refresh response it has
@@ -800,30 +1236,14 @@ class StoreSoak:
         provider. A fresh replica must resume the journal inside the grace
         window (a grace re-issue), never present an older token.
         """
-        if self.queued:
-            return  # the HOLD would land behind other faults, on another request
-        candidates = [
-            c.id
-            for c in self.conns
-            if not c.disconnected and states[c.id] is ConnectionState.ACTIVE
-        ]
-        if not candidates:
+        target = self.rotation_target(states)
+        if target is None:
             return
-        target = self.rng.choice(candidates)
         victim = self.rng.choice(self.workers)
-        # Past expiry, so the victim's access_token() must rotate. (Not
-        # refresh(): in a replica whose cached record is stale, refresh()
-        # adopts the newer stored tokens and sends nothing.)
-        self.clock.advance(self.rng.uniform(241.0, 300.0))
         held = self.fake.counters.held_responses
         self.inject(FaultKind.HOLD_AFTER_COMMIT)
-        await victim.send(
-            {"cmd": "round", "ids": [target], "per_connection": 2, "api": [], "keepalive": False}
-        )
-        for _ in range(500):  # up to 5 s real
-            if self.fake.counters.held_responses > held:
-                break
-            await asyncio.sleep(0.01)
+        await victim.send(self.use([target]))
+        await self.until(lambda: self.fake.counters.held_responses > held)
         since = self.clock.now()
         await victim.kill()
         self.log.info("SIGKILL worker pid %s holding %s", victim.process.pid, target)
@@ -838,8 +1258,95 @@ class StoreSoak:
             self.clear_faults()
         self.clock.advance(RESTART_STEP)
         rescuer = await self.replace(victim)
-        await self.touch(rescuer, [target], per_connection=3)
-        await self.settle(since)
+        await self.rescue(rescuer, target, since)
+
+    async def sigterm_mid_rotation(self, states: dict[str, ConnectionState]) -> None:
+        """
+        Stop a replica gracefully while the fake holds a refresh response it
+        has already committed: SIGTERM, on which the worker calls
+        ``await manager.aclose()`` and exits. Then the fake lets the response
+        go (as a dropped connection), and a fresh replica takes the slot.
+        The rotation's callers must get tokens or a typed error; the
+        connection must end active whether or not anybody uses it again.
+        """
+        target = self.rotation_target(states)
+        if target is None:
+            return
+        victim = self.rng.choice(self.workers)
+        held = self.fake.counters.held_responses
+        self.inject(FaultKind.HOLD_AFTER_COMMIT)
+        await victim.send(self.use([target]))
+        if not await self.until(lambda: self.fake.counters.held_responses > held):
+            self.notes["hold_missed"] += 1
+            self.clear_faults()
+            answer = await self.read_answer(victim)
+            if answer is not None:
+                self.record(answer)
+            return
+        since = self.clock.now()
+        victim.terminate()
+        self.log.info("SIGTERM worker pid %s holding %s", victim.process.pid, target)
+        await asyncio.sleep(SIGTERM_PAUSE)
+        self.fake.release_held()
+        await self.shut_down(victim)
+        self.chaos["sigterm_mid_rotation"] += 1
+        self.done("sigterm_mid_rotation")
+        self.clock.advance(RESTART_STEP)
+        rescuer = await self.replace(victim)
+        await self.rescue(rescuer, target, since)
+
+    async def shut_down(self, worker: Child) -> None:
+        """Record what a worker shutting down still answers; kill it if it does not exit."""
+        try:
+            answers = await worker.last_words(SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            self.notes["shutdown_hung"] += 1
+            await worker.kill()
+            return
+        for answer in answers:
+            if "errors" in answer:
+                self.record(answer)
+        if worker.process.returncode != 0 or {"closed": True} not in answers:
+            self.notes["shutdown_unclean"] += 1
+
+    async def outage_after_commit(self, states: dict[str, ConnectionState]) -> None:
+        """
+        The provider rotates, then storing the new pair fails: while the
+        fake sleeps before committing a rotation (a DELAY fault), the store
+        goes away, so the worker receives the new pair with no store to
+        write it to. The store comes back a few real seconds later, the
+        clock standing still; the connection's next use comes 50 simulated
+        seconds on, past the point where a journal may still be resumed:
+        only the library's own work in between (storing the pair once it
+        can, or settling the rotation) keeps the connection.
+        """
+        target = self.rotation_target(states)
+        if target is None:
+            return
+        worker = self.rng.choice(self.workers)
+        applied = self.fake.counters.faults_applied
+        self.inject(FaultKind.DELAY, delay=COMMIT_DELAY, label="store_outage_after_commit")
+        await worker.send(self.use([target]))
+        if not await self.until(lambda: self.fake.counters.faults_applied > applied):
+            self.notes["outage_missed"] += 1
+            self.clear_faults()
+        else:
+            taken = time.monotonic()
+            await self.outage.cut()
+            if time.monotonic() - taken < COMMIT_DELAY:
+                self.chaos["store_outage_after_commit"] += 1
+                self.done("store_outage_after_commit")
+            else:
+                self.notes["outage_late"] += 1  # the pair may have been stored first
+            self.log.info("store outage after the commit for %s", target)
+            await asyncio.sleep(self.outage.seconds)
+            await self.outage.lift()
+        answer = await self.read_answer(worker)
+        if answer is not None:
+            self.record(answer)
+        await asyncio.sleep(AFTER_OUTAGE)
+        self.clock.advance(NEXT_USE_STEP)
+        await self.touch(self.rng.choice(self.workers), [target], per_connection=2)
 
     async def one_round(self, *, chaos: bool = True) -> None:
         started = time.monotonic()
@@ -868,10 +1375,15 @@ class StoreSoak:
         kill = None
         if chaos and self.due("sigkill", self.mode.p_kill):
             kill = self.rng.randrange(len(self.workers))
-        await self.ask_all(self.commands(states), kill)
-        await self.settle(since)
+        outage = chaos and kill is None and self.due("store_outage", self.mode.p_outage)
+        await self.ask_all(self.commands(states), kill, outage=outage)
+        await self.after_round(since)
         if chaos and self.due("hold_after_commit_kill", self.mode.p_hold_kill):
             await self.hold_kill(await self.states())
+        if chaos and self.due("sigterm_mid_rotation", self.mode.p_sigterm):
+            await self.sigterm_mid_rotation(await self.states())
+        if chaos and self.due("store_outage_after_commit", self.mode.p_outage_after_commit):
+            await self.outage_after_commit(await self.states())
         if chaos and self.due("consumer_sigkill", self.mode.p_consumer_kill):
             await self.kill_consumer()
             self.done("consumer_sigkill")
@@ -909,19 +1421,24 @@ class StoreSoak:
         No faults, healthy replicas: touch every connection twice. First a
         few seconds later (resuming any journal still in its grace window),
         then past access-token expiry, so every connection refreshes once
-        more and every disconnect not yet noticed is.
+        more and every disconnect not yet noticed is. In orphan mode the
+        first touch is left out: the library gets its real seconds to resume
+        what is left, then the clock leaves every grace window behind.
         """
         self.clear_faults()
         self.fake.release_held()
         every = [c.id for c in self.conns]
         since = self.clock.now()
-        self.clock.advance(SETTLE_STEP)
-        await asyncio.gather(*(self.touch(w, every) for w in list(self.workers)))
-        await self.settle(since)
+        if self.mode.orphans:
+            await self.wait_for_resumer()
+        else:
+            self.clock.advance(SETTLE_STEP)
+            await asyncio.gather(*(self.touch(w, every) for w in list(self.workers)))
+            await self.settle(since)
         self.clock.advance(ACCESS_TTL + 1)
         since = self.clock.now()
         await asyncio.gather(*(self.touch(w, every, per_connection=2) for w in list(self.workers)))
-        await self.settle(since)
+        await self.after_round(since)
 
     def finding(self, conn: Conn, history: list[Any]) -> dict[str, Any]:
         """What to put in a bug report about one connection: the provider's word and its trail."""
@@ -978,10 +1495,10 @@ class StoreSoak:
             gaps += len(set(range(1, record.sequence + 1)) - sequences)
         order_violations = 0
         last: dict[tuple[int, str], int] = {}
-        for run, cid, seq in self.seen:
-            if seq <= last.get((run, cid), 0):
+        for reading, cid, seq in self.seen:
+            if seq <= last.get((reading, cid), 0):
                 order_violations += 1
-            last[(run, cid)] = seq
+            last[(reading, cid)] = seq
 
         states = collections.Counter(r.state.value for r in records)
         by_id = {c.id: c for c in self.conns}
@@ -1017,9 +1534,10 @@ class StoreSoak:
             discarded += log.count(DISCARDED)
         at_rest = secret_index.count((await stored_text(self.spec)).encode("latin-1", "replace"))
         self.index = secret_index
-        faults = {kind.value: 0 for kind in FAULT_KINDS}
-        faults.update(self.faults_applied())
-        faults.pop(FaultKind.HOLD_AFTER_COMMIT.value, None)
+        # HOLD_AFTER_COMMIT, and the DELAY of store_outage_after_commit, are
+        # parts of chaos counted under its own name.
+        applied = self.faults_applied()
+        faults = {kind.value: applied[kind.value] for kind in FAULT_KINDS}
         faults.update({name: self.chaos[name] for name in CHAOS})
         return {
             "rounds": self.rounds,
@@ -1041,6 +1559,7 @@ class StoreSoak:
             "revocations_missed": missed,
             "lost_events": unseen + gaps,
             "stuck_connections": states.get("refreshing", 0) + states.get("authorized", 0),
+            "untyped_errors": sum(n for e, n in self.errors.items() if "unexpected:" in e),
             "secrets_in_logs": sum(leaks.values()),
             "secrets_in_logs_by_file": leaks,
             "secrets_at_rest": at_rest,
@@ -1054,6 +1573,7 @@ class StoreSoak:
                 "duplicates": len(seen_pairs) - len(seen),
                 "order_violations": order_violations,
                 "consumer_runs": self.consumer_runs,
+                "consumer_resumes": self.consumer_resumes,
             },
             "keepalive": dict(self.keepalive),
             "errors": dict(sorted(self.errors.items())),
@@ -1083,6 +1603,7 @@ SUMMED = (
     "lost_events",
     "stuck_connections",
     "secrets_in_logs",
+    "untyped_errors",
     "secrets_at_rest",
     "reconnects",
     "rounds",
@@ -1115,6 +1636,7 @@ async def soak(args: argparse.Namespace, mode: Mode, tmp: Path) -> dict[str, Any
                 )
     report: dict[str, Any] = {
         "mode": mode.name,
+        "orphans": mode.orphans,
         "seed": args.seed,
         "connections": mode.connections,
         "processes": mode.processes,
@@ -1143,7 +1665,8 @@ async def soak(args: argparse.Namespace, mode: Mode, tmp: Path) -> dict[str, Any
 
 def summary(report: dict[str, Any]) -> str:
     lines = [
-        f"awx-connection chaos soak ({report['mode']}, seed {report['seed']}): "
+        f"awx-connection chaos soak ({report['mode']}"
+        f"{', orphan mode' if report['orphans'] else ''}, seed {report['seed']}): "
         f"{'OK' if report['ok'] else 'FAILED'} in {report['seconds']} s",
         f"  {report['connections']} connections x {report['processes']} processes per store, "
         f"{report['simulated_hours']} simulated hours, {report['rounds']} rounds, "
@@ -1176,6 +1699,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hours", type=float, help="this many real hours of chaos, the stores' checks on top"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--orphans",
+        action="store_true",
+        help="never touch a connection left refreshing: only the library may resume it",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--postgres", default=POSTGRES_DSN, help="PostgreSQL DSN")

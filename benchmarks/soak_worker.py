@@ -23,9 +23,25 @@ obeys one JSON command per line, answering one JSON line each:
   it to kill a replica while the provider holds the rotated response);
 * ``{"cmd": "exit"}``.
 
+SIGTERM is a graceful shutdown, as a deploy would do it: the worker calls
+``await manager.aclose()`` at once, whatever is in flight, answers the
+command it was running (its callers' errors included), prints
+``{"closed": true}`` and exits 0. A caller that gets an error the library
+did not type (a bare ``CancelledError`` out of ``aclose()``, say) is
+reported as ``unexpected:<type>``, which the parent counts as a defect.
+
+Workers pass ``keepalive=False``: the parent decides when a replica runs
+``keepalive_pass()``. Everything else (the manager's own settling of
+unfinished rotations, and whatever it does when it opens the store) keeps
+the library's defaults.
+
 ``consumer`` reads ``manager.consumer("soak")`` for ever and prints every
 event as ``{"e": [connection_id, sequence]}``, flushed, so the parent knows
-exactly what was handled even when it SIGKILLs this process.
+exactly what was handled even when it SIGKILLs this process. A store
+error ends an ``EventConsumer``; the consumer then prints ``{"resumed":
+true}`` and opens a fresh one a moment later, which resumes from the
+committed offset (re-delivering at most a batch), as an application's
+consumer loop would.
 """
 
 from __future__ import annotations
@@ -34,7 +50,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import signal
 import sys
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -47,6 +66,7 @@ from awx_connection import (
     Endpoints,
     KeyRing,
     Store,
+    StoreError,
     TimingPolicy,
 )
 from awx_connection.stores import SQLiteStore
@@ -54,6 +74,8 @@ from awx_connection.testing import FileClock
 
 #: The consumer's name, shared by every run of the consumer process.
 CONSUMER = "soak"
+#: Real seconds the consumer waits after a store error before it resumes.
+CONSUMER_PAUSE = 0.2
 
 
 def build_store(spec: dict[str, Any]) -> Store:
@@ -159,6 +181,14 @@ async def _guarded(call: Any) -> Any:
     except Exception as exc:
         _log.exception("unexpected error")
         return f"unexpected:{type(exc).__name__}"
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this caller itself is being cancelled: not the library's doing
+        # Nobody cancelled this caller: the library let a cancellation of its
+        # own (aclose() cancelling a refresh flight) escape to it, untyped.
+        _log.exception("unexpected CancelledError in a caller nobody cancelled")
+        return "unexpected:CancelledError"
 
 
 async def one_round(awx: ConnectionManager, command: dict[str, Any]) -> dict[str, Any]:
@@ -185,15 +215,23 @@ async def one_round(awx: ConnectionManager, command: dict[str, Any]) -> dict[str
     }
 
 
+def manager(settings: dict[str, Any], clock: FileClock) -> ConnectionManager:
+    """This child's manager on the shared store; keep-alive only when the parent asks."""
+    return ConnectionManager(
+        build_config(settings),
+        store=build_store(settings["store"]),
+        clock=clock,
+        keepalive=False,
+    )
+
+
 async def run_worker(settings: dict[str, Any], reader: asyncio.StreamReader) -> None:
     clock = FileClock(settings["clock"])
     try:
-        async with ConnectionManager(
-            build_config(settings), store=build_store(settings["store"]), clock=clock
-        ) as awx:
+        async with manager(settings, clock) as awx:
+            closing = graceful_shutdown(awx)
             reply({"ready": True})
-            while line := await reader.readline():
-                command = orjson.loads(line)
+            async for command in commands(reader, closing):
                 match command["cmd"]:
                     case "round":
                         reply(await one_round(awx, command))
@@ -202,8 +240,60 @@ async def run_worker(settings: dict[str, Any], reader: asyncio.StreamReader) -> 
                         reply({"error": error})
                     case "exit":
                         break
+            if closing.done():
+                await closing
+                reply({"closed": True})
     finally:
         clock.close()
+
+
+def graceful_shutdown(awx: ConnectionManager) -> asyncio.Future[None]:
+    """
+    On SIGTERM, ``await awx.aclose()`` at once, as a deploy stopping this
+    replica would; the future it returns is done once ``aclose()`` returned.
+    """
+    loop = asyncio.get_running_loop()
+    closing: asyncio.Future[None] = loop.create_future()
+
+    async def close() -> None:
+        started = time.monotonic()
+        try:
+            await awx.aclose()
+        except Exception as exc:
+            _log.exception("aclose() failed")
+            closing.set_exception(exc)
+            return
+        _log.info("SIGTERM: aclose() returned in %.2f s", time.monotonic() - started)
+        closing.set_result(None)
+
+    def on_sigterm() -> None:
+        _log.info("SIGTERM: closing the manager")
+        loop.remove_signal_handler(signal.SIGTERM)
+        task = loop.create_task(close(), name="soak-graceful-shutdown")
+        _shutdowns.add(task)
+        task.add_done_callback(_shutdowns.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    return closing
+
+
+#: The running graceful shutdown, held so it is not garbage-collected mid-way.
+_shutdowns: set[asyncio.Task[None]] = set()
+
+
+async def commands(
+    reader: asyncio.StreamReader, closing: asyncio.Future[None]
+) -> AsyncIterator[dict[str, Any]]:
+    """The parent's commands until stdin ends or a graceful shutdown has finished."""
+    while not closing.done():
+        line = asyncio.ensure_future(reader.readline())
+        await asyncio.wait({line, closing}, return_when=asyncio.FIRST_COMPLETED)
+        if not line.done():
+            line.cancel()
+            return
+        if not line.result():
+            return
+        yield orjson.loads(line.result())
 
 
 async def _refresh(awx: ConnectionManager, connection_id: str) -> str | None:
@@ -217,9 +307,7 @@ async def _refresh(awx: ConnectionManager, connection_id: str) -> str | None:
 async def run_consumer(settings: dict[str, Any], reader: asyncio.StreamReader) -> None:
     clock = FileClock(settings["clock"])
     try:
-        async with ConnectionManager(
-            build_config(settings), store=build_store(settings["store"]), clock=clock
-        ) as awx:
+        async with manager(settings, clock) as awx:
             reply({"ready": True})
             consume = asyncio.ensure_future(_consume(awx))
             # stdin closes when the parent dies, however it dies: stop then,
@@ -233,11 +321,18 @@ async def run_consumer(settings: dict[str, Any], reader: asyncio.StreamReader) -
 
 
 async def _consume(awx: ConnectionManager) -> None:
-    # batch=20: a kill re-delivers at most 20 events (at-least-once); the
-    # parent counts those duplicates but must never miss one.
-    async with awx.consumer(CONSUMER, batch=20, poll_interval=0.05) as events:
-        async for event in events:
-            reply({"e": [event.connection_id, event.sequence]})
+    """Print every event; after a store error (an outage), resume from the committed offset."""
+    while True:
+        try:
+            # batch=20: a kill re-delivers at most 20 events (at-least-once);
+            # the parent counts those duplicates but must never miss one.
+            async with awx.consumer(CONSUMER, batch=20, poll_interval=0.05) as events:
+                async for event in events:
+                    reply({"e": [event.connection_id, event.sequence]})
+        except StoreError as exc:
+            _log.warning("consumer: %s; resuming from the committed offset", exc)
+            reply({"resumed": True})
+            await asyncio.sleep(CONSUMER_PAUSE)
 
 
 async def main(mode: str) -> None:

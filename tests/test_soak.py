@@ -5,10 +5,14 @@ of each fault against real processes on both stores.
 
 Smoke is tiny (6 connections, 2 worker processes, 8 rounds per store) but
 still injects every fault kind, SIGKILLs a worker mid-round and another
-while the provider holds a committed rotation, disconnects and reconnects a
-customer, and SIGKILLs the durable consumer. It must end with no reused
-refresh token, no invalidated or unexpectedly revoked connection, no lost
-event, nothing stuck and no secret in any log.
+while the provider holds a committed rotation, stops one gracefully
+(SIGTERM) while the provider holds a committed rotation, takes the store
+away mid-round and right after the provider rotated, disconnects and
+reconnects a customer, and SIGKILLs the durable consumer. It must end with
+no reused refresh token, no invalidated or unexpectedly revoked connection,
+no lost event, nothing stuck, no secret in any log and no untyped error.
+The second run is orphan mode (``--orphans``): nothing touches a
+connection left ``refreshing``, so only the library's own resumer saves it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ MUST_BE_ZERO = (
     "lost_events",
     "stuck_connections",
     "secrets_in_logs",
+    "untyped_errors",
 )
 FAULTS = {
     "drop_after_commit",
@@ -44,17 +49,22 @@ FAULTS = {
     "hold_after_commit_kill",
     "disconnect",
     "consumer_sigkill",
+    "store_outage",
+    "store_outage_after_commit",
+    "sigterm_mid_rotation",
 }
 
 
 @pytest.mark.timeout(150)
-async def test_soak_smoke(postgres_dsn: str) -> None:
+@pytest.mark.parametrize("orphans", [False, True], ids=["settling", "orphans"])
+async def test_soak_smoke(postgres_dsn: str, orphans: bool) -> None:
     """Both stores survive every kind of chaos once, and the report says so."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SOAK),
         "--smoke",
         "--json",
+        *(["--orphans"] if orphans else []),
         "--postgres",
         postgres_dsn,
         stdout=asyncio.subprocess.PIPE,
@@ -76,6 +86,7 @@ async def test_soak_smoke(postgres_dsn: str) -> None:
     summary = {k: v for k, v in report.items() if k != "stores"}
 
     assert {"sqlite", "postgres"} == set(report["stores"]), summary
+    assert report["orphans"] is orphans
     for key in (
         "connections",
         "processes",
