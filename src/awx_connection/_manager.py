@@ -1496,7 +1496,9 @@ class ConnectionManager:
         host; a bearer token is never sent to any other host. On a 401 the
         connection is refreshed once and the request retried once; a second
         401 marks it ``revoked``. Use the response as ``async with`` or call
-        ``release()``. Other keyword arguments go to aiohttp.
+        ``release()``. Other keyword arguments go to aiohttp. Each attempt
+        ends within ``TimingPolicy.request_timeout`` unless you pass your
+        own ``timeout=``.
 
         Args:
             retry: Retry on 502/503/504 and network errors, up to
@@ -1528,6 +1530,9 @@ class ConnectionManager:
             headers = {"Authorization": "Bearer " + token}
         if retry is None:
             retry = method in _IDEMPOTENT or method.upper() in _IDEMPOTENT
+        # Per request: a session the caller passed in may have no (or a long)
+        # timeout of its own. A timeout= passed to request() wins.
+        kwargs.setdefault("timeout", self._transport.timeout)
         response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
             return response

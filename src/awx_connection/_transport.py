@@ -114,6 +114,7 @@ class Transport:
     config: Config
     _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
     _owns_session: bool = attrs.field(default=False, init=False)
+    _timeout: aiohttp.ClientTimeout | None = attrs.field(default=None, init=False)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -126,12 +127,33 @@ class Transport:
             self._owns_session = True
         return self._session
 
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        """
+        The per-request timeout: the session's, its total capped at ``request_timeout``.
+
+        Passed on every request rather than trusted to the session: a
+        session the caller passed in has its own timeout (aiohttp's default
+        is 5 minutes), and the lease and resume deadlines assume every POST
+        ends within ``request_timeout``. The session's other limits (say, a
+        short ``sock_connect``) are kept.
+        """
+        timeout = self._timeout
+        if timeout is None:
+            timeout = self.session.timeout
+            limit = self.config.timing.request_timeout
+            if timeout.total is None or timeout.total > limit:
+                timeout = attrs.evolve(timeout, total=limit)
+            self._timeout = timeout
+        return timeout
+
     async def aclose(self) -> None:
         """Close the session if the transport created it. Idempotent."""
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None
         self._owns_session = False
+        self._timeout = None
 
     async def exchange_code(
         self,
@@ -180,7 +202,7 @@ class Transport:
         url = f"{self.config.endpoints.api_base_url}/api/v1/account/"
         headers = {"Authorization": f"Bearer {access_token.reveal()}", "Accept": "application/json"}
         try:
-            async with self.session.get(url, headers=headers) as response:
+            async with self.session.get(url, headers=headers, timeout=self.timeout) as response:
                 body = await self._read_bounded(response)
                 status = response.status
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -224,7 +246,7 @@ class Transport:
         grant = body["grant_type"]
         try:
             async with self.session.post(
-                url, data=orjson.dumps(body), headers=_JSON_HEADERS
+                url, data=orjson.dumps(body), headers=_JSON_HEADERS, timeout=self.timeout
             ) as response:
                 status = response.status
                 raw = await self._read_bounded(response)
