@@ -81,7 +81,7 @@ from ._keepalive import KeepaliveReport, due_at
 from ._machine import advance
 from ._outbox import EventConsumer
 from ._records import ConnectionRecord, ConnectionSummary, PendingAuthorization, RotationJournal
-from ._secrets import Secret
+from ._secrets import AuthHeaders, Secret, bearer_headers
 from ._states import ConnectionState, Trigger
 from ._statistics import ManagerStatistics
 from ._store import Store
@@ -586,6 +586,9 @@ class ConnectionManager:
                 connection stays ``authorized`` and :meth:`exchange` retries.
         """
         parsed = parse_callback(callback)
+        # The raw callback carries the code and the state: out of the locals
+        # a traceback of an exchange error, rendered with them, would show.
+        del callback
         digest = state_hash(parsed.state)
         record = await self.store.find_by_state_hash(digest)
         if record is None:
@@ -1510,24 +1513,24 @@ class ConnectionManager:
         Raises:
             ConnectionRevokedError: The provider rejected the refresh, or
                 answered 401 again right after one.
-            aiohttp.ClientError: The API could not be reached (after retries).
+            aiohttp.ClientError: The API could not be reached (after retries);
+                raised without aiohttp's frames, which hold the bearer token.
+            TimeoutError: Likewise, for a request over its timeout.
         """
         # Every API call takes this path: it reads no more than it needs
         # (access_token()'s fast path is inlined, the URL is remembered).
         target = self._resolved.get(url) or self._resolve(url)
         live = self._live.get(connection_id) or await self._get_live(connection_id)
+        # The token goes straight into AuthHeaders, never into a local: a
+        # traceback rendered with locals would show it.
+        extra = kwargs.pop("headers", None)
         if live.fresh_until > self.clock.now():
             sent = live.record  # the record whose access token is sent
-            token: str = live.token  # type: ignore[assignment]  # set whenever fresh_until is finite
+            # live.token is set whenever fresh_until is finite.
+            headers = bearer_headers(live.token, extra)  # type: ignore[arg-type]
         else:
-            token = await self.access_token(connection_id)
+            headers = bearer_headers(await self.access_token(connection_id), extra)
             sent = live.record
-        extra = kwargs.pop("headers", None)
-        if extra:
-            headers = dict(extra)  # a mapping or (name, value) pairs, as aiohttp takes
-            headers["Authorization"] = "Bearer " + token
-        else:
-            headers = {"Authorization": "Bearer " + token}
         if retry is None:
             retry = method in _IDEMPOTENT or method.upper() in _IDEMPOTENT
         # Per request: a session the caller passed in may have no (or a long)
@@ -1556,7 +1559,7 @@ class ConnectionManager:
         self,
         method: str,
         target: str,
-        headers: dict[str, str],
+        headers: AuthHeaders,
         retry: bool,
         kwargs: dict[str, Any],
     ) -> aiohttp.ClientResponse:
@@ -1567,9 +1570,14 @@ class ConnectionManager:
                 response = await self._transport.session.request(
                     method, target, headers=headers, **kwargs
                 )
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == attempts:
-                    raise
+                    # aiohttp's frames below session.request() (and those of
+                    # the errors it chains) hold the request headers, bearer
+                    # token included; a traceback rendered with locals would
+                    # show them. Same error, type, message and attributes,
+                    # raised from here without them.
+                    raise exc.with_traceback(None) from None
             else:
                 if response.status not in _RETRY_STATUSES or attempt == attempts:
                     return response
