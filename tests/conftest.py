@@ -22,7 +22,8 @@ from hypothesis import settings
 pytest_plugins = ["awx_connection.testing.pytest_plugin"]
 
 # Hypothesis budgets for tests/test_stateful.py and tests/test_fuzz.py: CI is
-# fixed and derandomized; HYPOTHESIS_PROFILE=hunt searches much longer.
+# fixed and derandomized; HYPOTHESIS_PROFILE=hunt searches much longer, with
+# a timeout of its own (HUNT_TIMEOUT below).
 settings.register_profile(
     "ci",
     max_examples=60,
@@ -38,9 +39,25 @@ settings.register_profile(
 settings.register_profile(
     "hunt", max_examples=2000, stateful_step_count=60, deadline=None, database=None, print_blob=True
 )
-settings.load_profile(
-    "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "dev")
-)
+PROFILE = "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "dev")
+settings.load_profile(PROFILE)
+
+#: The pytest-timeout of each Hypothesis test under the hunt profile, which
+#: the suite's 60 s cannot hold: 2,000 stateful examples took about 6
+#: minutes, and five times that leaves room for a slower machine.
+HUNT_TIMEOUT = 30 * 60.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the hunt profile, give every Hypothesis test the hunt's timeout."""
+    if PROFILE != "hunt":
+        return
+    for item in items:
+        # @given functions and a state machine's TestCase.runTest carry the
+        # flag; a bound method passes it through from its function.
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.timeout(HUNT_TIMEOUT))
+
 
 POSTGRES_DSN = os.environ.get("AWX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -7,35 +7,46 @@ searched for every secret that took part.
 The secrets: every code and token the fake issued and its client secret, a
 wrong client secret, each authorization's ``state``, PKCE verifier and
 challenge, the webhook secret, and the encryption key.
+
+Every error a caller receives is also rendered with the locals of each of
+its frames, and of the errors it chains, as an error tracker would show it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
-from collections.abc import Awaitable, Iterator
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import attrs
 import orjson
 import pytest
+from aiohttp import web
 
 from awx_connection import (
-    AwxConnectionError,
     Config,
     ConnectionManager,
     ConnectionRevokedError,
     ConnectionState,
     Endpoints,
     InvalidClientError,
+    InvalidGrantError,
     KeyRing,
+    MalformedResponseError,
+    ProviderError,
     ProviderUnavailableError,
     TimingPolicy,
 )
 from awx_connection._cli import main as cli_main
+from awx_connection._secrets import Secret
+from awx_connection._transport import Transport
 from awx_connection._webhooks import sign
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
@@ -114,15 +125,25 @@ class Witness:
     shown: list[str] = attrs.Factory(list)
     secrets: set[str] = attrs.Factory(set)
 
-    async def raises(self, error: type[AwxConnectionError], call: Awaitable[object]) -> None:
+    async def raises(self, error: type[BaseException], call: Awaitable[object]) -> None:
         with pytest.raises(error) as info:
             await call
         self.shown.append(f"{info.value} {info.value!r} {info.value.args!r}")
+        self.shown.append(with_locals(info.value))
 
     async def authorize(
-        self, manager: ConnectionManager, fake: FakeAirwallex, connection_id: str | None = None
+        self,
+        manager: ConnectionManager,
+        fake: FakeAirwallex,
+        connection_id: str | None = None,
+        *,
+        exchange_fails: bool = False,
     ) -> str:
-        """Begin (or reauthorize), note state, challenge and verifier, consent, complete."""
+        """
+        Begin (or reauthorize), note state, challenge and verifier, consent,
+        complete; with *exchange_fails*, the first exchange fails (503s) and
+        ``exchange()`` retries it.
+        """
         if connection_id is None:
             request = await manager.begin_authorization()
         else:
@@ -135,9 +156,70 @@ class Witness:
         assert record.authorization.code_verifier is not None
         self.secrets.add(record.authorization.code_verifier.reveal())
         self.shown.append(repr(request))
-        connection = await manager.complete_authorization(fake.approve(request.url))
+        callback = fake.approve(request.url)
+        if exchange_fails:
+            attempts = manager.config.timing.max_attempts
+            fake.inject(
+                Fault(FaultKind.SERVER_ERROR, grant_type="authorization_code", times=attempts)
+            )
+            await self.raises(ProviderUnavailableError, manager.complete_authorization(callback))
+            connection = await manager.exchange(request.connection_id)
+        else:
+            connection = await manager.complete_authorization(callback)
         self.shown.append(repr(connection))
         return connection.id
+
+
+def with_locals(error: BaseException) -> str:
+    """
+    *error* and its whole chain rendered with every frame's locals, as an
+    error tracker or ``logging`` with ``capture_locals`` would show them.
+    The first frame, :meth:`Witness.raises` (where it was caught), is ours.
+    """
+    assert error.__traceback__ is not None
+    rendered = traceback.TracebackException(
+        type(error), error, error.__traceback__.tb_next, capture_locals=True
+    )
+    return "".join(rendered.format())
+
+
+@attrs.define
+class Broken:
+    """A real API host that drops every connection, or holds every request unanswered."""
+
+    hang: bool
+    release: asyncio.Event = attrs.Factory(asyncio.Event)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+        if self.hang:
+            await self.release.wait()
+        writer.close()
+
+
+async def api_errors(
+    config: Config, path: Path, clock: ManualClock, witness: Witness, id_: str
+) -> None:
+    """request() failing in aiohttp: the server disconnects (after retries), a timeout."""
+    for broken, error in [
+        (Broken(hang=False), aiohttp.ServerDisconnectedError),
+        (Broken(hang=True), TimeoutError),
+    ]:
+        server = await asyncio.start_server(broken.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        endpoints = attrs.evolve(config.endpoints, api_base_url=f"http://127.0.0.1:{port}")
+        timing = attrs.evolve(config.timing, request_timeout=0.05)
+        broken_config = attrs.evolve(config, endpoints=endpoints, timing=timing)
+        try:
+            async with ConnectionManager(
+                broken_config, store=SQLiteStore(path, keys=KEYS), clock=clock
+            ) as awx:
+                await witness.raises(error, awx.request(id_, "GET", "/api/v1/account/"))
+        finally:
+            broken.release.set()
+            server.close()
+            await server.wait_closed()
 
 
 def webhook(name: str, account_id: str, now: float, secret: str) -> tuple[dict[str, str], bytes]:
@@ -212,8 +294,9 @@ async def test_no_secret_in_logs_events_errors_reprs_or_cli(
         await saw.raises(ConnectionRevokedError, awx.request(first, "GET", "/api/v1/account/"))
         await saw.raises(ConnectionRevokedError, awx.request(second, "GET", "/api/v1/account/"))
         await saw.raises(ConnectionRevokedError, awx.access_token(second))
-        await saw.authorize(awx, fake, first)  # reauthorize
+        await saw.authorize(awx, fake, first, exchange_fails=True)  # reauthorize
         assert S.ACTIVE is (await awx.get(first)).state
+        await api_errors(config, path, clock, saw, first)
 
         for connection_id in (first, second, rejected):
             saw.shown.extend(repr(event) for event in await awx.history(connection_id))
@@ -255,3 +338,77 @@ async def test_manager_repr_shows_no_access_token(
     await awx_manager.access_token(connection.id)
     shown = repr(awx_manager)
     assert [] == sorted(secret for secret in awx_fake.issued_secrets() if secret in shown)
+
+
+@pytest.fixture
+async def token_endpoint() -> AsyncIterator[tuple[str, list[web.StreamResponse]]]:
+    """A real token endpoint answering what the test queues, echoing what it was sent."""
+    answers: list[web.StreamResponse] = []
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        answer = answers.pop(0)
+        if not isinstance(answer, web.Response):  # a chunked body: no Content-Length
+            await answer.prepare(request)
+            await answer.write(orjson.dumps(TOKENS | {"pad": "x" * 4096}))
+            await answer.write_eof()
+            return answer
+        if answer.status != 200:
+            sent = " ".join(str(v) for v in (await request.json()).values())
+            answer.body = orjson.dumps({"error": "invalid_grant", "error_description": sent})
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", answers
+    await runner.cleanup()
+
+
+TOKENS = {"access_token": "at_new_Jx81PqLm", "refresh_token": "rt_new_Vb92NcZd"}
+SENT = {"client_secret": "cs_Kq73HvRe", "refresh_token": "rt_old_Zt45MwQa", "code": "code_Yp66LsXe"}
+
+
+async def test_token_endpoint_errors_hold_no_secret_in_any_frame(
+    token_endpoint: tuple[str, list[web.StreamResponse]],
+) -> None:
+    """
+    The errors of answers that hold new tokens (a bad field, too long a
+    body) or echo what was sent, rendered with every frame's locals, show
+    neither, nor the client secret, refresh token, code or verifier sent.
+    """
+    base, answers = token_endpoint
+    config = Config(
+        client_id="client_1",
+        client_secret=SENT["client_secret"],
+        redirect_uri=REDIRECT,
+        endpoints=Endpoints.from_base_url(base),
+        timing=TimingPolicy(max_response_bytes=1024),
+    )
+    saw = Witness()
+    transport = Transport(config)
+    try:
+
+        async def refresh() -> object:
+            return await transport.refresh(Secret(SENT["refresh_token"]), generation=1, now=0.0)
+
+        answers.append(web.json_response(TOKENS | {"expires_in": -1}))
+        await saw.raises(MalformedResponseError, refresh())
+        answers.append(web.StreamResponse())
+        await saw.raises(MalformedResponseError, refresh())
+        answers.append(web.Response(status=400, content_type="application/json"))
+        await saw.raises(InvalidGrantError, refresh())
+        answers.append(web.Response(status=503, content_type="application/json"))
+        await saw.raises(ProviderUnavailableError, refresh())
+        answers.append(web.Response(status=400, content_type="application/json"))
+        exchange = transport.exchange_code(
+            Secret(SENT["code"]), redirect_uri=REDIRECT, code_verifier=Secret("v_Rr12"), now=0.0
+        )
+        await saw.raises(ProviderError, exchange)
+    finally:
+        await transport.aclose()
+
+    text = "\n".join(saw.shown)
+    assert "MalformedResponseError: token response: 'expires_in'" in text
+    assert [] == [s for s in [*TOKENS.values(), *SENT.values(), "v_Rr12"] if s in text]

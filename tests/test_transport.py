@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -10,10 +12,12 @@ import aiohttp
 import attrs
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 from yarl import URL
 
+from awx_connection import ConnectionManager
 from awx_connection._config import Config, Endpoints, TimingPolicy
 from awx_connection._errors import (
     InvalidClientError,
@@ -27,6 +31,7 @@ from awx_connection._errors import (
 from awx_connection._secrets import Secret
 from awx_connection._tokens import TokenSet
 from awx_connection._transport import Transport
+from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 CLIENT_ID = "client_Id42"
 CLIENT_SECRET = "cs_Wm5clientsecret"
@@ -715,3 +720,118 @@ async def test_session_uses_the_request_timeout() -> None:
         assert 3.5 == transport.session.timeout.total
     finally:
         await transport.aclose()
+
+
+# -- request_timeout with a session the caller passed in ------------------------------
+#
+# A caller's ClientSession() has aiohttp's 5-minute timeout; every request must
+# still end within request_timeout (0.2 s here). The outer 2 s bound makes the
+# old behaviour fail fast instead of hanging.
+
+SHORT = 0.2
+
+
+@pytest.fixture
+async def stalled() -> AsyncIterator[str]:
+    """A real server whose account call answers at once and any other path never answers."""
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path != "/api/v1/account/":
+            await release.wait()
+        return web.json_response({"id": "acct_stalled"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    release.set()
+    await runner.cleanup()
+
+
+def short_timeout(config: Config) -> Config:
+    return attrs.evolve(config, timing=attrs.evolve(config.timing, request_timeout=SHORT))
+
+
+async def within_request_timeout(call: Awaitable[object], error: type[Exception]) -> Exception:
+    started = time.monotonic()
+    with pytest.raises(error) as info:
+        async with asyncio.timeout(2):
+            await call
+    assert time.monotonic() - started < SHORT + 0.5
+    return info.value
+
+
+async def test_passed_session_token_post_ends_at_request_timeout(
+    op: Op, awx_config: Config, awx_fake: FakeAirwallex
+) -> None:
+    """A token POST the provider sits on is a maybe-processed NetworkError at request_timeout."""
+    config = short_timeout(awx_config)
+    awx_fake.inject(Fault(FaultKind.DELAY, delay=3 * SHORT))
+    async with aiohttp.ClientSession() as session:
+        exc = await within_request_timeout(
+            op.call(Transport(config, session=session)), NetworkError
+        )
+
+    assert isinstance(exc, NetworkError)
+    assert exc.maybe_processed
+
+
+async def test_passed_session_account_call_ends_at_request_timeout(stalled: str) -> None:
+    """fetch_account() on a caller's session is a NetworkError at request_timeout."""
+    # Under /stalled the account path is not the one the server answers.
+    endpoints = Endpoints(
+        authorize_url=f"{stalled}/oauth/authorize",
+        token_url=f"{stalled}/oauth/token",
+        api_base_url=f"{stalled}/stalled",
+    )
+    config = short_timeout(attrs.evolve(CONFIG, endpoints=endpoints))
+    async with aiohttp.ClientSession() as session:
+        transport = Transport(config, session=session)
+        exc = await within_request_timeout(transport.fetch_account(Secret(ACCESS)), NetworkError)
+
+    assert isinstance(exc, NetworkError)
+    assert exc.maybe_processed
+
+
+async def test_passed_session_api_call_ends_at_request_timeout(
+    awx_config: Config, awx_fake: FakeAirwallex, awx_clock: ManualClock, stalled: str
+) -> None:
+    """ConnectionManager.request() on a caller's session times out at request_timeout,
+    as a TimeoutError (an aiohttp timeout, as before); a caller's own timeout= wins."""
+    endpoints = Endpoints(
+        authorize_url=awx_fake.authorize_url, token_url=awx_fake.token_url, api_base_url=stalled
+    )
+    config = short_timeout(attrs.evolve(awx_config, endpoints=endpoints))
+    async with (
+        aiohttp.ClientSession() as session,
+        ConnectionManager(config, clock=awx_clock, session=session) as awx,
+    ):
+        request = await awx.begin_authorization()
+        connection = await awx.complete_authorization(awx_fake.approve(request.url))
+        assert "acct_stalled" == connection.account_id
+        call = awx.request(connection.id, "GET", "/api/v1/balances", retry=False)
+        await within_request_timeout(call, TimeoutError)
+
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await awx.request(
+                connection.id,
+                "GET",
+                "/api/v1/balances",
+                retry=False,
+                timeout=aiohttp.ClientTimeout(total=SHORT / 4),
+            )
+        assert time.monotonic() - started < SHORT
+
+
+async def test_request_timeout_keeps_the_session_limits() -> None:
+    """The per-request timeout caps the session's total and keeps its other limits."""
+    tight = aiohttp.ClientTimeout(total=1.0, sock_connect=0.5)
+    loose = aiohttp.ClientTimeout(total=None, sock_connect=0.5)
+    for given, total in [(tight, 1.0), (loose, TIMING.request_timeout)]:
+        async with aiohttp.ClientSession(timeout=given) as session:
+            timeout = Transport(CONFIG, session=session).timeout
+        assert (total, 0.5) == (timeout.total, timeout.sock_connect)

@@ -27,7 +27,7 @@ from awx_connection import (
     WebhookEvent,
     webhook_handler,
 )
-from awx_connection._webhooks import sign
+from awx_connection._webhooks import MAX_BODY_BYTES, sign
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, ManualClock
 
@@ -293,6 +293,79 @@ async def test_fake_retries_until_the_endpoint_answers_200(
         assert S.REVOKED is (await manager.get(connection_id)).state
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def hook_port(manager: ConnectionManager) -> AsyncIterator[int]:
+    """The port of a real aiohttp server on 127.0.0.1 with webhook_handler at /hooks."""
+    app = web.Application()
+    app.router.add_post("/hooks", webhook_handler(manager))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def post_in_writes(port: int, head: dict[str, str], writes: list[bytes]) -> int:
+    """POST /hooks over a raw socket, one TCP write per item with a pause between; the status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = ["POST /hooks HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in head.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        for i, data in enumerate(writes):
+            if i:
+                await asyncio.sleep(0.05)  # the server sees the first part alone
+            writer.write(data)
+            await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_handler_verifies_a_body_that_arrives_in_two_writes(
+    framing: str,
+    hook_port: int,
+    manager: ConnectionManager,
+    awx_fake: FakeAirwallex,
+    awx_clock: ManualClock,
+) -> None:
+    """A signed body split across TCP writes (or chunks) is verified whole, not by its prefix."""
+    connection_id, account_id = await active(manager, awx_fake)
+    awx_fake.disconnect(account_id)  # what the webhook reports
+    body = envelope("connection.disconnected", account_id, awx_clock.now())
+    head = signed(body, awx_clock.now()) | {"Content-Type": "application/json"}
+    half = len(body) // 2
+    if framing == "chunked":
+        head["Transfer-Encoding"] = "chunked"
+        writes = [chunk(body[:half]), chunk(body[half:]) + b"0\r\n\r\n"]
+    else:
+        head["Content-Length"] = str(len(body))
+        writes = [body[:half], body[half:]]
+
+    assert 200 == await post_in_writes(hook_port, head, writes)
+    assert S.REVOKED is (await manager.get(connection_id)).state
+
+
+async def test_handler_refuses_an_oversized_chunked_body_with_413(
+    hook_port: int, awx_clock: ManualClock
+) -> None:
+    """With no Content-Length to check up front, the limit holds while reading the chunks."""
+    body = b" " * (MAX_BODY_BYTES + 1)
+    head = signed(body, awx_clock.now()) | {"Transfer-Encoding": "chunked"}
+    half = len(body) // 2
+    writes = [chunk(body[:half]), chunk(body[half:]) + b"0\r\n\r\n"]
+
+    assert 413 == await post_in_writes(hook_port, head, writes)
 
 
 def test_signature_matches_the_documented_recipe() -> None:

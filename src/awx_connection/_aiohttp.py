@@ -41,8 +41,8 @@ def webhook_handler(
     async def handle(request: web.Request) -> web.StreamResponse:
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return web.json_response({"error": "body too large"}, status=413)
-        body = await request.content.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
+        body = await _read_body(request)
+        if body is None:
             return web.json_response({"error": "body too large"}, status=413)
         result = await manager.handle_webhook(request.headers, body)
         payload: dict[str, object] = {"result": result.detail}
@@ -51,3 +51,22 @@ def webhook_handler(
         return web.json_response(payload, status=result.status)
 
     return handle
+
+
+async def _read_body(request: web.Request) -> bytes | None:
+    """
+    The whole body, or None once it grows past ``MAX_BODY_BYTES``.
+
+    ``content.read(n)`` returns what has arrived so far, not *n* bytes: a body
+    sent in two TCP writes, or chunked, must be read until EOF, or the
+    signature is checked over a prefix and refused. Chunked bodies carry no
+    Content-Length, so the limit is enforced while reading.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_BODY_BYTES + 1 - size):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

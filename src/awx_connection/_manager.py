@@ -93,7 +93,7 @@ from ._machine import advance
 from ._outbox import EventConsumer
 from ._records import ConnectionRecord, ConnectionSummary, PendingAuthorization, RotationJournal
 from ._retry import Attempt, Retries
-from ._secrets import Secret
+from ._secrets import AuthHeaders, Secret, bearer_headers
 from ._states import ConnectionState, Trigger
 from ._statistics import ManagerStatistics
 from ._store import Store
@@ -687,6 +687,9 @@ class ConnectionManager:
         """
         self._check_open()
         parsed = parse_callback(callback)
+        # The raw callback carries the code and the state: out of the locals
+        # a traceback of an exchange error, rendered with them, would show.
+        del callback
         digest = state_hash(parsed.state)
         record = await self.store.find_by_state_hash(digest)
         if record is None:
@@ -1874,7 +1877,9 @@ class ConnectionManager:
         host; a bearer token is never sent to any other host. On a 401 the
         connection is refreshed once and the request retried once; a second
         401 marks it ``revoked``. Use the response as ``async with`` or call
-        ``release()``. Other keyword arguments go to aiohttp.
+        ``release()``. Other keyword arguments go to aiohttp. Each attempt
+        ends within ``TimingPolicy.request_timeout`` unless you pass your
+        own ``timeout=``.
 
         Args:
             retry: Retry on 502/503/504 and network errors, up to
@@ -1886,28 +1891,31 @@ class ConnectionManager:
         Raises:
             ConnectionRevokedError: The provider rejected the refresh, or
                 answered 401 again right after one.
-            aiohttp.ClientError: The API could not be reached (after retries).
+            aiohttp.ClientError: The API could not be reached (after retries);
+                raised without aiohttp's frames, which hold the bearer token.
+            TimeoutError: Likewise, for a request over its timeout.
         """
         # Every API call takes this path: it reads no more than it needs
         # (access_token()'s fast path is inlined, the URL is remembered).
         target = self._resolved.get(url) or self._resolve(url)
         live = self._live.get(connection_id) or await self._get_live(connection_id)
+        # The token goes straight into AuthHeaders, never into a local: a
+        # traceback rendered with locals would show it.
+        extra = kwargs.pop("headers", None)
         if live.fresh_until > self.clock.now():
             sent = live.record  # the record whose access token is sent
-            token: str = live.token  # type: ignore[assignment]  # set whenever fresh_until is finite
+            # live.token is set whenever fresh_until is finite.
+            headers = bearer_headers(live.token, extra)  # type: ignore[arg-type]
         else:
-            token = await self.access_token(connection_id)
+            headers = bearer_headers(await self.access_token(connection_id), extra)
             sent = live.record
-        extra = kwargs.pop("headers", None)
-        if extra:
-            headers = dict(extra)  # a mapping or (name, value) pairs, as aiohttp takes
-            headers["Authorization"] = "Bearer " + token
-        else:
-            headers = {"Authorization": "Bearer " + token}
         if retry is None:
             retry = method in _IDEMPOTENT or method.upper() in _IDEMPOTENT
         if self._closing:
             raise ManagerClosedError
+        # Per request: a session the caller passed in may have no (or a long)
+        # timeout of its own. A timeout= passed to request() wins.
+        kwargs.setdefault("timeout", self._transport.timeout)
         response = await self._send(method, target, headers, retry, kwargs)
         if response.status != 401:
             return response
@@ -1931,7 +1939,7 @@ class ConnectionManager:
         self,
         method: str,
         target: str,
-        headers: dict[str, str],
+        headers: AuthHeaders,
         retry: bool,
         kwargs: dict[str, Any],
     ) -> aiohttp.ClientResponse:
@@ -1942,9 +1950,14 @@ class ConnectionManager:
                 response = await self._transport.session.request(
                     method, target, headers=headers, **kwargs
                 )
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == attempts:
-                    raise
+                    # aiohttp's frames below session.request() (and those of
+                    # the errors it chains) hold the request headers, bearer
+                    # token included; a traceback rendered with locals would
+                    # show them. Same error, type, message and attributes,
+                    # raised from here without them.
+                    raise exc.with_traceback(None) from None
             else:
                 if response.status not in _RETRY_STATUSES or attempt == attempts:
                     return response

@@ -6,17 +6,23 @@ through the library as :class:`Secret`. Its ``repr`` and ``str`` are masked,
 so a secret that ends up in an f-string, a log record, an exception message,
 an attrs repr or an event is harmless. The one way out is :meth:`reveal`,
 called only where the raw value goes on the wire or into the store.
+
+Revealed values are kept out of frame locals too: a traceback rendered with
+its locals (``traceback.TracebackException(..., capture_locals=True)``, error
+trackers) shows each by ``repr``. Request headers that must carry a revealed
+token are an :class:`AuthHeaders`, whose ``repr`` masks it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable, Mapping
 from typing import final
 
 import attrs
 
-__all__ = ["Secret"]
+__all__ = ["AuthHeaders", "Secret", "bearer_headers"]
 
 
 @final
@@ -57,3 +63,34 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+@final
+class AuthHeaders(dict[str, str]):
+    """
+    Request headers whose ``repr`` masks ``Authorization``.
+
+    aiohttp needs the bearer token as a plain string; holding the headers in
+    one of these keeps it out of any traceback rendered with locals.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        shown = {k: "********" if k.lower() == "authorization" else v for k, v in self.items()}
+        return f"AuthHeaders({shown!r})"
+
+
+def bearer_headers(
+    token: str, extra: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+) -> AuthHeaders:
+    """
+    *extra* (a mapping or ``(name, value)`` pairs, as aiohttp takes) plus
+    ``Authorization: Bearer <token>``.
+
+    Pass the revealed token straight in (``bearer_headers(secret.reveal())``):
+    the caller's frame then never holds it in a local.
+    """
+    headers = AuthHeaders(extra or ())
+    headers["Authorization"] = "Bearer " + token
+    return headers
