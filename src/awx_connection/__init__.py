@@ -55,7 +55,22 @@ from ._keepalive import KeepaliveReport
 from ._manager import ConnectionManager
 from ._outbox import EventConsumer
 from ._secrets import Secret
-from ._states import TRANSITIONS, ConnectionState, Transition, Trigger, mermaid
+from ._states import (
+    AUTHORIZING,
+    HOLDS_TOKENS,
+    ROTATING,
+    SERVING,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    USABLE,
+    Action,
+    ConnectionState,
+    Effect,
+    Guard,
+    Transition,
+    Trigger,
+    mermaid,
+)
 from ._statistics import ManagerStatistics
 from ._store import Store
 from ._webhooks import (
@@ -67,6 +82,8 @@ from ._webhooks import (
 )
 
 __all__ = [
+    "AUTHORIZING",
+    "Action",
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
@@ -84,10 +101,13 @@ __all__ = [
     "ConnectionState",
     "ConnectionUnusableError",
     "DecryptionError",
+    "Effect",
     "Endpoints",
     "Environment",
     "EventCallback",
     "EventConsumer",
+    "Guard",
+    "HOLDS_TOKENS",
     "IllegalTransitionError",
     "InvalidArgumentError",
     "InvalidClientError",
@@ -100,8 +120,10 @@ __all__ = [
     "NetworkError",
     "ProviderError",
     "ProviderUnavailableError",
+    "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "SERVING",
     "Secret",
     "StateExpiredError",
     "Store",
@@ -110,10 +132,12 @@ __all__ = [
     "Subscription",
     "SubscriptionOverflowError",
     "SystemClock",
+    "TERMINAL_STATES",
     "TRANSITIONS",
     "TimingPolicy",
     "Transition",
     "Trigger",
+    "USABLE",
     "UnknownStateError",
     "VersionConflictError",
     "WebhookCallback",

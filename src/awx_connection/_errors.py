@@ -109,14 +109,21 @@ class ConnectionNotFoundError(AwxConnectionError, LookupError):
 class IllegalTransitionError(AwxConnectionError):
     """The connection's current state does not allow this trigger."""
 
-    def __init__(self, connection_id: str, trigger: Trigger, state: ConnectionState) -> None:
+    def __init__(
+        self,
+        connection_id: str,
+        trigger: Trigger,
+        state: ConnectionState,
+        *,
+        guard: str | None = None,
+    ) -> None:
         self.connection_id = connection_id
         self.trigger = trigger
         self.state = state
-        super().__init__(
-            f"connection {connection_id!r}: trigger {trigger.value!r} "
-            f"is not allowed in state {state.value!r}"
-        )
+        #: The name of the row's guard that did not hold, if the state was right.
+        self.guard = guard
+        why = f"needs {guard}" if guard else f"is not allowed in state {state.value!r}"
+        super().__init__(f"connection {connection_id!r}: trigger {trigger.value!r} {why}")
 
 
 class AuthorizationError(AwxConnectionError):

@@ -89,7 +89,7 @@ from ._errors import (
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
 from ._keepalive import KeepaliveReport, due_at
-from ._machine import advance
+from ._machine import fire
 from ._outbox import EventConsumer
 from ._records import ConnectionRecord, ConnectionSummary, PendingAuthorization, RotationJournal
 from ._retry import Attempt, Retries
@@ -577,27 +577,18 @@ class ConnectionManager:
         connection_id = _new_connection_id()
         auth, url = self._new_authorization(chosen, sign_up=sign_up, pkce=pkce, now=now)
         reason = "authorization started" + (" with sign-up" if sign_up else "")
-        record = ConnectionRecord(
-            id=connection_id,
-            state=_S.PENDING,
-            version=1,
-            sequence=1,
-            created_at=now,
-            updated_at=now,
-            reason=reason,
-            scopes=chosen,
-            external_id=external_id,
-            authorization=auth,
-        )
-        event = ConnectionEvent(
-            connection_id=connection_id,
-            sequence=1,
-            trigger=_T.BEGIN,
-            source=None,
-            dest=_S.PENDING,
-            reason=reason,
-            at=now,
-            external_id=external_id,
+        record, event = fire(
+            None,
+            _T.BEGIN,
+            reason,
+            {
+                "id": connection_id,
+                "scopes": chosen,
+                "external_id": external_id,
+                "authorization": auth,
+            },
+            now=now,
+            write_id=secrets.token_hex(8),
         )
         await self.store.insert(record, event)
         self._live[connection_id] = _Live(record, timing=self.config.timing)
@@ -1239,7 +1230,7 @@ class ConnectionManager:
         account_id = live.record.account_id
         if account_id is None:
             account_id = await self._fetch_account_id(connection_id, new_tokens.access_token)
-        new, event = await self._fire(
+        new, event = self._fire(
             live,
             _T.REFRESHED,
             f"rotated to generation {new_tokens.generation}",
@@ -2061,39 +2052,22 @@ class ConnectionManager:
         ``live.lock``. With *release_lease*, the write also ends this
         process's refresh lease.
         """
-        new, event = await self._fire(live, trigger, reason, **changes)
+        new, event = self._fire(live, trigger, reason, **changes)
         await self._commit(live, new, event, release_lease=release_lease)
         return event
 
-    async def _fire(
+    def _fire(
         self, live: _Live, trigger: Trigger, reason: str, **changes: Any
     ) -> tuple[ConnectionRecord, ConnectionEvent]:
         """The record and event *trigger* makes of ``live.record``; nothing is written."""
-        record = live.record
-        dest = await advance(record.id, record.state, trigger)
-        now = self.clock.now()
-        new = attrs.evolve(
-            record,
-            state=dest,
-            version=record.version + 1,
+        return fire(
+            live.record,
+            trigger,
+            reason,
+            changes,
+            now=self.clock.now(),
             write_id=secrets.token_hex(8),
-            sequence=record.sequence + 1,
-            updated_at=now,
-            reason=reason,
-            **changes,
         )
-        event = ConnectionEvent(
-            connection_id=record.id,
-            sequence=new.sequence,
-            trigger=trigger,
-            source=record.state,
-            dest=dest,
-            reason=reason,
-            at=now,
-            account_id=new.account_id,
-            external_id=new.external_id,
-        )
-        return new, event
 
     async def _commit(
         self,

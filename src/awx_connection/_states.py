@@ -1,9 +1,16 @@
 """
 The connection state machine, defined once as data.
 
-``TRANSITIONS`` is the single source of truth: the runtime machine
-(:mod:`awx_connection._machine`), the docs diagram (:func:`mermaid`) and the
-tests all read it. Each state's comment says how a connection gets there.
+:data:`TRANSITIONS` is the single source of truth. Every row, ``begin``
+included, names its trigger, the states it leaves, the state it enters, the
+*guard* (a named condition on the record, checked by the machine), the
+*effects* (the record fields it sets or clears) and the *action* that runs
+once the row is written (the code exchange, the rotation). The runtime
+machine (:mod:`awx_connection._machine`) is built from it and is the only
+thing that applies it; the docs draw it (:func:`mermaid`, and the table in
+docs/architecture.md); the tests read it. The state groups below are the
+only place a set of states is written down: code elsewhere asks "is the
+state *usable*", never "is it active or refreshing".
 
     pending --code_received--> authorized --exchanged--> active <--> refreshing
        |                           |                        |           |
@@ -18,14 +25,26 @@ tests all read it. Each state's comment says how a connection gets there.
 from __future__ import annotations
 
 import enum
-from typing import final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, final
 
 import attrs
 
+if TYPE_CHECKING:
+    from ._records import ConnectionRecord
+
 __all__ = [
+    "AUTHORIZING",
+    "HOLDS_TOKENS",
+    "ROTATING",
+    "SERVING",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "USABLE",
+    "Action",
     "ConnectionState",
+    "Effect",
+    "Guard",
     "Transition",
     "Trigger",
     "mermaid",
@@ -61,6 +80,10 @@ class ConnectionState(enum.Enum):
     #: The provider rejected the code exchange.
     FAILED = "failed"
 
+    def __str__(self) -> str:
+        # In f-strings and messages: "active", not "ConnectionState.ACTIVE".
+        return self.value
+
 
 class Trigger(enum.Enum):
     """The named events that move a connection between states."""
@@ -78,53 +101,258 @@ class Trigger(enum.Enum):
     EXPIRE = "expire"
     REAUTHORIZE = "reauthorize"
 
+    def __str__(self) -> str:
+        return self.value
+
+
+_S = ConnectionState
+_T = Trigger
+
+# --- the state groups: every set of states the library reasons about, once ------------
+
+#: A caller can get tokens: at once, or after the rotation in progress.
+USABLE: frozenset[ConnectionState] = frozenset({_S.ACTIVE, _S.REFRESHING})
+#: The stored tokens are current: no rotation is journaled.
+SERVING: frozenset[ConnectionState] = frozenset({_S.ACTIVE})
+#: A rotation is journaled and not yet finished (in flight, or its outcome unknown).
+ROTATING: frozenset[ConnectionState] = frozenset({_S.REFRESHING})
+#: The record may hold tokens (usable ones, or the last ones of a connection that ended).
+HOLDS_TOKENS: frozenset[ConnectionState] = frozenset(
+    {_S.ACTIVE, _S.REFRESHING, _S.REVOKED, _S.INVALIDATED, _S.EXPIRED}
+)
+#: The customer is on their way: an authorize URL is out, or its code is being exchanged.
+AUTHORIZING: frozenset[ConnectionState] = frozenset({_S.PENDING, _S.AUTHORIZED})
+#: States a connection only leaves through ``reauthorize``: the customer must act.
+TERMINAL_STATES: frozenset[ConnectionState] = frozenset(
+    {_S.REVOKED, _S.INVALIDATED, _S.EXPIRED, _S.DENIED, _S.FAILED}
+)
+
+
+# --- guards, effects, actions ------------------------------------------------------------
+
+
+@final
+@attrs.frozen
+class Guard:
+    """
+    A named condition a row needs, on the record it fires from and the
+    injected clock's *now*; the machine checks it before it moves.
+    """
+
+    name: str
+    #: What it checks, for the docs.
+    doc: str
+    check: Callable[[ConnectionRecord, float], bool] = attrs.field(repr=False, eq=False)
+
+    def __call__(self, record: ConnectionRecord, now: float) -> bool:
+        """Whether *record* meets the condition at *now*."""
+        return self.check(record, now)
+
+
+def _awaiting_callback(record: ConnectionRecord, now: float) -> bool:
+    auth = record.authorization
+    return auth is not None and auth.state_hash is not None and now < auth.expires_at
+
+
+def _code_held(record: ConnectionRecord, now: float) -> bool:
+    return record.code is not None and record.authorization is not None
+
+
+def _refresh_token_alive(record: ConnectionRecord, now: float) -> bool:
+    tokens = record.tokens
+    return tokens is not None and now < tokens.refresh_expires_at
+
+
+def _refresh_token_aged_out(record: ConnectionRecord, now: float) -> bool:
+    tokens = record.tokens
+    return tokens is not None and now >= tokens.refresh_expires_at
+
+
+def _journaled(record: ConnectionRecord, now: float) -> bool:
+    return record.journal is not None
+
+
+#: The authorize URL's ``state`` is unused and has not expired.
+AWAITING_CALLBACK = Guard(
+    "awaiting_callback", "the authorize URL's state is unused and unexpired", _awaiting_callback
+)
+#: An authorization code waits to be exchanged.
+CODE_HELD = Guard("code_held", "an authorization code waits to be exchanged", _code_held)
+#: The refresh token has not aged out.
+REFRESH_TOKEN_ALIVE = Guard(
+    "refresh_token_alive", "the refresh token has not aged out", _refresh_token_alive
+)
+#: The refresh token aged out.
+REFRESH_TOKEN_AGED_OUT = Guard(
+    "refresh_token_aged_out", "the refresh token aged out", _refresh_token_aged_out
+)
+#: A rotation journal is stored with the record.
+JOURNALED = Guard("journaled", "a rotation journal is stored with the record", _journaled)
+
+
+class Effect(enum.Enum):
+    """What a row does to one record field."""
+
+    #: The row needs a new value (``fire()`` refuses to fire without it).
+    SET = "set"
+    #: The row may be given a new value; otherwise the field keeps its own.
+    MAY_SET = "may set"
+    #: The row sets the field to ``None``.
+    CLEAR = "clear"
+
+
+class Action(enum.Enum):
+    """What runs once a row is written: the I/O of the state it enters."""
+
+    NONE = "none"
+    #: Exchange the authorization code for tokens (the action of ``authorized``).
+    EXCHANGE = "exchange"
+    #: Present the refresh token until the rotation settles (the action of ``refreshing``).
+    ROTATE = "rotate"
+
+
+#: One field's effect; a row's effects are a tuple of them.
+FieldEffect = tuple[str, Effect]
+
 
 @final
 @attrs.frozen
 class Transition:
-    """One row of the table: *trigger* moves a connection from any of *sources* to *dest*."""
+    """
+    One row of the table: *trigger* moves a connection from any of
+    *sources* (none for ``begin``, which creates it) to *dest*, if *guard*
+    holds; *effects* says which record fields the row sets or clears (every
+    field not named keeps its value); *action* runs once the row is written.
+    """
 
     trigger: Trigger
     sources: tuple[ConnectionState, ...]
     dest: ConnectionState
     #: What the row means, shown in the docs.
     doc: str
+    guard: Guard | None = None
+    effects: tuple[FieldEffect, ...] = ()
+    action: Action = Action.NONE
 
 
-_S = ConnectionState
-_T = Trigger
+def _sorted(states: frozenset[ConnectionState]) -> tuple[ConnectionState, ...]:
+    return tuple(sorted(states, key=lambda s: s.value))
 
-#: States a connection only leaves through ``reauthorize``.
-TERMINAL_STATES: frozenset[ConnectionState] = frozenset(
-    {_S.REVOKED, _S.INVALIDATED, _S.EXPIRED, _S.DENIED, _S.FAILED}
-)
+
+_SET, _MAY, _CLEAR = Effect.SET, Effect.MAY_SET, Effect.CLEAR
 
 TRANSITIONS: tuple[Transition, ...] = (
-    Transition(_T.CODE_RECEIVED, (_S.PENDING,), _S.AUTHORIZED, "the redirect carried a code"),
-    Transition(_T.DENIED, (_S.PENDING,), _S.DENIED, "the redirect carried an error"),
-    Transition(_T.EXCHANGED, (_S.AUTHORIZED,), _S.ACTIVE, "the code exchange returned tokens"),
-    Transition(_T.EXCHANGE_REJECTED, (_S.AUTHORIZED,), _S.FAILED, "the provider rejected the code"),
-    Transition(_T.REFRESH_STARTED, (_S.ACTIVE,), _S.REFRESHING, "journaled, about to rotate"),
-    Transition(_T.REFRESHED, (_S.REFRESHING,), _S.ACTIVE, "new tokens stored"),
+    Transition(
+        _T.BEGIN,
+        (),
+        _S.PENDING,
+        "begin_authorization() created the connection",
+        effects=(
+            ("id", _SET),
+            ("authorization", _SET),
+            ("scopes", _SET),
+            ("external_id", _MAY),
+        ),
+    ),
+    Transition(
+        _T.CODE_RECEIVED,
+        (_S.PENDING,),
+        _S.AUTHORIZED,
+        "the redirect carried a code",
+        guard=AWAITING_CALLBACK,
+        effects=(("authorization", _SET), ("code", _SET)),
+        action=Action.EXCHANGE,
+    ),
+    Transition(
+        _T.DENIED,
+        (_S.PENDING,),
+        _S.DENIED,
+        "the redirect carried an error",
+        guard=AWAITING_CALLBACK,
+        effects=(("authorization", _CLEAR),),
+    ),
+    Transition(
+        _T.EXCHANGED,
+        (_S.AUTHORIZED,),
+        _S.ACTIVE,
+        "the code exchange returned tokens",
+        guard=CODE_HELD,
+        effects=(
+            ("tokens", _SET),
+            ("activated_at", _SET),
+            ("account_id", _MAY),
+            ("code", _CLEAR),
+            ("authorization", _CLEAR),
+        ),
+    ),
+    Transition(
+        _T.EXCHANGE_REJECTED,
+        (_S.AUTHORIZED,),
+        _S.FAILED,
+        "the provider rejected the code",
+        guard=CODE_HELD,
+        effects=(("code", _CLEAR), ("authorization", _CLEAR)),
+    ),
+    Transition(
+        _T.REFRESH_STARTED,
+        _sorted(SERVING),
+        _S.REFRESHING,
+        "journaled, about to rotate",
+        guard=REFRESH_TOKEN_ALIVE,
+        effects=(("journal", _SET),),
+        action=Action.ROTATE,
+    ),
+    Transition(
+        _T.REFRESHED,
+        _sorted(ROTATING),
+        _S.ACTIVE,
+        "new tokens stored",
+        guard=JOURNALED,
+        effects=(("tokens", _SET), ("account_id", _MAY), ("journal", _CLEAR)),
+    ),
     Transition(
         _T.REFRESH_ABORTED,
-        (_S.REFRESHING,),
+        _sorted(ROTATING),
         _S.ACTIVE,
         "the provider certainly did not rotate; old tokens kept",
+        guard=JOURNALED,
+        effects=(("journal", _CLEAR),),
     ),
     Transition(
         _T.REVOKE,
-        (_S.ACTIVE, _S.REFRESHING),
+        _sorted(USABLE),
         _S.REVOKED,
         "invalid_grant, 401 after a refresh, or a disconnect",
+        effects=(("journal", _CLEAR),),
     ),
-    Transition(_T.INVALIDATE, (_S.REFRESHING,), _S.INVALIDATED, "grace window lost; stopped"),
-    Transition(_T.EXPIRE, (_S.ACTIVE, _S.REFRESHING), _S.EXPIRED, "the refresh token aged out"),
+    Transition(
+        _T.INVALIDATE,
+        _sorted(ROTATING),
+        _S.INVALIDATED,
+        "grace window lost; stopped",
+        guard=JOURNALED,
+        effects=(("journal", _CLEAR),),
+    ),
+    Transition(
+        _T.EXPIRE,
+        _sorted(USABLE),
+        _S.EXPIRED,
+        "the refresh token aged out",
+        guard=REFRESH_TOKEN_AGED_OUT,
+        effects=(("journal", _CLEAR),),
+    ),
     Transition(
         _T.REAUTHORIZE,
-        (_S.PENDING, _S.AUTHORIZED, *sorted(TERMINAL_STATES, key=lambda s: s.value)),
+        (*_sorted(AUTHORIZING), *_sorted(TERMINAL_STATES)),
         _S.PENDING,
         "a new authorize URL for the same connection",
+        effects=(
+            ("authorization", _SET),
+            ("scopes", _SET),
+            ("tokens", _CLEAR),
+            ("code", _CLEAR),
+            ("journal", _CLEAR),
+        ),
     ),
 )
 
@@ -133,13 +361,24 @@ def mermaid() -> str:
     """
     Render :data:`TRANSITIONS` as a Mermaid ``stateDiagram-v2``.
 
-    The docs embed this output and a test checks they are in sync, so the
+    A row with more than two sources (``reauthorize`` has seven) is drawn
+    through one join: short unlabelled arrows into it, one labelled arrow
+    out, instead of seven long labelled arrows crossing the picture. The
+    docs embed this output and a test checks they are in sync, so the
     picture can never drift from the code.
     """
-    lines = ["stateDiagram-v2", f"    [*] --> {_S.PENDING.value}: {_T.BEGIN.value}"]
+    lines = ["stateDiagram-v2"]
     for row in TRANSITIONS:
-        lines.extend(
-            f"    {source.value} --> {row.dest.value}: {row.trigger.value}"
-            for source in row.sources
-        )
+        label = row.trigger.value
+        if not row.sources:
+            lines.append(f"    [*] --> {row.dest.value}: {label}")
+        elif len(row.sources) > 2:
+            join = f"{label}_from"
+            lines.append(f"    state {join} <<join>>")
+            lines.extend(f"    {source.value} --> {join}" for source in row.sources)
+            lines.append(f"    {join} --> {row.dest.value}: {label}")
+        else:
+            lines.extend(
+                f"    {source.value} --> {row.dest.value}: {label}" for source in row.sources
+            )
     return "\n".join(lines) + "\n"
