@@ -530,7 +530,7 @@ async def queue_refresh(
 async def queued(manager: ConnectionManager, waiting: int) -> None:
     """Until *waiting* refreshes queue for one of the manager's token-endpoint slots."""
     async with asyncio.timeout(30):
-        while manager._refresh_gate.waiting < waiting:  # noqa: ASYNC110 - no event for it
+        while manager._gate.waiting < waiting:  # noqa: ASYNC110 - no event for it
             await asyncio.sleep(0.005)
 
 
@@ -608,12 +608,12 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
     store = SQLiteStore(path, keys=keys)
     async with ConnectionManager(awx_config, store=store, clock=awx_clock) as dead:
         # What a replica leaves behind when it dies right after sending Z's token.
-        live = await dead._get_live(z)
+        live = await dead._cache.get(z)
         assert live.record.tokens is not None
         journal = RotationJournal(
             live.record.tokens.generation, awx_clock.now(), attempts=1, unsafe_since=awx_clock.now()
         )
-        await dead._save(live, state=S.REFRESHING, journal=journal)
+        await dead._writer.amend(live, state=S.REFRESHING, journal=journal)
     presented: list[bytes] = []
 
     async def on_chunk(_: object, __: object, params: aiohttp.TraceRequestChunkSentParams) -> None:
@@ -710,14 +710,14 @@ async def test_only_another_processs_journal_is_waited_for(
         for connection_id in (mine, theirs, failed):
             # A rotation left unfinished: journal written, its token maybe sent
             # (except for `failed`).
-            live = await a._get_live(connection_id)
+            live = await a._cache.get(connection_id)
             assert live.record.tokens is not None
             now = awx_clock.now()
             unsafe = None if connection_id == failed else now
             journal = RotationJournal(
                 live.record.tokens.generation, now, attempts=1, unsafe_since=unsafe
             )
-            await a._save(live, state=S.REFRESHING, journal=journal)
+            await a._writer.amend(live, state=S.REFRESHING, journal=journal)
         await a.access_token(mine)
         assert 0 == store_a.waits
         store_b = GatedStore(SQLiteStore(path, keys=keys))
@@ -846,12 +846,12 @@ async def test_a_journal_past_its_grace_window_is_given_up_without_waiting(
         config, store=SQLiteStore(path, keys=keys), clock=awx_clock, settle=False
     ) as a:
         connection_id = await connect(a, awx_fake)
-        live = await a._get_live(connection_id)
+        live = await a._cache.get(connection_id)
         assert live.record.tokens is not None
         journal = RotationJournal(
             live.record.tokens.generation, awx_clock.now(), 1, unsafe_since=awx_clock.now()
         )
-        await a._save(live, state=S.REFRESHING, journal=journal)
+        await a._writer.amend(live, state=S.REFRESHING, journal=journal)
     awx_clock.advance(config.timing.grace + 1)
     async with ConnectionManager(
         config, store=SQLiteStore(path, keys=keys), clock=awx_clock, settle=False

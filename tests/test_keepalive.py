@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 
-import awx_connection._manager
+import awx_connection._keepalive
 from awx_connection import Config, ConnectionManager, ConnectionState, KeyRing, TimingPolicy
 from awx_connection._keepalive import due_at
 from awx_connection.stores import SQLiteStore
@@ -195,7 +195,7 @@ async def test_a_pass_reads_the_store_a_page_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """11 connections, pages of 4: every one is checked and every due one rotated, once."""
-    monkeypatch.setattr(awx_connection._manager, "_KEEPALIVE_PAGE", 4)
+    monkeypatch.setattr(awx_connection._keepalive, "PAGE", 4)
     store = SQLiteStore(tmp_path / "awx.db", keys=KeyRing.generate())
     async with ConnectionManager(awx_config, store=store, clock=awx_clock) as awx:
         ids = await connect_many(awx, awx_fake, 11)

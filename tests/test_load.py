@@ -227,7 +227,7 @@ async def test_held_connections_are_replaced_only_by_newer_versions(
         for connection_id in ("same", "newer-in-store", "newer-held"):
             record = await store.get(connection_id)
             assert record is not None
-            held[connection_id] = awx._adopt(record)
+            held[connection_id] = awx._cache.adopt(record)
         same = held["same"].record
         # Another process rotates one connection in the store...
         stored = held["newer-in-store"].record
@@ -241,7 +241,7 @@ async def test_held_connections_are_replaced_only_by_newer_versions(
         # ...and this process holds a newer record than the store of another.
         mine = held["newer-held"].record
         ahead = attrs.evolve(mine, version=mine.version + 5, reason="ahead")
-        awx._adopt(ahead)
+        awx._cache.adopt(ahead)
 
         assert 3 == await awx.load(page_size=2)
 

@@ -25,6 +25,7 @@ tests (tests/unit/test_machine.py) and the pin is a version range.
 
 from __future__ import annotations
 
+import linecache
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, final
@@ -153,12 +154,16 @@ def _make_successor() -> Any:
         f"{field.alias}={fixed.get(field.name) or f'f.get({field.name!r}, r.{field.name})'}"
         for field in attrs.fields(ConnectionRecord)
     )
-    namespace: dict[str, Any] = {"ConnectionRecord": ConnectionRecord}
-    exec(
+    source = (
         f"def successor(r, f, state, reason, now, write_id):\n"
-        f"    return ConnectionRecord({arguments})\n",
-        namespace,
+        f"    return ConnectionRecord({arguments})\n"
     )
+    # Registered with linecache, as attrs does for its generated methods, so
+    # a traceback through it (and pytest's report of one) can show the line.
+    filename = "<awx_connection generated successor>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"ConnectionRecord": ConnectionRecord}
+    exec(compile(source, filename, "exec"), namespace)  # generated from our own field names
     return namespace["successor"]
 
 

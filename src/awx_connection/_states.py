@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, final
 
 import attrs
 
+from ._errors import (
+    ConnectionExpiredError,
+    ConnectionInvalidatedError,
+    ConnectionRevokedError,
+    ConnectionUnusableError,
+)
+
 if TYPE_CHECKING:
     from ._records import ConnectionRecord
 
@@ -48,6 +55,7 @@ __all__ = [
     "Transition",
     "Trigger",
     "mermaid",
+    "unusable",
 ]
 
 
@@ -126,6 +134,20 @@ AUTHORIZING: frozenset[ConnectionState] = frozenset({_S.PENDING, _S.AUTHORIZED})
 TERMINAL_STATES: frozenset[ConnectionState] = frozenset(
     {_S.REVOKED, _S.INVALIDATED, _S.EXPIRED, _S.DENIED, _S.FAILED}
 )
+
+
+#: The error a caller gets for a connection in a state without usable tokens.
+_UNUSABLE: dict[ConnectionState, type[ConnectionUnusableError]] = {
+    _S.REVOKED: ConnectionRevokedError,
+    _S.INVALIDATED: ConnectionInvalidatedError,
+    _S.EXPIRED: ConnectionExpiredError,
+}
+
+
+def unusable(record: ConnectionRecord) -> ConnectionUnusableError:
+    """The error for *record* having no usable tokens, by its state (and with its reason)."""
+    cls = _UNUSABLE.get(record.state, ConnectionUnusableError)
+    return cls(record.id, record.state, record.reason)
 
 
 # --- guards, effects, actions ------------------------------------------------------------

@@ -9,12 +9,17 @@ exporter, with no dependency on any metrics library.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import final
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, final
 
 import attrs
 
-__all__ = ["ManagerStatistics"]
+if TYPE_CHECKING:
+    import collections
+
+    from ._live import Live
+
+__all__ = ["ManagerStatistics", "snapshot"]
 
 
 @final
@@ -43,3 +48,26 @@ class ManagerStatistics:
     #: docs/replicas.md), in which case one of the two new pairs is already
     #: dead and the connection's next rotation may invalidate it.
     rotations_discarded: int = 0
+
+
+def snapshot(counts: collections.Counter[str], held: Iterable[Live]) -> ManagerStatistics:
+    """The statistics of a manager whose counters are *counts* and whose holders are *held*."""
+    holders = list(held)
+    return ManagerStatistics(
+        connections_cached=len(holders),
+        refreshes_in_flight=sum(1 for live in holders if live.refresh_task),
+        transitions={
+            k.removeprefix("transition:"): v
+            for k, v in counts.items()
+            if k.startswith("transition:")
+        },
+        refresh_requests=counts["refresh_requests"],
+        refresh_failures={
+            k.removeprefix("refresh_failure:"): v
+            for k, v in counts.items()
+            if k.startswith("refresh_failure:")
+        },
+        webhooks_handled=counts["webhooks_handled"],
+        webhooks_refused=counts["webhooks_refused"],
+        rotations_discarded=counts["rotations_discarded"],
+    )

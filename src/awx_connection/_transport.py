@@ -266,6 +266,25 @@ class Transport:
             raise MalformedResponseError(msg, status=status)
         return data
 
+    async def account_id(self, connection_id: str, access_token: Secret) -> str | None:
+        """
+        The connected account's id (:meth:`fetch_account`), best effort: a
+        failure is logged and answered ``None``. Used after an exchange or a
+        rotation, where the account is useful to know but no reason to fail.
+        """
+        try:
+            account = await self.fetch_account(access_token)
+        except ProviderError as exc:
+            _log.warning(
+                "connection %s: could not fetch the account (%s); will retry after a refresh",
+                connection_id,
+                exc,
+                extra={"connection_id": connection_id},
+            )
+            return None
+        account_id: str = account["id"]
+        return account_id
+
     async def _read_bounded(self, response: aiohttp.ClientResponse) -> _Body:
         limit = self.config.timing.max_response_bytes
         body = _Body()
