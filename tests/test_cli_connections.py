@@ -29,8 +29,8 @@ import pytest
 import pytest_asyncio
 
 from awx_connection import Config, ConnectionManager, ConnectionState, KeyRing
-from awx_connection._cli import build_parser
-from awx_connection._cli import main as cli_main
+from awx_connection.cli import build_parser
+from awx_connection.cli import main as cli_main
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex
 

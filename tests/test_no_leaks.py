@@ -35,8 +35,8 @@ from awx_connection import (
     ProviderUnavailableError,
     TimingPolicy,
 )
-from awx_connection._cli import main as cli_main
 from awx_connection._webhooks import sign
+from awx_connection.cli import main as cli_main
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 

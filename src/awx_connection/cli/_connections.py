@@ -4,7 +4,7 @@
 ``list`` and ``show`` read the store directly and need no credentials: an
 operator answering "is customer X connected?" should not need the client
 secret. ``disconnect`` writes the store only (see
-:func:`~awx_connection._cli_common.offline_config`). ``refresh`` and
+:func:`~awx_connection.cli._stores.offline_config`). ``refresh`` and
 ``reauthorize`` need the provider, so they read ``Config.from_env()``.
 
 Each command prints a human view by default and, with ``--json``, one JSON
@@ -18,22 +18,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._cli import EXIT_OK
-from ._cli_common import (
-    connection_json,
-    emit,
-    emit_json,
-    note,
-    offline_manager,
-    opened_store,
-    provider_manager,
-    read_connection,
-    table,
-    when,
-)
-from ._connection import Connection
-from ._errors import VersionConflictError
-from ._states import ConnectionState
+from .._connection import Connection
+from .._errors import VersionConflictError
+from .._states import ConnectionState
+from ._exits import EXIT_OK
+from ._output import connection_json, emit, emit_json, note, table, when
+from ._stores import offline_manager, opened_store, provider_manager, read_connection
 
 __all__ = ["disconnect", "list_connections", "reauthorize", "refresh", "show"]
 
