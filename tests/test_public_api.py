@@ -49,6 +49,7 @@ EXPECTED = {
     "StateExpiredError",
     "Store",
     "StoreError",
+    "StoreNotMigratedError",
     "StoreUnavailableError",
     "Subscription",
     "SubscriptionOverflowError",
