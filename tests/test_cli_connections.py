@@ -65,10 +65,17 @@ async def fake() -> AsyncIterator[FakeAirwallex]:
         yield provider
 
 
-@pytest.fixture
-def store_path(fake: FakeAirwallex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An encrypted SQLite store named by AWX_STORE, and credentials for the fake, in the env."""
+@pytest_asyncio.fixture
+async def store_path(fake: FakeAirwallex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """
+    An encrypted SQLite store named by AWX_STORE, migrated (as `db migrate`
+    would: no other command creates a store), and credentials for the fake,
+    in the env.
+    """
     path = tmp_path / "awx.db"
+    migrated = SQLiteStore(path, keys=KeyRing.generate())
+    await migrated.open()
+    await migrated.aclose()
     monkeypatch.setenv("AWX_STORE", f"sqlite:///{path}")
     monkeypatch.setenv("AWX_ENCRYPTION_KEYS", f"k1:{KeyRing.new_key()}")
     monkeypatch.setenv("AWX_CLIENT_ID", fake.client_id)

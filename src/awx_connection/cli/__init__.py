@@ -32,8 +32,9 @@ Exit codes (:mod:`._exits`):
   is revoked (or otherwise unusable) or in a state that forbids the
   command, the store failed, ``authorize`` timed out or was declined;
 * 2: usage or configuration error: bad arguments (text that is not valid
-  UTF-8 included), no store, a malformed store URL, missing or invalid
-  ``AWX_*`` variables;
+  UTF-8 included), no store, a malformed store URL, a store that does not
+  exist or is not migrated (only ``db migrate`` creates or upgrades one),
+  missing or invalid ``AWX_*`` variables;
 * 3: not found: no connection with that id;
 * 130: interrupted: ``authorize`` by SIGINT or SIGTERM before the
   redirect, any other command by Ctrl-C;

@@ -18,7 +18,7 @@ __all__ = ["migrate"]
 
 async def migrate(args: argparse.Namespace) -> int:
     """``db migrate``: open the store (which migrates it) and print its version."""
-    store, _ = store_from(args, touches_secrets=False)
+    store, _ = store_from(args, touches_secrets=False, create=True)
     await store.open()
     try:
         version = await getattr(store, "schema_version", _no_version)()

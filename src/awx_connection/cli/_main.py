@@ -24,6 +24,7 @@ from .._errors import (
     ConfigurationError,
     ConnectionNotFoundError,
     InvalidArgumentError,
+    StoreNotMigratedError,
 )
 from ._exits import (
     EXIT_BROKEN_PIPE,
@@ -47,9 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return _run(args)
-    except (ConfigurationError, InvalidArgumentError) as exc:
+    except (ConfigurationError, InvalidArgumentError, StoreNotMigratedError) as exc:
         # InvalidArgumentError: an argument the store cannot hold (bytes
         # that are not UTF-8 arrive in argv as lone surrogates): a usage error.
+        # StoreNotMigratedError: --store names no store (or one never
+        # migrated): a configuration error, fixed by the URL or `db migrate`.
         _say(exc)
         return EXIT_USAGE
     except ConnectionNotFoundError as exc:

@@ -39,10 +39,15 @@ __all__ = [
 
 
 def store_from(
-    args: argparse.Namespace, *, touches_secrets: bool = True
+    args: argparse.Namespace, *, touches_secrets: bool = True, create: bool = False
 ) -> tuple[Store, KeyRing | None]:
     """
     The store of ``--store``/``AWX_STORE``, unopened, and its keys.
+
+    Only ``db migrate`` passes *create*: every other command opens the store
+    as it is, so a mistyped path or database is an error (exit 2, naming
+    ``db migrate``), never a new empty store, and no command but that one
+    changes a schema.
 
     Keys come from ``AWX_ENCRYPTION_KEYS``. Without them a durable store is
     refused (exit 2, naming ``awx-connection keys new``) unless
@@ -57,7 +62,7 @@ def store_from(
         raise ConfigurationError(msg)
     keys = KeyRing.from_env() if os.environ.get("AWX_ENCRYPTION_KEYS") else None
     allow_plaintext = _allow_plaintext() or not touches_secrets
-    return open_store(url, keys=keys, allow_plaintext=allow_plaintext), keys
+    return open_store(url, keys=keys, allow_plaintext=allow_plaintext, create=create), keys
 
 
 def _allow_plaintext() -> bool:
