@@ -29,7 +29,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from awx_connection import KeyRing
+from awx_connection import ConnectionEvent, ConnectionState, KeyRing, Secret, Trigger
+from awx_connection._records import ConnectionRecord
+from awx_connection._tokens import TokenSet
+from awx_connection.stores import open_store
 from awx_connection.stores._sqlite import MIGRATIONS
 
 AWX = (sys.executable, "-m", "awx_connection")
@@ -178,3 +181,112 @@ async def test_no_command_but_db_migrate_creates_a_postgres_schema(
     assert 0 == (await awx("db", "migrate", "--store", pg_url)).code
     assert "awx_connection" in await pg_schemas(pg_url)
     assert 0 == (await awx("connections", "list", "--store", pg_url, **keys)).code
+
+
+# -- list says what it left out ---------------------------------------------------
+
+
+# Sync: getfixturevalue() of the async pg_url cannot run inside an async fixture.
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store's URL, not yet migrated: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'awx.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+async def seed(url: str, spec: str, *connections: tuple[str, float]) -> None:
+    """
+    Active connections ``(id, created_at)``, external id ``ext-<id>``, account
+    ``acct-<id>``, sealed with *spec*, in the store at *url* (migrated first).
+    """
+    store = open_store(url, keys=KeyRing.parse(spec))
+    await store.open()
+    try:
+        for connection_id, created_at in connections:
+            record = ConnectionRecord(
+                id=connection_id,
+                state=ConnectionState.ACTIVE,
+                version=1,
+                sequence=1,
+                created_at=created_at,
+                updated_at=created_at,
+                reason="tokens received",
+                scopes=("account_details:read",),
+                external_id=f"ext-{connection_id}",
+                account_id=f"acct-{connection_id}",
+                tokens=TokenSet(
+                    access_token=Secret(f"access-{connection_id}"),
+                    refresh_token=Secret(f"refresh-{connection_id}"),
+                    access_expires_at=created_at + 300,
+                    refresh_expires_at=created_at + 86400,
+                    issued_at=created_at,
+                    generation=0,
+                ),
+            )
+            event = ConnectionEvent(
+                connection_id=connection_id,
+                sequence=1,
+                trigger=Trigger.BEGIN,
+                source=None,
+                dest=ConnectionState.ACTIVE,
+                reason="seeded",
+                at=created_at,
+            )
+            await store.insert(record, event)
+    finally:
+        await store.aclose()
+
+
+async def test_list_exits_1_and_says_how_many_rows_a_wrong_key_left_out(store_url: str) -> None:
+    """
+    Rows sealed with a key AWX_ENCRYPTION_KEYS lacks: `list` (human and
+    --json) prints the readable rows, then one stderr line counting and
+    naming the others, and exits 1; it used to exit 0 with fewer rows.
+    """
+    lost, kept = f"lost:{KeyRing.new_key()}", f"kept:{KeyRing.new_key()}"
+    await seed(store_url, lost, ("x1", 1.0), ("x2", 3.0))
+    await seed(store_url, kept, ("a", 2.0), ("b", 4.0), ("c", 5.0))
+    env = {"AWX_ENCRYPTION_KEYS": kept}
+    listed = await awx("connections", "list", "--json", "--store", store_url, **env)
+    assert 1 == listed.code
+    assert ["a", "b", "c"] == [c["id"] for c in listed.objects()]
+    line = one_line(listed)
+    assert line.startswith("awx-connection: 2 connection(s) could not be read and are not shown")
+    assert "AWX_ENCRYPTION_KEYS" in line
+    assert "'x1', 'x2'; shown: 3" in line
+    human = await awx("connections", "list", "--store", store_url, **env)
+    assert (1, line) == (human.code, human.err)
+    assert 4 == len(human.out.splitlines())  # header and three rows
+
+
+async def test_list_counts_only_the_unreadable_rows_its_filters_match(store_url: str) -> None:
+    """
+    --external-id of an unreadable row: exit 1, shown 0 (never "no
+    connections match"); of a readable row: exit 0, whatever else is unreadable.
+    """
+    lost, kept = f"lost:{KeyRing.new_key()}", f"kept:{KeyRing.new_key()}"
+    await seed(store_url, lost, ("x1", 1.0))
+    await seed(store_url, kept, ("a", 2.0))
+    env = {"AWX_ENCRYPTION_KEYS": kept}
+    hidden = await awx(
+        "connections", "list", "--external-id", "ext-x1", "--store", store_url, **env
+    )
+    assert (1, "") == (hidden.code, hidden.out)
+    assert "1 connection(s) could not be read" in one_line(hidden)
+    assert "shown: 0" in hidden.err
+    found = await awx(
+        "connections", "list", "--json", "--account-id", "acct-a", "--store", store_url, **env
+    )
+    assert (0, "") == (found.code, found.err)
+    assert ["a"] == [c["id"] for c in found.objects()]
+
+
+async def test_list_without_keys_exits_1_rather_than_showing_nothing(store_url: str) -> None:
+    """AWX_ALLOW_PLAINTEXT=1 and no keys on an encrypted store: every row counted, exit 1."""
+    await seed(store_url, f"k1:{KeyRing.new_key()}", ("a", 1.0), ("b", 2.0))
+    listed = await awx("connections", "list", "--store", store_url, AWX_ALLOW_PLAINTEXT="1")
+    assert (1, "") == (listed.code, listed.out)
+    assert "2 connection(s) could not be read" in one_line(listed)
+    assert "shown: 0" in listed.err

@@ -3,7 +3,9 @@
 
 ``list`` and ``show`` read the store directly and need no credentials: an
 operator answering "is customer X connected?" should not need the client
-secret. ``disconnect`` writes the store only (see
+secret. ``list`` exits 1 when the store left rows out because they do not
+read (wrong or missing keys): a short answer must never look complete.
+``disconnect`` writes the store only (see
 :func:`~awx_connection.cli._stores.offline_config`). ``refresh`` and
 ``reauthorize`` need the provider, so they read ``Config.from_env()``.
 
@@ -17,11 +19,16 @@ customer.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Iterator
 
 from .._connection import Connection
 from .._errors import VersionConflictError
 from .._states import ConnectionState
-from ._exits import EXIT_OK
+from ._exits import EXIT_FAILED, EXIT_OK
 from ._output import connection_json, emit, emit_json, note, table, when
 from ._stores import offline_manager, opened_store, provider_manager, read_connection
 
@@ -32,26 +39,97 @@ __all__ = ["disconnect", "list_connections", "reauthorize", "refresh", "show"]
 _DISCONNECT_ATTEMPTS = 3
 
 
+#: Unreadable connections named in ``list``'s message; the rest are counted.
+_SHOWN_UNREADABLE = 5
+
+#: How a store reports a row it left out of ``list_connections`` (see :class:`_LeftOut`).
+_LEFT_OUT = re.compile(r" list_connections left out connection ('[^']*')")
+
+
+class _LeftOut(logging.Handler):
+    """
+    The connections the store leaves out of one ``list_connections`` call.
+
+    By the Store contract a row that does not decrypt or decode is left out
+    of a listing and logged as an ERROR on ``awx_connection.stores``, naming
+    it. Those reports are the exact count: the store's own filters
+    (``--external-id``, ``--account-id``) decided which unreadable rows
+    belonged to this listing, while a summary (``list_summaries``, which
+    decrypts nothing) carries neither id, so comparing two listings could
+    not tell. Only records of this thread count (``main()`` may run in
+    several threads of one process). Attached, the handler also keeps the
+    per-row lines off stderr: the one summary line replaces them, and
+    ``connections show ID`` says why a row fails.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.thread = threading.get_ident()
+        self.ids: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        found = _LEFT_OUT.search(record.getMessage())
+        if found:
+            self.ids.append(found.group(1))
+
+
+@contextlib.contextmanager
+def _counting_left_out() -> Iterator[_LeftOut]:
+    logger = logging.getLogger("awx_connection.stores")
+    handler = _LeftOut()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _unreadable_message(ids: list[str], shown: int) -> str:
+    named = ", ".join(ids[:_SHOWN_UNREADABLE])
+    more = f" and {len(ids) - _SHOWN_UNREADABLE} more" if len(ids) > _SHOWN_UNREADABLE else ""
+    return (
+        f"awx-connection: {len(ids)} connection(s) could not be read and are not shown "
+        "(wrong or missing AWX_ENCRYPTION_KEYS, or secrets stored in plaintext: see "
+        f"'awx-connection keys seal'): {named}{more}; shown: {shown}"
+    )
+
+
 def _generation(connection: Connection) -> str:
     return "-" if connection.token_generation is None else str(connection.token_generation)
 
 
 async def list_connections(args: argparse.Namespace) -> int:
-    """``connections list``: every stored connection matching all filters, oldest first."""
+    """
+    ``connections list``: every stored connection matching all filters,
+    oldest first; exit 1 if the store left some out as unreadable.
+    """
     states = [ConnectionState(value) for value in args.state] if args.state else None
     async with opened_store(args) as store:
-        records = await store.list_connections(
-            states=states, external_id=args.external_id, account_id=args.account_id
-        )
+        with _counting_left_out() as left_out:
+            records = await store.list_connections(
+                states=states, external_id=args.external_id, account_id=args.account_id
+            )
     connections = [Connection.from_record(record) for record in records]
-    if args.json:
-        for connection in connections:
-            emit_json(connection_json(connection))
-        return EXIT_OK
+    _print_listing(args, connections)
+    if left_out.ids:
+        note(_unreadable_message(left_out.ids, len(connections)))
+        return EXIT_FAILED
     if not connections:
         # stderr: a script counting stdout lines must see zero rows.
         note("no connections match")
-        return EXIT_OK
+    return EXIT_OK
+
+
+def _print_listing(args: argparse.Namespace, connections: list[Connection]) -> None:
+    """The rows of ``list``: JSON Lines, or a table (nothing at all for no rows)."""
+    if args.json:
+        for connection in connections:
+            emit_json(connection_json(connection))
+        return
+    if not connections:
+        return
     rows = [
         [
             c.id,
@@ -67,7 +145,6 @@ async def list_connections(args: argparse.Namespace) -> int:
     headers = ["ID", "STATE", "ACCOUNT", "EXTERNAL ID", "GEN", "UPDATED", "REASON"]
     for line in table(headers, rows):
         emit(line)
-    return EXIT_OK
 
 
 def _details(connection: Connection) -> list[str]:
