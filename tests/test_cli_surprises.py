@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import attrs
 import orjson
@@ -290,3 +293,85 @@ async def test_list_without_keys_exits_1_rather_than_showing_nothing(store_url: 
     assert (1, "") == (listed.code, listed.out)
     assert "2 connection(s) could not be read" in one_line(listed)
     assert "shown: 0" in listed.err
+
+
+# -- fake-server --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--port", "70000"], "--port must be a TCP port, 0 to 65535"),
+        (["--port", "-1"], "--port must be a TCP port, 0 to 65535"),
+        (["--port", "http"], "--port must be a TCP port, 0 to 65535"),
+        (["--redirect-uri", "notaurl"], "--redirect-uri: redirect URI must be an absolute"),
+        (["--redirect-uri", "http://127.0.0.1/cb#x"], "--redirect-uri: redirect URI must not"),
+    ],
+    ids=["port-too-big", "port-negative", "port-not-a-number", "uri-relative", "uri-fragment"],
+)
+async def test_fake_server_refuses_a_bad_option_in_one_line(argv: list[str], expected: str) -> None:
+    """A bad --port or --redirect-uri: exit 2 and one line (they were tracebacks)."""
+    result = await awx("fake-server", *argv)
+    assert (2, "") == (result.code, result.out)
+    assert one_line(result).startswith(f"awx-connection: {expected}")
+
+
+async def test_fake_server_on_a_port_in_use_says_so_in_one_line() -> None:
+    """A port another socket listens on: exit 1, one line naming it (it was a traceback)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await awx("fake-server", "--port", str(port))
+    assert (1, "") == (result.code, result.out)
+    assert one_line(result) == (
+        f"awx-connection: cannot listen on 127.0.0.1:{port}: address already in use; "
+        "--port 0 picks a free one\n"
+    )
+
+
+async def test_fake_server_prints_the_client_secret_it_accepts() -> None:
+    """
+    The fake prints its client id and secret (test credentials, said so), as
+    text or one JSON object, and its token endpoint accepts exactly them.
+    """
+    for json in ([], ["--json"]):
+        process = await asyncio.create_subprocess_exec(
+            *AWX,
+            "fake-server",
+            "--port",
+            "0",
+            "--client-secret",
+            "s3cret-for-tests",
+            *json,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            first = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
+            if json:
+                shown = orjson.loads(first)
+                token_url, secret = shown["token_url"], shown["client_secret"]
+                assert "fake-client-id" == shown["client_id"]
+            else:
+                second = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
+                assert "client_secret=s3cret-for-tests" in second
+                assert "the fake's test credentials" in second
+                base_url = first.split()[-1]
+                token_url, secret = f"{base_url}/oauth/token", "s3cret-for-tests"
+            assert "s3cret-for-tests" == secret
+            async with aiohttp.ClientSession() as http:
+                for tried, status in ((secret, 400), ("wrong", 401)):
+                    body = {
+                        "grant_type": "authorization_code",
+                        "code": "nope",
+                        "client_id": "fake-client-id",
+                        "client_secret": tried,
+                    }
+                    async with http.post(token_url, json=body) as response:
+                        assert status == response.status  # 400: accepted, the code is not
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 15)
+        assert 0 == process.returncode

@@ -218,10 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="store_true", help="also print log lines")
     demo.set_defaults(handler="demo")
 
-    fake = sub.add_parser("fake-server", help="run the fake Airwallex provider on 127.0.0.1")
-    fake.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any)")
-    fake.add_argument("--client-id", default="fake-client-id")
-    fake.add_argument("--client-secret", default="fake-client-secret")
+    fake = sub.add_parser(
+        "fake-server",
+        help="run the fake Airwallex provider on 127.0.0.1",
+        description="Run the fake Airwallex on 127.0.0.1 until SIGINT or SIGTERM. It prints "
+        "the client id and client secret it accepts: test credentials of the fake, which "
+        "open nothing else.",
+    )
+    # A string checked by the command: a bad port is one line, like every other error.
+    fake.add_argument(
+        "--port", default="8765", metavar="PORT", help="TCP port (default 8765; 0 = any free one)"
+    )
+    fake.add_argument("--client-id", default="fake-client-id", help="the client id it accepts")
+    fake.add_argument(
+        "--client-secret",
+        default="fake-client-secret",
+        help="the client secret it accepts (a test credential; printed at start)",
+    )
+    fake.add_argument(
+        "--json", action="store_true", help="print the endpoints and credentials as one JSON object"
+    )
     fake.add_argument(
         "--redirect-uri", action="append", help="a registered redirect URI (repeatable)"
     )
