@@ -306,7 +306,7 @@ async def test_an_argument_that_is_not_utf8_is_a_usage_error(cli: Cli, store_pat
     """
     result = await cli("connections", "list", "--external-id", "cust-\udcff")
     assert (2, "") == (result.code, result.out)
-    assert result.err.startswith("awx-connection: external_id is not valid text")
+    assert result.err.startswith("awx-connection: --external-id is not valid text")
     assert 1 == len(result.err.splitlines())
 
 

@@ -199,12 +199,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-async def seed(url: str, spec: str, *connections: tuple[str, float]) -> None:
+async def seed(url: str, spec: str | None, *connections: tuple[str, float]) -> None:
     """
     Active connections ``(id, created_at)``, external id ``ext-<id>``, account
-    ``acct-<id>``, sealed with *spec*, in the store at *url* (migrated first).
+    ``acct-<id>``, sealed with *spec* (``None``: in plaintext), in the store
+    at *url* (migrated first).
     """
-    store = open_store(url, keys=KeyRing.parse(spec))
+    keys = None if spec is None else KeyRing.parse(spec)
+    store = open_store(url, keys=keys, allow_plaintext=keys is None)
     await store.open()
     try:
         for connection_id, created_at in connections:
@@ -375,3 +377,111 @@ async def test_fake_server_prints_the_client_secret_it_accepts() -> None:
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(process.wait(), 15)
         assert 0 == process.returncode
+
+
+# -- errors name flags and variables ------------------------------------------------
+
+#: What a Python caller would read, and a CLI user must not.
+PYTHON_NAMES = (
+    "=True",
+    "=None",
+    "Config.",
+    "KeyRing",
+    "scopes=",
+    "keys=",
+    "rotate_keys",
+    "allow_insecure",
+    "allow_plaintext",
+    "default_scopes",
+    "external_id",
+    "redirect_uri",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def provider(tmp_path: Path, keys: dict[str, str]) -> dict[str, str]:
+    """A migrated SQLite store, keys, and client settings that reach nothing."""
+    path = tmp_path / "awx.db"
+    with sqlite3.connect(path):
+        pass  # db migrate below fills it
+    return {
+        "AWX_STORE": f"sqlite:///{path}",
+        **keys,
+        "AWX_CLIENT_ID": "cli-test",
+        "AWX_CLIENT_SECRET": "cli-test-secret",
+        "AWX_REDIRECT_URI": f"http://127.0.0.1:{free_port()}/callback",
+        "AWX_BASE_URL": "http://127.0.0.1:9",
+    }
+
+
+def cli_words(result: Result, *expected: str) -> None:
+    """Exit 2 or 1, one line holding every *expected* text and no Python name."""
+    line = one_line(result)
+    for text in expected:
+        assert text in line
+    assert [] == [name for name in PYTHON_NAMES if name in line], line
+
+
+async def test_errors_about_settings_name_the_flag_or_variable(provider: dict[str, str]) -> None:
+    """
+    No scopes, an invalid scope, an http:// AWX_BASE_URL, a malformed
+    AWX_REDIRECT_URI or AWX_ENCRYPTION_KEYS, text that is not UTF-8: each
+    is exit 2 with one line naming --scope, AWX_SCOPES, AWX_BASE_URL, ...,
+    never Config.default_scopes, scopes= or allow_insecure=True.
+    """
+    assert 0 == (await awx("db", "migrate", **provider)).code
+    authorize = ["authorize", "--no-browser", "--timeout", "5"]
+    no_scopes = await awx(*authorize, **provider)
+    assert 2 == no_scopes.code
+    cli_words(no_scopes, "no scopes: pass --scope SCOPE or set AWX_SCOPES")
+    bad_scope = await awx(*authorize, "--scope", "a b", **provider)
+    assert 2 == bad_scope.code
+    cli_words(bad_scope, "--scope: invalid scope 'a b'")
+    insecure = await awx(
+        "connections",
+        "refresh",
+        "conn_x",
+        **provider | {"AWX_BASE_URL": "http://airwallex.example"},
+    )
+    assert 2 == insecure.code
+    cli_words(insecure, "AWX_BASE_URL: authorize URL", "Use HTTPS or a loopback address.")
+    redirect = await awx(
+        "connections", "refresh", "conn_x", **provider | {"AWX_REDIRECT_URI": "callback"}
+    )
+    assert 2 == redirect.code
+    cli_words(redirect, "AWX_REDIRECT_URI must be an absolute http(s) URL")
+    for spec in ("no-colon", "k1:not base64!"):
+        keys = await awx("connections", "list", **provider | {"AWX_ENCRYPTION_KEYS": spec})
+        assert 2 == keys.code
+        cli_words(keys, "awx-connection: AWX_ENCRYPTION_KEYS: ")
+    text = await awx("connections", "list", "--external-id", "cust-\udcff", **provider)
+    assert 2 == text.code
+    cli_words(text, "awx-connection: --external-id is not valid text")
+
+
+async def test_errors_about_keys_name_the_variables_and_commands(tmp_path: Path) -> None:
+    """
+    No keys for a durable store: AWX_ENCRYPTION_KEYS and AWX_ALLOW_PLAINTEXT=1,
+    not keys=KeyRing.from_env() or allow_plaintext=True; a plaintext row
+    that `keys rotate` cannot read: 'awx-connection keys seal', not
+    rotate_keys(seal_plaintext=True).
+    """
+    url = f"sqlite:///{tmp_path / 'awx.db'}"
+    no_keys = await awx("connections", "list", "--store", url)
+    assert 2 == no_keys.code
+    cli_words(
+        no_keys, "set AWX_ENCRYPTION_KEYS", "'awx-connection keys new'", "AWX_ALLOW_PLAINTEXT=1"
+    )
+    await seed(url, None, ("plain", 1.0))
+    rotate = await awx(
+        "keys", "rotate", "--store", url, AWX_ENCRYPTION_KEYS=f"k1:{KeyRing.new_key()}"
+    )
+    assert 1 == rotate.code
+    cli_words(rotate, "could not read 1", "only 'awx-connection keys seal' encrypts")

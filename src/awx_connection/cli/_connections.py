@@ -19,18 +19,19 @@ customer.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import re
-import threading
-from collections.abc import Iterator
 
 from .._connection import Connection
 from .._errors import VersionConflictError
 from .._states import ConnectionState
 from ._exits import EXIT_FAILED, EXIT_OK
 from ._output import connection_json, emit, emit_json, note, table, when
-from ._stores import offline_manager, opened_store, provider_manager, read_connection
+from ._stores import (
+    offline_manager,
+    opened_store,
+    provider_manager,
+    read_connection,
+    unreadable_rows,
+)
 
 __all__ = ["disconnect", "list_connections", "reauthorize", "refresh", "show"]
 
@@ -41,49 +42,6 @@ _DISCONNECT_ATTEMPTS = 3
 
 #: Unreadable connections named in ``list``'s message; the rest are counted.
 _SHOWN_UNREADABLE = 5
-
-#: How a store reports a row it left out of ``list_connections`` (see :class:`_LeftOut`).
-_LEFT_OUT = re.compile(r" list_connections left out connection ('[^']*')")
-
-
-class _LeftOut(logging.Handler):
-    """
-    The connections the store leaves out of one ``list_connections`` call.
-
-    By the Store contract a row that does not decrypt or decode is left out
-    of a listing and logged as an ERROR on ``awx_connection.stores``, naming
-    it. Those reports are the exact count: the store's own filters
-    (``--external-id``, ``--account-id``) decided which unreadable rows
-    belonged to this listing, while a summary (``list_summaries``, which
-    decrypts nothing) carries neither id, so comparing two listings could
-    not tell. Only records of this thread count (``main()`` may run in
-    several threads of one process). Attached, the handler also keeps the
-    per-row lines off stderr: the one summary line replaces them, and
-    ``connections show ID`` says why a row fails.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.thread = threading.get_ident()
-        self.ids: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread:
-            return
-        found = _LEFT_OUT.search(record.getMessage())
-        if found:
-            self.ids.append(found.group(1))
-
-
-@contextlib.contextmanager
-def _counting_left_out() -> Iterator[_LeftOut]:
-    logger = logging.getLogger("awx_connection.stores")
-    handler = _LeftOut()
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 def _unreadable_message(ids: list[str], shown: int) -> str:
@@ -107,14 +65,14 @@ async def list_connections(args: argparse.Namespace) -> int:
     """
     states = [ConnectionState(value) for value in args.state] if args.state else None
     async with opened_store(args) as store:
-        with _counting_left_out() as left_out:
+        with unreadable_rows("list_connections") as left_out:
             records = await store.list_connections(
                 states=states, external_id=args.external_id, account_id=args.account_id
             )
     connections = [Connection.from_record(record) for record in records]
     _print_listing(args, connections)
-    if left_out.ids:
-        note(_unreadable_message(left_out.ids, len(connections)))
+    if left_out:
+        note(_unreadable_message(left_out, len(connections)))
         return EXIT_FAILED
     if not connections:
         # stderr: a script counting stdout lines must see zero rows.

@@ -16,7 +16,7 @@ from .._crypto import KeyRing
 from .._errors import ConfigurationError
 from ._exits import EXIT_OK
 from ._output import emit
-from ._stores import store_from
+from ._stores import store_from, unreadable_rows
 
 __all__ = ["new", "rotate", "seal"]
 
@@ -44,7 +44,9 @@ async def _reseal(args: argparse.Namespace, *, seal_plaintext: bool) -> int:
         raise ConfigurationError(msg)
     await store.open()
     try:
-        rewritten = await store.rotate_keys(seal_plaintext=seal_plaintext)
+        # The error names the rows it skipped; their per-row lines are not repeated.
+        with unreadable_rows("rotate_keys"):
+            rewritten = await store.rotate_keys(seal_plaintext=seal_plaintext)
     finally:
         await store.aclose()
     what = "sealed or re-encrypted" if seal_plaintext else "re-encrypted"

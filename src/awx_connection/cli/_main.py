@@ -7,7 +7,9 @@ A command's module is imported here, when that command runs, with a plain
 server and the fake provider, which ``--help``, a usage error or ``connections
 list`` have no use for. The command modules never import this one; what
 they share is in the modules below them (``_stores``, ``_output``,
-``_signals``, ``_exits``).
+``_signals``, ``_exits``). Errors are printed in the CLI's words
+(:mod:`._words`): flags and variables, not the Python parameters the
+library's messages name.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ._exits import (
     EXIT_USAGE,
 )
 from ._parser import build_parser
+from ._words import in_cli_words
 
 __all__ = ["main"]
 
@@ -77,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _say(exc: AwxConnectionError) -> None:
-    print(f"awx-connection: {exc}", file=sys.stderr)
+    """The one line of an error, naming flags and variables (:mod:`._words`)."""
+    print(f"awx-connection: {in_cli_words(str(exc))}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 from .._config import Config, Endpoints
 from .._connection import Connection
@@ -35,6 +38,7 @@ __all__ = [
     "provider_manager",
     "read_connection",
     "store_from",
+    "unreadable_rows",
 ]
 
 
@@ -60,9 +64,19 @@ def store_from(
     if not url:
         msg = "no store: pass --store URL or set AWX_STORE"
         raise ConfigurationError(msg)
-    keys = KeyRing.from_env() if os.environ.get("AWX_ENCRYPTION_KEYS") else None
+    keys = _keys()
     allow_plaintext = _allow_plaintext() or not touches_secrets
     return open_store(url, keys=keys, allow_plaintext=allow_plaintext, create=create), keys
+
+
+def _keys() -> KeyRing | None:
+    """``AWX_ENCRYPTION_KEYS``, parsed; ``None`` when unset or empty."""
+    if not os.environ.get("AWX_ENCRYPTION_KEYS"):
+        return None
+    try:
+        return KeyRing.from_env()
+    except ConfigurationError as exc:  # KeyRing.parse names no variable
+        raise ConfigurationError(f"AWX_ENCRYPTION_KEYS: {exc}") from None
 
 
 def _allow_plaintext() -> bool:
@@ -150,3 +164,58 @@ def one_shot_manager(config: Config, store: Store) -> ConnectionManager:
     connections behind the back of the one the command is about.
     """
     return ConnectionManager(config, store=store, keepalive=False, settle=False)
+
+
+class _RowReports(logging.Handler):
+    """
+    Collects the rows a store reports it could not read, and passes on the rest.
+
+    By the Store contract a row that does not decrypt or decode is left out
+    of a listing (``list_connections``) or skipped by a rotation
+    (``rotate_keys``) and logged as an ERROR on ``awx_connection.stores``,
+    naming it. Those reports are the exact count: the store's own filters
+    (``--external-id``, ``--account-id``) decided which unreadable rows
+    belonged to the listing, while a summary (``list_summaries``, which
+    decrypts nothing) carries neither id, so comparing two listings could
+    not tell. Only records of this thread count (``main()`` may run in
+    several threads of one process). A report it collects is not printed
+    (the command's one line replaces the per-row lines, and ``connections
+    show ID`` says why a row fails); any other record goes to stderr as it
+    would have without this handler (Python's last-resort handler), unless
+    logging was configured.
+    """
+
+    def __init__(self, method: str) -> None:
+        super().__init__(logging.NOTSET)
+        self.pattern = re.compile(rf" {method} (?:left out|skipped) connection ('[^']*')")
+        self.thread = threading.get_ident()
+        self.ids: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR and record.thread == self.thread:
+            found = self.pattern.search(record.getMessage())
+            if found:
+                self.ids.append(found.group(1))
+                return
+        last_resort = logging.lastResort
+        if (
+            last_resort is not None
+            and not logging.getLogger().handlers
+            and record.levelno >= last_resort.level
+        ):
+            last_resort.handle(record)
+
+
+@contextlib.contextmanager
+def unreadable_rows(method: str) -> Iterator[list[str]]:
+    """
+    The ids (quoted) of the rows the store's *method* (``list_connections``,
+    ``rotate_keys``) reports unreadable while the block runs.
+    """
+    logger = logging.getLogger("awx_connection.stores")
+    handler = _RowReports(method)
+    logger.addHandler(handler)
+    try:
+        yield handler.ids
+    finally:
+        logger.removeHandler(handler)
