@@ -14,6 +14,7 @@ SQLite files and the real PostgreSQL server.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import secrets
@@ -22,6 +23,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ import pytest_asyncio
 from awx_connection import ConnectionEvent, ConnectionState, KeyRing, Secret, Trigger
 from awx_connection._records import ConnectionRecord
 from awx_connection._tokens import TokenSet
+from awx_connection.cli import build_parser
 from awx_connection.stores import open_store
 from awx_connection.stores._sqlite import MIGRATIONS
 
@@ -484,4 +487,151 @@ async def test_errors_about_keys_name_the_variables_and_commands(tmp_path: Path)
         "keys", "rotate", "--store", url, AWX_ENCRYPTION_KEYS=f"k1:{KeyRing.new_key()}"
     )
     assert 1 == rotate.code
-    cli_words(rotate, "could not read 1", "only 'awx-connection keys seal' encrypts")
+    starting, error = rotate.err.splitlines()  # the key it writes with, then the error
+    assert starting.startswith("re-encrypting every stored secret with key 'k1'")
+    cli_words(
+        attrs.evolve(rotate, err=error), "could not read 1", "only 'awx-connection keys seal'"
+    )
+
+
+# -- --version, --json, --state, disconnect, keys rotate ------------------------------
+
+
+async def test_version_prints_the_installed_version() -> None:
+    """`awx-connection --version` prints the package version and exits 0."""
+    result = await awx("--version")
+    assert (0, f"awx-connection {version('awx-connection')}\n", "") == (
+        result.code,
+        result.out,
+        result.err,
+    )
+
+
+def test_every_command_takes_json() -> None:
+    """Every runnable command of the parser has a --json option."""
+
+    def leaves(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, Any]]:
+        children = [
+            (f"{path} {name}".strip(), child)
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name, child in action.choices.items()
+        ]
+        if not children:
+            return [(path, parser)]
+        return [leaf for name, child in children for leaf in leaves(child, name)]
+
+    commands = leaves(build_parser(), "")
+    assert len(commands) >= 14
+    missing = [
+        name
+        for name, parser in commands
+        if not any("--json" in action.option_strings for action in parser._actions)
+    ]
+    assert [] == missing
+
+
+async def test_json_of_the_commands_that_had_none(tmp_path: Path) -> None:
+    """diagram, keys new, db migrate, keys rotate and keys seal print one JSON object."""
+    (diagram,) = (await awx("diagram", "--json")).objects()
+    assert diagram["mermaid"].startswith("stateDiagram")
+    new = await awx("keys", "new", "--id", "2027-01", "--json")
+    (key,) = new.objects()
+    assert ("2027-01", f"2027-01:{key['key']}") == (key["id"], key["entry"])
+    assert KeyRing.parse(key["entry"]).primary == "2027-01"
+    url = f"sqlite:///{tmp_path / 'awx.db'}"
+    (migrated,) = (await awx("db", "migrate", "--store", url, "--json")).objects()
+    assert {"schema_version": len(MIGRATIONS)} == migrated
+    (memory,) = (await awx("db", "migrate", "--store", "memory://", "--json")).objects()
+    assert {"schema_version": None} == memory
+    env = {"AWX_ENCRYPTION_KEYS": f"{key['entry']},k1:{KeyRing.new_key()}"}
+    for command in ("rotate", "seal"):
+        result = await awx("keys", command, "--store", url, "--json", **env)
+        assert 0 == result.code, result.err
+        assert [{"rewritten": 0, "key": "2027-01", "old_keys": ["k1"]}] == result.objects()
+
+
+@pytest.mark.slow
+async def test_demo_json_prints_the_events() -> None:
+    """`demo --json` prints its lifecycle events as JSON Lines, no narrative."""
+    result = await awx("demo", "--json")
+    assert 0 == result.code, result.err
+    events = result.objects()
+    assert "pending" == events[0]["dest"]
+    assert "revoked" == events[-1]["dest"]
+    assert {"connection_id", "sequence", "trigger", "source", "dest"} <= set(events[0])
+
+
+async def test_state_filters_in_any_case(tmp_path: Path, keys: dict[str, str]) -> None:
+    """--state ACTIVE, Active and ' active ' all mean active; an unknown state is exit 2."""
+    url = f"sqlite:///{tmp_path / 'awx.db'}"
+    await seed(url, keys["AWX_ENCRYPTION_KEYS"], ("a", 1.0), ("b", 2.0))
+    for spelling in ("ACTIVE", "Active", " active "):
+        listed = await awx(
+            "connections", "list", "--json", "--state", spelling, "--store", url, **keys
+        )
+        assert 0 == listed.code, listed.err
+        assert ["a", "b"] == [c["id"] for c in listed.objects()]
+    revoked = await awx("connections", "list", "--state", "REVOKED", "--store", url, **keys)
+    assert (0, "") == (revoked.code, revoked.out)
+    unknown = await awx("connections", "list", "--state", "Sleepy", "--store", url, **keys)
+    assert 2 == unknown.code
+    assert "invalid choice: 'sleepy'" in unknown.err
+
+
+async def test_disconnecting_a_revoked_connection_is_a_clear_no_op(
+    tmp_path: Path, keys: dict[str, str]
+) -> None:
+    """
+    The second disconnect exits 0, says "already revoked ... nothing changed"
+    (--json: "changed": false), and writes nothing: reason and events stay.
+    """
+    url = f"sqlite:///{tmp_path / 'awx.db'}"
+    store = ["--store", url]
+    await seed(url, keys["AWX_ENCRYPTION_KEYS"], ("a", 1.0))
+    first = await awx(
+        "connections", "disconnect", "a", "--reason", "ticket 1", "--json", *store, **keys
+    )
+    assert 0 == first.code, first.err
+    assert [("revoked", "ticket 1", True)] == [
+        (c["state"], c["reason"], c["changed"]) for c in first.objects()
+    ]
+    again = await awx("connections", "disconnect", "a", "--reason", "ticket 2", *store, **keys)
+    assert (0, "a: already revoked (ticket 1); nothing changed\n") == (again.code, again.out)
+    quiet = await awx("connections", "disconnect", "a", "--json", *store, **keys)
+    (shown,) = quiet.objects()
+    assert (0, "revoked", "ticket 1", False) == (
+        quiet.code,
+        shown["state"],
+        shown["reason"],
+        shown["changed"],
+    )
+    events = await awx("events", "tail", "--connection", "a", "--json", *store, **keys)
+    assert [1, 2] == [e["sequence"] for e in events.objects()]
+
+
+async def test_keys_rotate_says_which_key_to_keep_until_it_finishes(tmp_path: Path) -> None:
+    """
+    `keys rotate` names the old key to keep before it starts and when it may
+    go after it finished; if rows could not be read, to keep it and run again.
+    """
+    url = f"sqlite:///{tmp_path / 'awx.db'}"
+    old, new = f"k1:{KeyRing.new_key()}", f"k2:{KeyRing.new_key()}"
+    await seed(url, old, ("a", 1.0), ("b", 2.0))
+    rotated = await awx("keys", "rotate", "--store", url, AWX_ENCRYPTION_KEYS=f"{new},{old}")
+    assert (0, "re-encrypted 2 connection(s) with key 'k2'\n") == (rotated.code, rotated.out)
+    before, after = rotated.err.splitlines()
+    assert before == (
+        "re-encrypting every stored secret with key 'k2'; keep 'k1' in AWX_ENCRYPTION_KEYS "
+        "until this finishes"
+    )
+    assert after.startswith("every stored secret now uses 'k2'; 'k1' may leave AWX_ENCRYPTION_KEYS")
+    await seed(url, f"lost:{KeyRing.new_key()}", ("x", 3.0))
+    failed = await awx("keys", "rotate", "--store", url, AWX_ENCRYPTION_KEYS=f"{new},{old}")
+    assert (1, "") == (failed.code, failed.out)
+    start, error = failed.err.splitlines()
+    assert "keep 'k1' in AWX_ENCRYPTION_KEYS until this finishes" in start
+    assert "could not read 1, which keep their old key: 'x'" in error
+    assert error.endswith("keep 'k1' in AWX_ENCRYPTION_KEYS until a run ends without this error")
+    alone = await awx("keys", "rotate", "--store", url, AWX_ENCRYPTION_KEYS=new)
+    assert "with key 'k2', the only key of AWX_ENCRYPTION_KEYS" in alone.err.splitlines()[0]

@@ -19,16 +19,19 @@ the store (and its keys) only. A durable store without keys is refused
 unless ``AWX_ALLOW_PLAINTEXT=1`` (``db migrate`` excepted: it touches no
 secret).
 
-Output: a human view by default; ``--json`` prints one JSON object, or one
-per line for lists and streams. Nothing printed ever holds a token, code,
-verifier or the client secret; the authorize URLs printed by ``connections
-reauthorize`` and ``authorize`` carry ``state`` because a person must open
-them.
+Output: a human view by default; ``--json`` (every command takes it) prints
+one JSON object, or one per line for lists and streams; errors are one
+line on stderr in both modes, naming flags and variables (:mod:`._words`).
+Nothing printed ever holds a token, code, verifier or the client secret;
+the authorize URLs printed by ``connections reauthorize`` and ``authorize``
+carry ``state`` because a person must open them, and ``fake-server`` prints
+the fake's own test secret, which opens nothing else.
 
 Exit codes (:mod:`._exits`):
 
 * 0: success (also ``events tail --follow`` stopped by SIGINT or SIGTERM);
-* 1: the operation failed: the provider refused or failed, the connection
+* 1: the operation failed: ``connections list`` could not read some rows,
+  the provider refused or failed, the connection
   is revoked (or otherwise unusable) or in a state that forbids the
   command, the store failed, ``authorize`` timed out or was declined;
 * 2: usage or configuration error: bad arguments (text that is not valid

@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 
 from .._connection import Connection
-from .._errors import VersionConflictError
+from .._errors import IllegalTransitionError, VersionConflictError
+from .._manager import ConnectionManager
 from .._states import ConnectionState
 from ._exits import EXIT_FAILED, EXIT_OK
 from ._output import connection_json, emit, emit_json, note, table, when
@@ -166,22 +167,40 @@ async def disconnect(args: argparse.Namespace) -> int:
     """
     ``connections disconnect ID``: mark an active (or refreshing) connection
     ``revoked`` with :meth:`ConnectionManager.revoke`. Only the store changes;
-    Airwallex is not called.
+    Airwallex is not called. A connection that is revoked already (by an
+    earlier run, a webhook, another operator) is left as it is: exit 0,
+    saying so, its reason and events unchanged.
     """
     async with offline_manager(args) as manager:
-        for attempt in range(1, _DISCONNECT_ATTEMPTS + 1):
-            try:
-                connection = await manager.revoke(args.id, reason=args.reason)
-                break
-            except VersionConflictError:
-                # The manager reloaded the newer record; try again on it.
-                if attempt == _DISCONNECT_ATTEMPTS:
-                    raise
+        connection, changed = await _revoke_unless_revoked(manager, args)
     if args.json:
-        emit_json(connection_json(connection))
-    else:
+        emit_json(connection_json(connection) | {"changed": changed})
+    elif changed:
         emit(f"{connection.id}: {connection.state.value} ({connection.reason})")
+    else:
+        emit(f"{connection.id}: already revoked ({connection.reason}); nothing changed")
     return EXIT_OK
+
+
+async def _revoke_unless_revoked(
+    manager: ConnectionManager, args: argparse.Namespace
+) -> tuple[Connection, bool]:
+    """The connection after ``disconnect``, and whether this run revoked it."""
+    for attempt in range(1, _DISCONNECT_ATTEMPTS + 1):
+        current = await manager.get(args.id)
+        if current.state is ConnectionState.REVOKED:
+            return current, False
+        try:
+            return await manager.revoke(args.id, reason=args.reason), True
+        except IllegalTransitionError as exc:
+            if exc.state is not ConnectionState.REVOKED:
+                raise
+            return await manager.get(args.id), False  # revoked by someone else meanwhile
+        except VersionConflictError:
+            # The manager reloaded the newer record; try again on it.
+            if attempt == _DISCONNECT_ATTEMPTS:
+                raise
+    raise AssertionError  # pragma: no cover - the loop returns or raises
 
 
 async def reauthorize(args: argparse.Namespace) -> int:

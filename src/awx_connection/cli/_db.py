@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ._exits import EXIT_OK
-from ._output import emit
+from ._output import emit, emit_json
 from ._stores import store_from
 
 __all__ = ["migrate"]
@@ -24,9 +24,12 @@ async def migrate(args: argparse.Namespace) -> int:
         version = await getattr(store, "schema_version", _no_version)()
     finally:
         await store.aclose()
-    emit(f"store is at schema version {version}")
+    if args.json:
+        emit_json({"schema_version": version})
+    else:
+        emit(f"store is at schema version {'n/a (memory)' if version is None else version}")
     return EXIT_OK
 
 
-async def _no_version() -> str:
-    return "n/a (memory)"
+async def _no_version() -> None:
+    return None

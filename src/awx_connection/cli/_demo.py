@@ -24,6 +24,7 @@ from .._events import ConnectionEvent
 from .._manager import ConnectionManager
 from ..stores import SQLiteStore
 from ..testing import FakeAirwallex, Fault, FaultKind, ManualClock
+from ._output import emit_json, event_json
 
 __all__ = ["demo", "run_demo"]
 
@@ -115,12 +116,19 @@ async def run_demo(*, quiet: bool = False) -> list[ConnectionEvent]:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """``awx-connection demo``: run it; exit 0 when the connection ended ``revoked``."""
+    """
+    ``awx-connection demo``: run it; exit 0 when the connection ended
+    ``revoked``. With ``--json``, no narrative: each event as ``events tail
+    --json`` prints it.
+    """
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="  log %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
+        stream=sys.stderr if args.json else sys.stdout,
     )
-    events = asyncio.run(run_demo())
+    events = asyncio.run(run_demo(quiet=args.json))
+    if args.json:
+        for event in events:
+            emit_json(event_json(event))
     states = [e.dest.value for e in events]
     return 0 if states and states[-1] == "revoked" else 1

@@ -11,6 +11,7 @@ command module.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .._states import ConnectionState
 
@@ -32,12 +33,36 @@ exit codes:
 """
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from .. import __version__
+
+        sys.stdout.write(f"awx-connection {__version__}\n")
+        parser.exit()
+
+
+def _json(*, json_help: str) -> argparse.ArgumentParser:
+    """--json, which every command takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help=json_help)
+    return parent
+
+
 def _common(*, json_help: str) -> argparse.ArgumentParser:
-    """The options every day-two command takes: --store and --json."""
-    common = argparse.ArgumentParser(add_help=False)
+    """The options every command on a store takes: --store and --json."""
+    common = argparse.ArgumentParser(add_help=False, parents=[_json(json_help=json_help)])
     common.add_argument("--store", help="store URL (default: $AWX_STORE)")
-    common.add_argument("--json", action="store_true", help=json_help)
     return common
+
+
+def _state_name(text: str) -> str:
+    """A --state value in any case (``Active``, ``REVOKED``), as the state's value."""
+    return text.strip().lower()
 
 
 def _positive_seconds(text: str) -> float:
@@ -68,9 +93,10 @@ def _add_connections(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     listing.add_argument(
         "--state",
         action="append",
+        type=_state_name,
         choices=[state.value for state in ConnectionState],
         metavar="STATE",
-        help="only this state (repeatable: any of them); one of %(choices)s",
+        help="only this state (repeatable: any of them; any case); one of %(choices)s",
     )
     listing.add_argument("--external-id", metavar="X", help="only this external id")
     listing.add_argument("--account-id", metavar="A", help="only this Airwallex account")
@@ -212,14 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run one connection's whole life against the fake")
+    demo = sub.add_parser(
+        "demo",
+        parents=[_json(json_help="print each lifecycle event as one JSON object per line")],
+        help="run one connection's whole life against the fake",
+    )
     demo.add_argument("-v", "--verbose", action="store_true", help="also print log lines")
     demo.set_defaults(handler="demo")
 
     fake = sub.add_parser(
         "fake-server",
+        parents=[_json(json_help="print the endpoints and credentials as one JSON object")],
         help="run the fake Airwallex provider on 127.0.0.1",
         description="Run the fake Airwallex on 127.0.0.1 until SIGINT or SIGTERM. It prints "
         "the client id and client secret it accepts: test credentials of the fake, which "
@@ -236,9 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the client secret it accepts (a test credential; printed at start)",
     )
     fake.add_argument(
-        "--json", action="store_true", help="print the endpoints and credentials as one JSON object"
-    )
-    fake.add_argument(
         "--redirect-uri", action="append", help="a registered redirect URI (repeatable)"
     )
     fake.add_argument(
@@ -248,27 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fake.set_defaults(handler="fake-server")
 
-    diagram = sub.add_parser("diagram", help="print the state machine as Mermaid")
+    diagram = sub.add_parser(
+        "diagram",
+        parents=[_json(json_help='print {"mermaid": TEXT}')],
+        help="print the state machine as Mermaid",
+    )
     diagram.set_defaults(handler="diagram")
 
     db = sub.add_parser("db", help="store administration")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    migrate = db_sub.add_parser("migrate", help="create or upgrade the store's schema")
-    migrate.add_argument("--store", help="store URL (default: $AWX_STORE)")
+    migrate = db_sub.add_parser(
+        "migrate",
+        parents=[_common(json_help='print {"schema_version": N}')],
+        help="create or upgrade the store's schema (the only command that does)",
+    )
     migrate.set_defaults(handler="db migrate")
 
     keys = sub.add_parser("keys", help="encryption keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    new = keys_sub.add_parser("new", help="print a new key as ID:BASE64 for AWX_ENCRYPTION_KEYS")
+    new = keys_sub.add_parser(
+        "new",
+        parents=[_json(json_help='print {"id": ID, "key": BASE64, "entry": "ID:BASE64"}')],
+        help="print a new key as ID:BASE64 for AWX_ENCRYPTION_KEYS",
+    )
     new.add_argument("--id", default="k1", help="the key id (default k1)")
     new.set_defaults(handler="keys new")
+    rekeyed = _common(json_help='print {"rewritten": N, "key": ID, "old_keys": [ID, ...]}')
     rotate = keys_sub.add_parser(
-        "rotate", help="re-encrypt every stored secret with the first key of AWX_ENCRYPTION_KEYS"
+        "rotate",
+        parents=[rekeyed],
+        help="re-encrypt every stored secret with the first key of AWX_ENCRYPTION_KEYS",
+        description="Re-encrypt every stored secret with the first key of AWX_ENCRYPTION_KEYS. "
+        "Keep the other keys in AWX_ENCRYPTION_KEYS until it finishes without an error.",
     )
-    rotate.add_argument("--store", help="store URL (default: $AWX_STORE)")
     rotate.set_defaults(handler="keys rotate")
     seal = keys_sub.add_parser(
         "seal",
+        parents=[rekeyed],
         help="encrypt secrets stored in plaintext (rows written without keys), then rotate",
         description="Encrypt every secret stored in plaintext with the first key of "
         "AWX_ENCRYPTION_KEYS, and re-encrypt the other rows to it as 'keys rotate' does. "
@@ -276,7 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(DecryptionError): run this only for a store known to hold rows written before "
         "encryption was turned on. Each row sealed is logged (WARNING) by id.",
     )
-    seal.add_argument("--store", help="store URL (default: $AWX_STORE)")
     seal.set_defaults(handler="keys seal")
 
     _add_connections(sub)
