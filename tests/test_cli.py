@@ -242,22 +242,33 @@ def test_the_cli_package_has_no_import_cycle_and_no_importlib() -> None:
         assert len(text.splitlines()) <= 800, path.name
 
 
+def leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of every runnable command below *parser*."""
+    children = [
+        child
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for child in action.choices.values()
+    ]
+    return [leaf for child in children for leaf in leaves(child)] if children else [parser]
+
+
 def test_every_command_of_the_parser_is_dispatched() -> None:
     """Each runnable command names a handler that main() has a case for."""
     main_source = (CLI_PACKAGE / "_main.py").read_text()
-
-    def leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-        children = [
-            child
-            for action in parser._actions
-            if isinstance(action, argparse._SubParsersAction)
-            for child in action.choices.values()
-        ]
-        return [leaf for child in children for leaf in leaves(child)] if children else [parser]
-
     handlers = [leaf.get_default("handler") for leaf in leaves(build_parser())]
     assert len(handlers) >= 14
     assert [] == [h for h in handlers if h is None or f'case "{h}":' not in main_source]
+
+
+def test_every_command_takes_json() -> None:
+    """Every runnable command has --json (what each prints: tests/test_cli_surprises.py)."""
+    missing = [
+        leaf.prog
+        for leaf in leaves(build_parser())
+        if not any("--json" in action.option_strings for action in leaf._actions)
+    ]
+    assert [] == missing
 
 
 def test_help_and_reading_commands_load_no_server() -> None:

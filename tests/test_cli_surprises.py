@@ -7,14 +7,13 @@ SQLite files and the real PostgreSQL server.
 * ``connections list`` exits 1 and says how many rows it left out.
 * ``fake-server`` errors are one line; it prints the client secret it accepts.
 * Errors name flags and environment variables, not Python parameters.
-* ``--version``, ``--json`` on every command, ``--state`` in any case, an
-  already revoked connection's disconnect is a no-op, ``keys rotate`` names
-  the key to keep.
+* ``--version``, ``--json`` on every command (that every command has the
+  option: tests/test_cli.py), ``--state`` in any case, an already revoked
+  connection's disconnect is a no-op, ``keys rotate`` names the key to keep.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import secrets
@@ -37,7 +36,6 @@ import pytest_asyncio
 from awx_connection import ConnectionEvent, ConnectionState, KeyRing, Secret, Trigger
 from awx_connection._records import ConnectionRecord
 from awx_connection._tokens import TokenSet
-from awx_connection.cli import build_parser
 from awx_connection.stores import open_store
 from awx_connection.stores._sqlite import MIGRATIONS
 
@@ -505,30 +503,6 @@ async def test_version_prints_the_installed_version() -> None:
         result.out,
         result.err,
     )
-
-
-def test_every_command_takes_json() -> None:
-    """Every runnable command of the parser has a --json option."""
-
-    def leaves(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, Any]]:
-        children = [
-            (f"{path} {name}".strip(), child)
-            for action in parser._actions
-            if isinstance(action, argparse._SubParsersAction)
-            for name, child in action.choices.items()
-        ]
-        if not children:
-            return [(path, parser)]
-        return [leaf for name, child in children for leaf in leaves(child, name)]
-
-    commands = leaves(build_parser(), "")
-    assert len(commands) >= 14
-    missing = [
-        name
-        for name, parser in commands
-        if not any("--json" in action.option_strings for action in parser._actions)
-    ]
-    assert [] == missing
 
 
 async def test_json_of_the_commands_that_had_none(tmp_path: Path) -> None:

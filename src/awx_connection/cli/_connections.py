@@ -40,7 +40,6 @@ __all__ = ["disconnect", "list_connections", "reauthorize", "refresh", "show"]
 #: replica refreshing the connection) may write between our read and ours.
 _DISCONNECT_ATTEMPTS = 3
 
-
 #: Unreadable connections named in ``list``'s message; the rest are counted.
 _SHOWN_UNREADABLE = 5
 
