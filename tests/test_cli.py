@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +16,7 @@ import aiohttp
 import pytest
 
 from awx_connection import ConnectionState, KeyRing, mermaid
+from awx_connection.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,3 +192,98 @@ async def test_fake_server_serves_until_terminated() -> None:
         process.terminate()
         await asyncio.wait_for(process.wait(), 15)
     assert 0 == process.returncode
+
+
+# -- the package's shape ----------------------------------------------------------
+
+CLI_PACKAGE = ROOT / "src" / "awx_connection" / "cli"
+
+
+def cli_imports() -> dict[str, set[str]]:
+    """Each module of awx_connection.cli -> the modules of the package it imports, anywhere."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(CLI_PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    found.add(node.module)
+                else:
+                    found.update(alias.name for alias in node.names)
+        graph[path.stem] = found
+    return graph
+
+
+def test_the_cli_package_has_no_import_cycle_and_no_importlib() -> None:
+    """
+    Imports inside awx_connection.cli flow one way (lazy ones inside functions
+    included), nothing uses importlib, every module says why it exists and
+    none is over 800 lines.
+    """
+    graph = cli_imports()
+    assert {"__init__", "_main", "_parser", "_connections", "_events", "_keys", "_db"} <= set(graph)
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for imported in graph.get(module, set()):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    for path in CLI_PACKAGE.glob("*.py"):
+        text = path.read_text()
+        assert "importlib" not in text, path.name
+        assert ast.get_docstring(ast.parse(text)), path.name
+        assert len(text.splitlines()) <= 800, path.name
+
+
+def leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of every runnable command below *parser*."""
+    children = [
+        child
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for child in action.choices.values()
+    ]
+    return [leaf for child in children for leaf in leaves(child)] if children else [parser]
+
+
+def test_every_command_of_the_parser_is_dispatched() -> None:
+    """Each runnable command names a handler that main() has a case for."""
+    main_source = (CLI_PACKAGE / "_main.py").read_text()
+    handlers = [leaf.get_default("handler") for leaf in leaves(build_parser())]
+    assert len(handlers) >= 14
+    assert [] == [h for h in handlers if h is None or f'case "{h}":' not in main_source]
+
+
+def test_every_command_takes_json() -> None:
+    """Every runnable command has --json (what each prints: tests/test_cli_surprises.py)."""
+    missing = [
+        leaf.prog
+        for leaf in leaves(build_parser())
+        if not any("--json" in action.option_strings for action in leaf._actions)
+    ]
+    assert [] == missing
+
+
+def test_help_and_reading_commands_load_no_server() -> None:
+    """
+    Building the parser, --help and `connections list` import no command
+    module they do not run: not aiohttp's server, not the fake provider.
+    """
+    code = (
+        "import sys, contextlib, io\n"
+        "from awx_connection.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])\n"
+        "    main(['connections', 'list', '--store', 'memory://'])\n"
+        "print(sorted(m for m in sys.modules if m == 'aiohttp.web' or m.startswith("
+        "('awx_connection.testing', 'awx_connection.cli._authorize', 'awx_connection.cli._demo'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "[]" == out.stdout.strip()

@@ -44,10 +44,10 @@ from awx_connection import (
     ProviderUnavailableError,
     TimingPolicy,
 )
-from awx_connection._cli import main as cli_main
 from awx_connection._secrets import Secret
 from awx_connection._transport import Transport
 from awx_connection._webhooks import sign
+from awx_connection.cli import main as cli_main
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 

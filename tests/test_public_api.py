@@ -57,6 +57,7 @@ EXPECTED = {
     "StateExpiredError",
     "Store",
     "StoreError",
+    "StoreNotMigratedError",
     "StoreUnavailableError",
     "Subscription",
     "SubscriptionOverflowError",

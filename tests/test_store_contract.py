@@ -1081,10 +1081,13 @@ def test_open_store_maps_urls_to_stores(tmp_path: Path) -> None:
 
 
 class _FakePostgresStore:
-    def __init__(self, dsn: str, *, keys: KeyRing | None, allow_plaintext: bool) -> None:
+    def __init__(
+        self, dsn: str, *, keys: KeyRing | None, allow_plaintext: bool, create: bool
+    ) -> None:
         self.dsn = dsn
         self.keys = keys
         self.allow_plaintext = allow_plaintext
+        self.create = create
 
 
 @pytest.mark.parametrize("url", ["postgresql://user:pw@db:5432/awx", "postgres://db/awx"])
@@ -1098,7 +1101,7 @@ def test_open_store_maps_postgres_urls_to_postgres_store(
     keys = KeyRing.generate()
     store = open_store(url, keys=keys)
     assert isinstance(store, _FakePostgresStore)
-    assert (url, keys, False) == (store.dsn, store.keys, store.allow_plaintext)
+    assert (url, keys, False, True) == (store.dsn, store.keys, store.allow_plaintext, store.create)
     plain = open_store(url, allow_plaintext=True)
     assert isinstance(plain, _FakePostgresStore)
     assert (None, True) == (plain.keys, plain.allow_plaintext)

@@ -284,6 +284,15 @@ class StoreUnavailableError(StoreError):
     """
 
 
+class StoreNotMigratedError(StoreError):
+    """
+    The store does not exist yet, or its schema is older than this
+    library's, and it was opened with ``create=False``, which never creates
+    a file, schema or table and never migrates. Run ``awx-connection db
+    migrate`` on it (or open it once with ``create=True``, the default).
+    """
+
+
 class VersionConflictError(StoreError):
     """A compare-and-swap write lost: another writer stored a newer version first."""
 

@@ -48,7 +48,9 @@ def __getattr__(name: str) -> object:
     raise AttributeError(msg)
 
 
-def open_store(url: str, *, keys: KeyRing | None = None, allow_plaintext: bool = False) -> Store:
+def open_store(
+    url: str, *, keys: KeyRing | None = None, allow_plaintext: bool = False, create: bool = True
+) -> Store:
     """
     The store a URL names; call :meth:`~awx_connection.Store.open` on it before use.
 
@@ -64,6 +66,12 @@ def open_store(url: str, *, keys: KeyRing | None = None, allow_plaintext: bool =
     open unless *allow_plaintext* (tokens would be written in plaintext; see
     :class:`SQLiteStore`); the memory store takes neither.
 
+    With ``create=False`` a durable store's :meth:`~awx_connection.Store.open`
+    creates no file, schema or table and migrates nothing: a store that does
+    not exist or is not at this library's schema raises
+    :class:`~awx_connection.StoreNotMigratedError`, naming the path or the
+    schema (never the URL's password) and ``awx-connection db migrate``.
+
     Raises:
         ConfigurationError: Any other URL, a malformed PostgreSQL URL, a
             PostgreSQL URL without ``asyncpg``, or a durable store without
@@ -75,7 +83,8 @@ def open_store(url: str, *, keys: KeyRing | None = None, allow_plaintext: bool =
     if url.startswith(_SQLITE_PREFIX) and url[len(_SQLITE_PREFIX) :]:
         from ._sqlite import SQLiteStore
 
-        return SQLiteStore(url[len(_SQLITE_PREFIX) :], keys=keys, allow_plaintext=allow_plaintext)
+        path = url[len(_SQLITE_PREFIX) :]
+        return SQLiteStore(path, keys=keys, allow_plaintext=allow_plaintext, create=create)
     if url.startswith(_POSTGRES_SCHEMES):
         try:
             from ._postgres import PostgresStore
@@ -85,7 +94,7 @@ def open_store(url: str, *, keys: KeyRing | None = None, allow_plaintext: bool =
                 f"({type(exc).__name__}); install it with 'pip install asyncpg'"
             )
             raise ConfigurationError(msg) from exc
-        return PostgresStore(url, keys=keys, allow_plaintext=allow_plaintext)
+        return PostgresStore(url, keys=keys, allow_plaintext=allow_plaintext, create=create)
     scheme, sep, _ = url.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         scheme = "?"

@@ -98,7 +98,13 @@ import attrs
 import orjson
 
 from .._crypto import KeyRing
-from .._errors import ConfigurationError, StoreError, StoreUnavailableError, VersionConflictError
+from .._errors import (
+    ConfigurationError,
+    StoreError,
+    StoreNotMigratedError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
 from .._records import dump_event, dump_record
 from .._webhooks import WebhookClaim
 from ._common import (
@@ -482,6 +488,12 @@ class PostgresStore:
         allow_plaintext: Accept ``keys=None`` (tests of plaintext handling);
             without it a forgotten key ring cannot go unnoticed.
         schema: Where the tables live; created if missing.
+        create: Let :meth:`open` create the schema and apply missing
+            migrations (the default). ``create=False`` only checks that the
+            schema exists at this library's version, writing nothing, and
+            raises :class:`~awx_connection.StoreNotMigratedError` otherwise
+            (for tools that must not set up a store by accident;
+            :meth:`migrate` still migrates).
         min_size, max_size: The pool's bounds.
         retry_attempts: Tries of an idempotent operation (and of ``open``)
             before :class:`~awx_connection.StoreUnavailableError`.
@@ -499,6 +511,7 @@ class PostgresStore:
     keys: KeyRing | None = attrs.field(kw_only=True)
     allow_plaintext: bool = attrs.field(default=False, kw_only=True)
     schema: str = attrs.field(default="awx_connection", kw_only=True, validator=_validate_schema)
+    create: bool = attrs.field(default=True, kw_only=True)
     min_size: int = attrs.field(default=1, kw_only=True)
     max_size: int = attrs.field(default=10, kw_only=True)
     retry_attempts: int = attrs.field(default=5, kw_only=True)
@@ -548,11 +561,14 @@ class PostgresStore:
 
     async def open(self) -> None:
         """
-        Create the pool and apply missing migrations. Idempotent.
+        Create the pool and apply missing migrations (with ``create=False``:
+        check that none is missing). Idempotent.
 
         Raises:
             StoreUnavailableError: The database stayed unreachable through
                 every retry.
+            StoreNotMigratedError: With ``create=False``: the schema does not
+                exist or is older than this library's.
             StoreError: The schema is newer than this library, or the
                 database refused (permissions, authentication).
         """
@@ -562,8 +578,8 @@ class PostgresStore:
             pool = await self._retrying("open", self._create_pool, retry=True, write=False)
             try:
                 await self._retrying(
-                    "migration",
-                    lambda: self._migrate_on(pool),
+                    "migration" if self.create else "open",
+                    lambda: self._migrate_on(pool) if self.create else self._check_on(pool),
                     retry=True,
                     write=False,
                 )
@@ -1177,6 +1193,10 @@ class PostgresStore:
         async with pool.acquire() as connection:
             return await _migrate(connection, self._sql)
 
+    async def _check_on(self, pool: Any) -> int:
+        async with pool.acquire() as connection:
+            return await _check_schema(connection, self._sql)
+
     async def _on_any_connection(self, action: str, op: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run *op* (idempotent) on a pooled connection, or a connection of its own if unopened."""
         if self._pool is not None:
@@ -1450,6 +1470,37 @@ async def _schema_version(connection: Any, sql: _Sql) -> int:
     return 0 if value is None else int(value)
 
 
+#: How a StoreNotMigratedError ends: the one command that creates and migrates.
+_MIGRATE_HINT = "create or upgrade it with 'awx-connection db migrate'"
+
+
+async def _check_schema(connection: Any, sql: _Sql) -> int:
+    """Raise unless the schema is at this library's version (reads only); return it."""
+    if not await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", sql.schema
+    ):
+        msg = f"postgres store: schema {sql.schema!r} does not exist; {_MIGRATE_HINT}"
+        raise StoreNotMigratedError(msg)
+    current = await _schema_version(connection, sql)
+    _check_not_newer(current, sql)
+    if current < len(MIGRATIONS):
+        msg = (
+            f"postgres store: schema {sql.schema!r} is at version {current}, older than this "
+            f"library's {len(MIGRATIONS)}; {_MIGRATE_HINT}"
+        )
+        raise StoreNotMigratedError(msg)
+    return current
+
+
+def _check_not_newer(current: int, sql: _Sql) -> None:
+    if current > len(MIGRATIONS):
+        msg = (
+            f"postgres store: schema {sql.schema!r} is at version {current}, newer than "
+            f"this library knows ({len(MIGRATIONS)}); upgrade awx-connection"
+        )
+        raise StoreError(msg)
+
+
 async def _migrate(connection: Any, sql: _Sql) -> int:
     """Apply the missing :data:`MIGRATIONS` under the schema's migration lock."""
     async with connection.transaction():
@@ -1467,12 +1518,7 @@ async def _migrate(connection: Any, sql: _Sql) -> int:
             await connection.execute(
                 f"CREATE TABLE {sql.quoted}.schema_version (version INTEGER NOT NULL)"
             )
-        if current > len(MIGRATIONS):
-            msg = (
-                f"postgres store: schema {sql.schema!r} is at version {current}, newer than "
-                f"this library knows ({len(MIGRATIONS)}); upgrade awx-connection"
-            )
-            raise StoreError(msg)
+        _check_not_newer(current, sql)
         for script in MIGRATIONS[current:]:
             await connection.execute(script.replace("{schema}", sql.quoted))
         if current < len(MIGRATIONS):

@@ -60,13 +60,14 @@ import contextlib
 import os
 import sqlite3
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import attrs
 import orjson
 
 from .._crypto import KeyRing
-from .._errors import StoreError, StoreUnavailableError, VersionConflictError
+from .._errors import StoreError, StoreNotMigratedError, StoreUnavailableError, VersionConflictError
 from .._records import dump_event, dump_record
 from .._webhooks import WebhookClaim
 from ._common import (
@@ -247,11 +248,19 @@ class SQLiteStore:
     :class:`~awx_connection.DecryptionError`: plaintext where an envelope
     belongs is what tampering looks like) until
     ``rotate_keys(seal_plaintext=True)`` seals them.
+
+    *create* (the default) lets :meth:`open` create the file and apply
+    missing migrations. ``create=False`` opens only a file that exists and
+    is at this library's schema, and writes nothing while opening: a
+    missing file, or one without the schema or with an older one, is a
+    :class:`~awx_connection.StoreNotMigratedError` (for tools that must not
+    turn a mistyped path into a new, empty store).
     """
 
     path: str | os.PathLike[str]
     _keys: KeyRing | None = attrs.field(kw_only=True)
     _allow_plaintext: bool = attrs.field(default=False, kw_only=True)
+    create: bool = attrs.field(default=True, kw_only=True)
     #: Seconds a write waits for another connection's write lock before it
     #: fails with StoreUnavailableError (SQLite's ``busy_timeout``).
     busy_timeout: float = attrs.field(default=5.0, kw_only=True)
@@ -275,7 +284,14 @@ class SQLiteStore:
         return self._keys
 
     async def open(self) -> None:
-        """Open the file (creating it if needed) and apply missing migrations. Idempotent."""
+        """
+        Open the file (creating it if needed) and apply missing migrations. Idempotent.
+
+        Raises:
+            StoreNotMigratedError: With ``create=False``: the file does not
+                exist, or holds no schema or an older one.
+            StoreError: The schema is newer than this library, or SQLite failed.
+        """
         async with self._lock:
             if self._db is not None:
                 return
@@ -286,7 +302,7 @@ class SQLiteStore:
             try:
                 with _errors(f"open of {self._where}"):
                     self._db = await asyncio.get_running_loop().run_in_executor(
-                        executor, _connect, path, self.busy_timeout
+                        executor, _connect, path, self.busy_timeout, self.create
                     )
             except BaseException:
                 executor.shutdown(wait=False)
@@ -891,16 +907,32 @@ def _errors(action: str) -> Iterator[None]:
         raise (StoreUnavailableError if busy else StoreError)(msg) from exc
 
 
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open, configure and migrate the file; runs on the store's thread."""
+def _connect(path: str, busy_timeout: float, create: bool) -> sqlite3.Connection:
+    """
+    Open, configure and migrate the file; runs on the store's thread.
+
+    Without *create*, the file must exist (``mode=rw`` also refuses to create
+    it if it vanishes after the check) and be at this library's schema,
+    checked before anything is written to it (WAL, migrations).
+    """
     # isolation_level=None: no implicit BEGINs; transactions are ours alone.
-    db = sqlite3.connect(path, isolation_level=None)
+    if create:
+        db = sqlite3.connect(path, isolation_level=None)
+    else:
+        if not os.path.exists(path):
+            msg = f"sqlite store: no database at {path!r}; {_MIGRATE_HINT}"
+            raise StoreNotMigratedError(msg)
+        uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if not create:
+            _check_schema(db, path)
         _enable_wal(db)
         for pragma in _PRAGMAS:
             db.execute(pragma)
-        _migrate(db)
+        if create:
+            _migrate(db)
     except BaseException:
         db.close()
         raise
@@ -936,18 +968,44 @@ def _schema_version(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+#: How a StoreNotMigratedError ends: the one command that creates and migrates.
+_MIGRATE_HINT = "create or upgrade it with 'awx-connection db migrate'"
+
+
+def _check_schema(db: sqlite3.Connection, path: str) -> None:
+    """Raise unless the file is at this library's schema version; reads only."""
+    has_schema = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'awx_schema'"
+    ).fetchone()
+    current = _schema_version(db) if has_schema else 0
+    _check_not_newer(current)
+    if current == 0:
+        msg = f"sqlite store: {path!r} holds no awx-connection schema; {_MIGRATE_HINT}"
+        raise StoreNotMigratedError(msg)
+    if current < len(MIGRATIONS):
+        msg = (
+            f"sqlite store: {path!r} is at schema version {current}, older than this "
+            f"library's {len(MIGRATIONS)}; {_MIGRATE_HINT}"
+        )
+        raise StoreNotMigratedError(msg)
+
+
+def _check_not_newer(current: int) -> None:
+    if current > len(MIGRATIONS):
+        msg = (
+            f"sqlite store: schema version {current} is newer than this library "
+            f"knows ({len(MIGRATIONS)}); upgrade awx-connection"
+        )
+        raise StoreError(msg)
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Apply the missing :data:`MIGRATIONS` in one write transaction."""
 
     def op(db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS awx_schema (version INTEGER NOT NULL)")
         current = _schema_version(db)
-        if current > len(MIGRATIONS):
-            msg = (
-                f"sqlite store: schema version {current} is newer than this library "
-                f"knows ({len(MIGRATIONS)}); upgrade awx-connection"
-            )
-            raise StoreError(msg)
+        _check_not_newer(current)
         for script in MIGRATIONS[current:]:
             for statement in script.split(";"):
                 if statement.strip():

@@ -27,14 +27,16 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ._authorize import AuthorizationRequest
-from ._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _store_from
-from ._cli_common import connection_json, emit, emit_json, note, race, stop_on_signals, when
-from ._config import Config, _is_loopback
-from ._connection import Connection
-from ._errors import AwxConnectionError, CallbackError, ConfigurationError, UnknownStateError
-from ._manager import ConnectionManager
-from ._states import ConnectionState
+from .._authorize import AuthorizationRequest
+from .._config import Config, _is_loopback
+from .._connection import Connection
+from .._errors import AwxConnectionError, CallbackError, ConfigurationError, UnknownStateError
+from .._manager import ConnectionManager
+from .._states import ConnectionState
+from ._exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ._output import connection_json, emit, emit_json, note, when
+from ._signals import race, stop_on_signals
+from ._stores import one_shot_manager, store_from
 
 __all__ = ["authorize", "callback_address"]
 
@@ -119,8 +121,8 @@ async def authorize(args: argparse.Namespace) -> int:
     """``authorize``: one connection, from the authorize URL to ``active``."""
     config = Config.from_env()
     host, port, path = callback_address(config.redirect_uri, args.port)
-    store, _ = _store_from(args)
-    async with ConnectionManager(config, store=store, keepalive=False, settle=False) as manager:
+    store, _ = store_from(args)
+    async with one_shot_manager(config, store) as manager:
         callback = _Callback(manager)
         app = web.Application()
         app.router.add_get(path, callback.handle)

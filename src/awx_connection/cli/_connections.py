@@ -3,8 +3,10 @@
 
 ``list`` and ``show`` read the store directly and need no credentials: an
 operator answering "is customer X connected?" should not need the client
-secret. ``disconnect`` writes the store only (see
-:func:`~awx_connection._cli_common.offline_config`). ``refresh`` and
+secret. ``list`` exits 1 when the store left rows out because they do not
+read (wrong or missing keys): a short answer must never look complete.
+``disconnect`` writes the store only (see
+:func:`~awx_connection.cli._stores.offline_config`). ``refresh`` and
 ``reauthorize`` need the provider, so they read ``Config.from_env()``.
 
 Each command prints a human view by default and, with ``--json``, one JSON
@@ -18,22 +20,19 @@ from __future__ import annotations
 
 import argparse
 
-from ._cli import EXIT_OK
-from ._cli_common import (
-    connection_json,
-    emit,
-    emit_json,
-    note,
+from .._connection import Connection
+from .._errors import IllegalTransitionError, VersionConflictError
+from .._manager import ConnectionManager
+from .._states import ConnectionState
+from ._exits import EXIT_FAILED, EXIT_OK
+from ._output import connection_json, emit, emit_json, note, table, when
+from ._stores import (
     offline_manager,
     opened_store,
     provider_manager,
     read_connection,
-    table,
-    when,
+    unreadable_rows,
 )
-from ._connection import Connection
-from ._errors import VersionConflictError
-from ._states import ConnectionState
 
 __all__ = ["disconnect", "list_connections", "reauthorize", "refresh", "show"]
 
@@ -41,27 +40,54 @@ __all__ = ["disconnect", "list_connections", "reauthorize", "refresh", "show"]
 #: replica refreshing the connection) may write between our read and ours.
 _DISCONNECT_ATTEMPTS = 3
 
+#: Unreadable connections named in ``list``'s message; the rest are counted.
+_SHOWN_UNREADABLE = 5
+
+
+def _unreadable_message(ids: list[str], shown: int) -> str:
+    named = ", ".join(ids[:_SHOWN_UNREADABLE])
+    more = f" and {len(ids) - _SHOWN_UNREADABLE} more" if len(ids) > _SHOWN_UNREADABLE else ""
+    return (
+        f"awx-connection: {len(ids)} connection(s) could not be read and are not shown "
+        "(wrong or missing AWX_ENCRYPTION_KEYS, or secrets stored in plaintext: see "
+        f"'awx-connection keys seal'): {named}{more}; shown: {shown}"
+    )
+
 
 def _generation(connection: Connection) -> str:
     return "-" if connection.token_generation is None else str(connection.token_generation)
 
 
 async def list_connections(args: argparse.Namespace) -> int:
-    """``connections list``: every stored connection matching all filters, oldest first."""
+    """
+    ``connections list``: every stored connection matching all filters,
+    oldest first; exit 1 if the store left some out as unreadable.
+    """
     states = [ConnectionState(value) for value in args.state] if args.state else None
     async with opened_store(args) as store:
-        records = await store.list_connections(
-            states=states, external_id=args.external_id, account_id=args.account_id
-        )
+        with unreadable_rows("list_connections") as left_out:
+            records = await store.list_connections(
+                states=states, external_id=args.external_id, account_id=args.account_id
+            )
     connections = [Connection.from_record(record) for record in records]
-    if args.json:
-        for connection in connections:
-            emit_json(connection_json(connection))
-        return EXIT_OK
+    _print_listing(args, connections)
+    if left_out:
+        note(_unreadable_message(left_out, len(connections)))
+        return EXIT_FAILED
     if not connections:
         # stderr: a script counting stdout lines must see zero rows.
         note("no connections match")
-        return EXIT_OK
+    return EXIT_OK
+
+
+def _print_listing(args: argparse.Namespace, connections: list[Connection]) -> None:
+    """The rows of ``list``: JSON Lines, or a table (nothing at all for no rows)."""
+    if args.json:
+        for connection in connections:
+            emit_json(connection_json(connection))
+        return
+    if not connections:
+        return
     rows = [
         [
             c.id,
@@ -77,7 +103,6 @@ async def list_connections(args: argparse.Namespace) -> int:
     headers = ["ID", "STATE", "ACCOUNT", "EXTERNAL ID", "GEN", "UPDATED", "REASON"]
     for line in table(headers, rows):
         emit(line)
-    return EXIT_OK
 
 
 def _details(connection: Connection) -> list[str]:
@@ -141,22 +166,40 @@ async def disconnect(args: argparse.Namespace) -> int:
     """
     ``connections disconnect ID``: mark an active (or refreshing) connection
     ``revoked`` with :meth:`ConnectionManager.revoke`. Only the store changes;
-    Airwallex is not called.
+    Airwallex is not called. A connection that is revoked already (by an
+    earlier run, a webhook, another operator) is left as it is: exit 0,
+    saying so, its reason and events unchanged.
     """
     async with offline_manager(args) as manager:
-        for attempt in range(1, _DISCONNECT_ATTEMPTS + 1):
-            try:
-                connection = await manager.revoke(args.id, reason=args.reason)
-                break
-            except VersionConflictError:
-                # The manager reloaded the newer record; try again on it.
-                if attempt == _DISCONNECT_ATTEMPTS:
-                    raise
+        connection, changed = await _revoke_unless_revoked(manager, args)
     if args.json:
-        emit_json(connection_json(connection))
-    else:
+        emit_json(connection_json(connection) | {"changed": changed})
+    elif changed:
         emit(f"{connection.id}: {connection.state.value} ({connection.reason})")
+    else:
+        emit(f"{connection.id}: already revoked ({connection.reason}); nothing changed")
     return EXIT_OK
+
+
+async def _revoke_unless_revoked(
+    manager: ConnectionManager, args: argparse.Namespace
+) -> tuple[Connection, bool]:
+    """The connection after ``disconnect``, and whether this run revoked it."""
+    for attempt in range(1, _DISCONNECT_ATTEMPTS + 1):
+        current = await manager.get(args.id)
+        if current.state is ConnectionState.REVOKED:
+            return current, False
+        try:
+            return await manager.revoke(args.id, reason=args.reason), True
+        except IllegalTransitionError as exc:
+            if exc.state is not ConnectionState.REVOKED:
+                raise
+            return await manager.get(args.id), False  # revoked by someone else meanwhile
+        except VersionConflictError:
+            # The manager reloaded the newer record; try again on it.
+            if attempt == _DISCONNECT_ATTEMPTS:
+                raise
+    raise AssertionError  # pragma: no cover - the loop returns or raises
 
 
 async def reauthorize(args: argparse.Namespace) -> int:

@@ -26,20 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from ._cli import EXIT_OK
-from ._cli_common import (
-    emit,
-    emit_json,
-    event_json,
-    event_line,
-    opened_store,
-    race,
-    read_connection,
-    stop_on_signals,
-)
-from ._events import ConnectionEvent
-from ._outbox import EventConsumer
-from ._store import Store
+from .._events import ConnectionEvent
+from .._outbox import EventConsumer
+from .._store import Store
+from ._exits import EXIT_OK
+from ._output import emit, emit_json, event_json, event_line
+from ._signals import race, stop_on_signals
+from ._stores import opened_store, read_connection
 
 __all__ = ["tail"]
 

@@ -9,20 +9,24 @@ happens. The script is also the shortest complete example of the API.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import re
+import sys
 import tempfile
 from pathlib import Path
 
-from ._config import Config, Endpoints, TimingPolicy
-from ._crypto import KeyRing
-from ._errors import ConnectionRevokedError
-from ._events import ConnectionEvent
-from ._manager import ConnectionManager
-from .stores import SQLiteStore
-from .testing import FakeAirwallex, Fault, FaultKind, ManualClock
+from .._config import Config, Endpoints, TimingPolicy
+from .._crypto import KeyRing
+from .._errors import ConnectionRevokedError
+from .._events import ConnectionEvent
+from .._manager import ConnectionManager
+from ..stores import SQLiteStore
+from ..testing import FakeAirwallex, Fault, FaultKind, ManualClock
+from ._output import emit_json, event_json
 
-__all__ = ["run_demo"]
+__all__ = ["demo", "run_demo"]
 
 REDIRECT_URI = "http://127.0.0.1:8000/airwallex/callback"
 
@@ -111,8 +115,20 @@ async def run_demo(*, quiet: bool = False) -> list[ConnectionEvent]:
     return seen
 
 
-def main() -> int:
-    """Entry point of ``awx-connection demo``."""
-    events = asyncio.run(run_demo())
+def demo(args: argparse.Namespace) -> int:
+    """
+    ``awx-connection demo``: run it; exit 0 when the connection ended
+    ``revoked``. With ``--json``, no narrative: each event as ``events tail
+    --json`` prints it.
+    """
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="  log %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr if args.json else sys.stdout,
+    )
+    events = asyncio.run(run_demo(quiet=args.json))
+    if args.json:
+        for event in events:
+            emit_json(event_json(event))
     states = [e.dest.value for e in events]
     return 0 if states and states[-1] == "revoked" else 1
