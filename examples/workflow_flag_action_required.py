@@ -25,8 +25,8 @@ from awx_connection import (
     Endpoints,
     KeyRing,
     WebhookEvent,
-    webhook_handler,
 )
+from awx_connection.aiohttp import webhook_handler
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, ManualClock
 

@@ -132,3 +132,11 @@ def test_import_does_not_load_the_aiohttp_server() -> None:
     code = "import sys, awx_connection; print('aiohttp.web' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "False" == out.stdout.strip()
+
+
+def test_the_aiohttp_integration_is_a_public_module() -> None:
+    """awx_connection.aiohttp holds the aiohttp glue; the top-level name is the same function."""
+    import awx_connection.aiohttp
+
+    assert ["webhook_handler"] == awx_connection.aiohttp.__all__
+    assert awx_connection.aiohttp.webhook_handler is awx_connection.webhook_handler

@@ -42,8 +42,8 @@ from awx_connection import (
     StateExpiredError,
     Subscription,
     SubscriptionOverflowError,
-    webhook_handler,
 )
+from awx_connection.aiohttp import webhook_handler
 
 from .pages import MAX_CUSTOMER, dashboard_page, error_page
 

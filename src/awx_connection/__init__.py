@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 
-from ._aiohttp import webhook_handler
 from ._authorize import AuthorizationRequest
 from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
@@ -81,6 +80,7 @@ from ._webhooks import (
     WebhookResult,
     WebhookSubscription,
 )
+from .aiohttp import webhook_handler
 
 __all__ = [
     "AUTHORIZING",

@@ -32,7 +32,7 @@ from .._config import Config, _is_loopback
 from .._connection import Connection
 from .._errors import AwxConnectionError, CallbackError, ConfigurationError, UnknownStateError
 from .._manager import ConnectionManager
-from .._states import ConnectionState
+from .._states import SERVING
 from ._exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ._output import connection_json, emit, emit_json, note, when
 from ._signals import race, stop_on_signals
@@ -106,7 +106,7 @@ class _Callback:
             return _page(502, f"Connecting failed: {exc}")
         if not self.outcome.done():
             self.outcome.set_result(connection)
-        if connection.state is ConnectionState.ACTIVE:
+        if connection.state in SERVING:
             return _page(200, f"Connected ({connection.id}). You can close this tab.")
         return _page(200, f"Not connected: {connection.state.value} ({connection.reason}).")
 
@@ -164,7 +164,7 @@ async def authorize(args: argparse.Namespace) -> int:
     else:
         account = f", account {connection.account_id}" if connection.account_id else ""
         emit(f"{connection.id} {connection.state.value}{account}")
-    if connection.state is not ConnectionState.ACTIVE:
+    if connection.state not in SERVING:
         note(f"awx-connection: not connected: {connection.reason}")
         return EXIT_FAILED
     return EXIT_OK

@@ -23,7 +23,7 @@ import argparse
 from .._connection import Connection
 from .._errors import IllegalTransitionError, VersionConflictError
 from .._manager import ConnectionManager
-from .._states import ConnectionState
+from .._states import TERMINAL_STATES, ConnectionState
 from ._exits import EXIT_FAILED, EXIT_OK
 from ._output import connection_json, emit, emit_json, note, table, when
 from ._stores import (
@@ -166,9 +166,9 @@ async def disconnect(args: argparse.Namespace) -> int:
     """
     ``connections disconnect ID``: mark an active (or refreshing) connection
     ``revoked`` with :meth:`ConnectionManager.revoke`. Only the store changes;
-    Airwallex is not called. A connection that is revoked already (by an
-    earlier run, a webhook, another operator) is left as it is: exit 0,
-    saying so, its reason and events unchanged.
+    Airwallex is not called. A connection that ended already (revoked by
+    an earlier run, a webhook, another operator; or invalidated, expired)
+    is left as it is: exit 0, saying so, its reason and events unchanged.
     """
     async with offline_manager(args) as manager:
         connection, changed = await _revoke_unless_revoked(manager, args)
@@ -177,7 +177,7 @@ async def disconnect(args: argparse.Namespace) -> int:
     elif changed:
         emit(f"{connection.id}: {connection.state.value} ({connection.reason})")
     else:
-        emit(f"{connection.id}: already revoked ({connection.reason}); nothing changed")
+        emit(f"{connection.id}: already {connection.state} ({connection.reason}); nothing changed")
     return EXIT_OK
 
 
@@ -187,12 +187,12 @@ async def _revoke_unless_revoked(
     """The connection after ``disconnect``, and whether this run revoked it."""
     for attempt in range(1, _DISCONNECT_ATTEMPTS + 1):
         current = await manager.get(args.id)
-        if current.state is ConnectionState.REVOKED:
-            return current, False
+        if current.state in TERMINAL_STATES:
+            return current, False  # ended already: nothing to disconnect
         try:
             return await manager.revoke(args.id, reason=args.reason), True
         except IllegalTransitionError as exc:
-            if exc.state is not ConnectionState.REVOKED:
+            if exc.state not in TERMINAL_STATES:
                 raise
             return await manager.get(args.id), False  # revoked by someone else meanwhile
         except VersionConflictError:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, Protocol, final
 
-from .._states import TRANSITIONS, ConnectionState, Trigger
+from .._states import ROTATING, TRANSITIONS, ConnectionState, Trigger
 
 if TYPE_CHECKING:
     from .._events import ConnectionEvent, Subscription
@@ -55,7 +55,7 @@ FAILED: Final = "failed"
 REFRESH_FAILURE_TRIGGERS: tuple[Trigger, ...] = tuple(
     row.trigger
     for row in TRANSITIONS
-    if ConnectionState.REFRESHING in row.sources and row.trigger is not Trigger.REFRESHED
+    if ROTATING & set(row.sources) and row.trigger is not Trigger.REFRESHED
 )
 
 #: Histogram buckets in seconds: one POST takes tens of milliseconds to a
@@ -146,7 +146,7 @@ class EventMetrics:
         started = self._refresh_started.pop(event.connection_id, None)
         if event.trigger is Trigger.REFRESH_STARTED:
             self._refresh_started[event.connection_id] = now
-        elif event.source is ConnectionState.REFRESHING:
+        elif event.source in ROTATING:
             outcome = SUCCEEDED if event.trigger is Trigger.REFRESHED else FAILED
             self._sink.refresh(outcome, event.trigger, None if started is None else now - started)
         changed = self._apply(event.connection_id, event.sequence, event.dest)

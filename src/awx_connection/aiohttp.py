@@ -1,10 +1,14 @@
 """
-aiohttp glue: a ready-made route handler for Airwallex webhooks.
+The aiohttp integration: a ready-made route handler for Airwallex webhooks.
 
-Other frameworks call :meth:`ConnectionManager.handle_webhook` with the
-request headers and raw body themselves; this is the same thing for aiohttp,
-including the body-size limit (read before buffering, so a huge body costs
-nothing).
+A public namespace of its own (``awx_connection.aiohttp``, as
+``svcs.aiohttp`` does it), so that an aiohttp service finds its glue in one
+place and a service on another framework never loads it. Other frameworks
+call :meth:`~awx_connection.ConnectionManager.handle_webhook` with the
+request headers and raw body themselves; this is the same thing for
+aiohttp, including the body-size limit (read before buffering, so a huge
+body costs nothing). ``awx_connection.webhook_handler`` is the same
+function, for code written before this module existed.
 """
 
 from __future__ import annotations
