@@ -178,12 +178,17 @@ class LiveCache:
 
     core: Core
     holders: dict[str, Live] = attrs.field(factory=dict)
+    #: One bound method for every holder: a new one per holder costs 64 B each.
+    _skew: Callable[[float], float] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._skew = self.core.config.timing.skew
 
     def adopt(self, record: ConnectionRecord) -> Live:
         """The holder for *record*, made from the store's copy if new; a newer record replaces."""
         live = self.holders.get(record.id)
         if live is None:
-            live = Live(record, skew=self.core.config.timing.skew)
+            live = Live(record, skew=self._skew)
             self.holders[record.id] = live
         elif record.version > live.record.version:
             live.record = record
