@@ -271,6 +271,7 @@ async def bench_scale(sizes: Sizes, kind: str, tmp: Path) -> list[dict[str, Any]
         build_s = await build_scale_dataset(spec, count, EPOCH)
         settings = {"store": spec, "base_url": "http://127.0.0.1:9"}
         loaded = await _run_once("load", settings, tmp)
+        floors = await _run_once("floor", settings, tmp)
         compare = kind == "sqlite" or sizes.scale_postgres_one_by_one
         one_by_one = await _run_once("one_by_one", settings, tmp) if compare else None
     for answer in (loaded, one_by_one):
@@ -289,6 +290,8 @@ async def bench_scale(sizes: Sizes, kind: str, tmp: Path) -> list[dict[str, Any]
             "s",
             "<= 3",
             load_s <= 3,
+            baseline=floors["load_floor_s"],
+            baseline_is="a bare loop: the same rows read, their JSON decoded, envelopes opened",
             connections=count,
             measured="ConnectionManager.load(), default page_size",
             pages=loaded["store_calls"].get("list_connections", 0),
@@ -318,6 +321,8 @@ async def bench_scale(sizes: Sizes, kind: str, tmp: Path) -> list[dict[str, Any]
             "s",
             "<= 3",
             keepalive_s <= 3,
+            baseline=floors["scan_floor_s"],
+            baseline_is="a bare scan of the same rows' summaries (JSON decoded, nothing decrypted)",
             connections=count,
             measured="ConnectionManager.keepalive_pass() right after load(), nothing due",
         )

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from _common import EPOCH, TimedStore, build_store, config_for, rss_bytes
 
-from awx_connection import AwxConnectionError, ConnectionManager
+from awx_connection import AwxConnectionError, ConnectionManager, KeyRing
 from awx_connection.testing import FileClock, ManualClock
 
 
@@ -148,6 +148,74 @@ async def load(settings: dict[str, Any], *, one_by_one: bool) -> None:
         )
 
 
+async def floor(settings: dict[str, Any]) -> None:
+    """
+    What the hardware allows for a load and for a keep-alive pass, on the
+    same rows in the same kind of process: read them a page of 1,000 at a
+    time in ``(created_at, id)`` order straight from the database, decode
+    the JSON and, for the load, open the two token envelopes of each row;
+    nothing else (no record, no holder, no summary object).
+    """
+    spec = settings["store"]
+    keys = KeyRing.parse(spec["keys"])
+    fetch = await _page_fetcher(spec)
+
+    async def walk(decrypt: bool) -> float:
+        started = time.perf_counter()
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            rows = await fetch(after)
+            for connection_id, data in rows:
+                fields = orjson.loads(data)
+                if decrypt:
+                    tokens = fields["tokens"]
+                    keys.decrypt(
+                        tokens["access_token"], connection_id=connection_id, field="access_token"
+                    )
+                    keys.decrypt(
+                        tokens["refresh_token"], connection_id=connection_id, field="refresh_token"
+                    )
+                else:
+                    fields["tokens"]["refresh_expires_at"]
+            if len(rows) < 1000:
+                return time.perf_counter() - started
+            last = orjson.loads(rows[-1][1])
+            after = (last["created_at"], last["id"])
+
+    load_s = await walk(decrypt=True)
+    scan_s = await walk(decrypt=False)
+    reply({"load_floor_s": load_s, "scan_floor_s": scan_s})
+
+
+async def _page_fetcher(spec: dict[str, Any]) -> Any:
+    """``fetch(after)``: the next 1,000 ``(id, data)`` rows of the spec's database."""
+    if spec["kind"] == "postgres":
+        import asyncpg
+
+        connection = await asyncpg.connect(spec["dsn"])
+        sql = (
+            f'SELECT id, data FROM "{spec["schema"]}".connections '
+            "WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT 1000"
+        )
+
+        async def fetch_postgres(after: tuple[float, str]) -> list[Any]:
+            return [tuple(row) for row in await connection.fetch(sql, *after)]
+
+        return fetch_postgres
+    import sqlite3
+
+    db = sqlite3.connect(spec["path"])
+    sql = (
+        "SELECT id, data FROM connections WHERE (created_at, id) > (?, ?) "
+        "ORDER BY created_at, id LIMIT 1000"
+    )
+
+    async def fetch_sqlite(after: tuple[float, str]) -> list[Any]:
+        return db.execute(sql, after).fetchall()
+
+    return fetch_sqlite
+
+
 def main() -> None:
     mode = sys.argv[1]
     settings = orjson.loads(sys.argv[2])
@@ -155,6 +223,8 @@ def main() -> None:
         asyncio.run(tokens(settings))
     elif mode == "consume":
         asyncio.run(consume(settings))
+    elif mode == "floor":
+        asyncio.run(floor(settings))
     elif mode in ("load", "one_by_one"):
         asyncio.run(load(settings, one_by_one=mode == "one_by_one"))
     else:
