@@ -1,7 +1,8 @@
 """
 What only the PostgreSQL store has to prove: replicas sharing one schema.
 
-The shared contract (``tests/test_store_contract.py``) runs against
+The shared contract (``awx_connection.testing.store_contract``, run in
+``tests/contract/test_postgres_store.py``) runs against
 :class:`PostgresStore` too; the tests here cover what needs a real server
 and more than one store object: encryption as seen by a plain SQL client,
 LISTEN/NOTIFY wake-ups from another pool, commit-ordered outbox positions
@@ -16,7 +17,6 @@ touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -26,15 +26,26 @@ import asyncpg
 import attrs
 import pytest
 
-from awx_connection import Config, ConnectionManager, DecryptionError, KeyRing
-from awx_connection._errors import ConfigurationError, StoreError, StoreUnavailableError
-from awx_connection._events import ConnectionEvent
-from awx_connection._records import ConnectionRecord, PendingAuthorization
-from awx_connection._secrets import Secret
-from awx_connection._states import ConnectionState, Trigger
-from awx_connection._tokens import TokenSet
-from awx_connection.stores._postgres import MIGRATIONS, PostgresStore
+from awx_connection import (
+    Config,
+    ConfigurationError,
+    ConnectionEvent,
+    ConnectionManager,
+    ConnectionRecord,
+    ConnectionState,
+    DecryptionError,
+    KeyRing,
+    PendingAuthorization,
+    Secret,
+    StoreError,
+    StoreUnavailableError,
+    TokenSet,
+    Trigger,
+)
+from awx_connection.stores import PostgresStore
+from awx_connection.stores._postgres import MIGRATIONS
 from awx_connection.testing import FakeAirwallex, ManualClock
+from awx_connection.testing.store_contract import opened
 
 pytestmark = pytest.mark.postgres
 
@@ -123,15 +134,6 @@ async def update(
         newer, expected_version=record.version, event=make_event(record.id, newer.sequence)
     )
     return newer
-
-
-@contextlib.asynccontextmanager
-async def opened(store: PostgresStore) -> AsyncIterator[PostgresStore]:
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 @pytest.fixture

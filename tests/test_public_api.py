@@ -9,6 +9,7 @@ import awx_connection
 import awx_connection.instrumentation
 import awx_connection.stores
 import awx_connection.testing
+import awx_connection.testing.store_contract
 
 EXPECTED = {
     "AUTHORIZING",
@@ -26,8 +27,11 @@ EXPECTED = {
     "ConnectionInvalidatedError",
     "ConnectionManager",
     "ConnectionNotFoundError",
+    "ConnectionRecord",
     "ConnectionRevokedError",
     "ConnectionState",
+    "ConnectionStore",
+    "ConnectionSummary",
     "ConnectionUnusableError",
     "DecryptionError",
     "Effect",
@@ -35,6 +39,7 @@ EXPECTED = {
     "Environment",
     "EventCallback",
     "EventConsumer",
+    "EventLog",
     "Guard",
     "HOLDS_TOKENS",
     "IllegalTransitionError",
@@ -43,15 +48,19 @@ EXPECTED = {
     "InvalidGrantError",
     "KeepaliveReport",
     "KeyRing",
+    "LeaseStore",
     "MalformedResponseError",
     "ManagerClosedError",
     "ManagerStatistics",
     "NetworkError",
+    "Outbox",
+    "PendingAuthorization",
     "ProviderError",
     "ProviderUnavailableError",
     "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "RotationJournal",
     "SERVING",
     "Secret",
     "StateExpiredError",
@@ -65,6 +74,7 @@ EXPECTED = {
     "TERMINAL_STATES",
     "TRANSITIONS",
     "TimingPolicy",
+    "TokenSet",
     "Transition",
     "Trigger",
     "USABLE",
@@ -74,6 +84,7 @@ EXPECTED = {
     "WebhookClaim",
     "WebhookError",
     "WebhookEvent",
+    "WebhookLedger",
     "WebhookPayloadError",
     "WebhookResult",
     "WebhookSignatureError",
@@ -97,6 +108,7 @@ def test_all_is_sorted() -> None:
         awx_connection.instrumentation,
         awx_connection.stores,
         awx_connection.testing,
+        awx_connection.testing.store_contract,
     ):
         assert sorted(module.__all__) == list(module.__all__), module.__name__
 

@@ -5,7 +5,7 @@ General layout: every implementation lives in a private module (``_x.py``)
 with one job its name tells; this file pulls together the public API. Two
 public sub-namespaces are toolboxes of their own: :mod:`awx_connection.stores`
 (where connections live) and :mod:`awx_connection.testing` (a fake Airwallex,
-a manual clock and pytest fixtures).
+a manual clock, pytest fixtures, and the store contract suite).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from ._events import ConnectionEvent, EventCallback, Subscription
 from ._keepalive import KeepaliveReport
 from ._manager import ConnectionManager
 from ._outbox import EventConsumer
+from ._records import ConnectionRecord, ConnectionSummary, PendingAuthorization, RotationJournal
 from ._secrets import Secret
 from ._states import (
     AUTHORIZING,
@@ -72,7 +73,8 @@ from ._states import (
     mermaid,
 )
 from ._statistics import ManagerStatistics
-from ._store import Store
+from ._store import ConnectionStore, EventLog, LeaseStore, Outbox, Store, WebhookLedger
+from ._tokens import TokenSet
 from ._webhooks import (
     WebhookCallback,
     WebhookClaim,
@@ -98,8 +100,11 @@ __all__ = [
     "ConnectionInvalidatedError",
     "ConnectionManager",
     "ConnectionNotFoundError",
+    "ConnectionRecord",
     "ConnectionRevokedError",
     "ConnectionState",
+    "ConnectionStore",
+    "ConnectionSummary",
     "ConnectionUnusableError",
     "DecryptionError",
     "Effect",
@@ -107,6 +112,7 @@ __all__ = [
     "Environment",
     "EventCallback",
     "EventConsumer",
+    "EventLog",
     "Guard",
     "HOLDS_TOKENS",
     "IllegalTransitionError",
@@ -115,15 +121,19 @@ __all__ = [
     "InvalidGrantError",
     "KeepaliveReport",
     "KeyRing",
+    "LeaseStore",
     "MalformedResponseError",
     "ManagerClosedError",
     "ManagerStatistics",
     "NetworkError",
+    "Outbox",
+    "PendingAuthorization",
     "ProviderError",
     "ProviderUnavailableError",
     "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "RotationJournal",
     "SERVING",
     "Secret",
     "StateExpiredError",
@@ -137,6 +147,7 @@ __all__ = [
     "TERMINAL_STATES",
     "TRANSITIONS",
     "TimingPolicy",
+    "TokenSet",
     "Transition",
     "Trigger",
     "USABLE",
@@ -146,6 +157,7 @@ __all__ = [
     "WebhookClaim",
     "WebhookError",
     "WebhookEvent",
+    "WebhookLedger",
     "WebhookPayloadError",
     "WebhookResult",
     "WebhookSignatureError",

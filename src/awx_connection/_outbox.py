@@ -25,7 +25,7 @@ from typing import Self, final
 import attrs
 
 from ._events import ConnectionEvent
-from ._store import Store
+from ._store import Outbox
 
 __all__ = ["EventConsumer"]
 
@@ -44,9 +44,12 @@ class EventConsumer:
 
     Iteration waits for new events (woken by PostgreSQL NOTIFY, or polling
     for SQLite) until the block is left or the task is cancelled.
+
+    *store* needs only the :class:`~awx_connection.Outbox` role (every
+    :class:`~awx_connection.Store` has it).
     """
 
-    store: Store
+    store: Outbox
     name: str
     batch: int = 100
     #: Real seconds between checks for new events when idle.

@@ -21,15 +21,11 @@ async def migrate(args: argparse.Namespace) -> int:
     store, _ = store_from(args, touches_secrets=False, create=True)
     await store.open()
     try:
-        version = await getattr(store, "schema_version", _no_version)()
+        version = await store.schema_version()
     finally:
         await store.aclose()
     if args.json:
         emit_json({"schema_version": version})
     else:
-        emit(f"store is at schema version {'n/a (memory)' if version is None else version}")
+        emit(f"store is at schema version {version}")
     return EXIT_OK
-
-
-async def _no_version() -> None:
-    return None

@@ -9,7 +9,8 @@ and :class:`SQLiteStore` are resolved lazily (module ``__getattr__``):
 importing this package never imports ``asyncpg``, nor ``sqlite3`` and the
 SQLite store (5 ms of a cold import) for a process that uses PostgreSQL.
 Every store here passes the same contract suite,
-``tests/test_store_contract.py``.
+:mod:`awx_connection.testing.store_contract`, which checks a store of your
+own too.
 
 :func:`open_store` picks one from a URL, for settings files and the CLI.
 """

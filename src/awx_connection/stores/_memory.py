@@ -33,6 +33,7 @@ import attrs
 
 from .._errors import StoreError, VersionConflictError
 from .._records import ConnectionSummary
+from .._store import Store
 from .._webhooks import WebhookClaim
 from ._common import (
     check_event,
@@ -57,8 +58,15 @@ __all__ = ["MemoryStore"]
 
 @final
 @attrs.define(eq=False)
-class MemoryStore:
-    """A :class:`~awx_connection.Store` in dicts; nothing survives the process."""
+class MemoryStore(Store):
+    """
+    A :class:`~awx_connection.Store` in dicts; nothing survives the process.
+
+    Every method keeps the promises of the :class:`~awx_connection.Store`
+    protocol, whose docstrings it inherits. It has no schema
+    (:meth:`schema_version` is 0) and encrypts nothing (:meth:`rotate_keys`
+    is 0).
+    """
 
     _records: dict[str, ConnectionRecord] = attrs.field(factory=dict, init=False)
     #: ``state`` hash -> id of the connection whose pending authorization has it.
@@ -87,18 +95,15 @@ class MemoryStore:
     async def aclose(self) -> None:
         """Nothing to release; the data stays readable."""
 
-    async def get(self, connection_id: str) -> ConnectionRecord | None:
-        """
-        The latest record of *connection_id*, or ``None``.
+    async def schema_version(self) -> int:
+        """0: nothing to migrate."""
+        return 0
 
-        Raises:
-            InvalidArgumentError: *connection_id* is not a string or not valid text.
-        """
+    async def get(self, connection_id: str) -> ConnectionRecord | None:
         check_text("connection_id", connection_id)
         return self._records.get(connection_id)
 
     async def find_by_state_hash(self, state_hash: str) -> ConnectionRecord | None:
-        """The connection whose pending authorization has this ``state`` hash."""
         check_text("state_hash", state_hash)
         connection_id = self._by_state_hash.get(state_hash)
         return None if connection_id is None else self._records[connection_id]
@@ -112,15 +117,6 @@ class MemoryStore:
         after: tuple[float, str] | None = None,
         limit: int | None = None,
     ) -> list[ConnectionRecord]:
-        """
-        Every record matching all the given filters, oldest first: by
-        ``(created_at, id)``, only keys greater than *after* if given, at most
-        *limit* records if given.
-
-        Raises:
-            ValueError: *limit* is less than 1.
-            InvalidArgumentError: *external_id* or *account_id* is not text.
-        """
         check_filters(external_id=external_id, account_id=account_id)
         if limit is not None:
             check_limit(limit)
@@ -145,26 +141,12 @@ class MemoryStore:
         after: tuple[float, str] | None = None,
         limit: int | None = None,
     ) -> list[ConnectionSummary]:
-        """
-        The records :meth:`list_connections` would list, as summaries.
-
-        Raises:
-            ValueError: *limit* is less than 1.
-        """
         records = await self.list_connections(states=states, after=after, limit=limit)
         return [ConnectionSummary.of(record) for record in records]
 
     async def insert(self, record: ConnectionRecord, event: ConnectionEvent) -> None:
-        """
-        Store a new connection and its first event.
-
-        Raises:
-            StoreError: The id exists already, or its ``state`` hash is taken.
-            ValueError: The event belongs to another connection.
-            InvalidArgumentError: A field of the record or event is not text
-                that a durable store could hold (checked here all the same,
-                so code tested in memory fails as it would on disk).
-        """
+        # Text a durable store could not hold is refused here all the same,
+        # so code tested in memory fails as it would on disk.
         check_event(record, event)
         check_record(record)
         if record.id in self._records:
@@ -185,18 +167,6 @@ class MemoryStore:
         event: ConnectionEvent | None,
         release_lease: str | None = None,
     ) -> None:
-        """
-        Replace the record if the stored version is *expected_version*; with
-        *release_lease*, also give up that owner's lease.
-
-        Raises:
-            VersionConflictError: The stored version differs (or the record is gone).
-            StoreError: The ``state`` hash or the event sequence is taken.
-            ValueError: ``record.version`` is not ``expected_version + 1``, or
-                the event belongs to another connection (a caller bug,
-                checked before the store is looked at).
-            InvalidArgumentError: A field of the record or event is not text.
-        """
         check_version(record, expected_version)
         if event is not None:
             check_event(record, event)
@@ -222,7 +192,6 @@ class MemoryStore:
         wake(self._waiters)
 
     async def read_events(self, connection_id: str, *, after: int = 0) -> list[ConnectionEvent]:
-        """The stored events of *connection_id* with ``sequence > after``, in order."""
         check_text("connection_id", connection_id)
         events = self._events.get(connection_id, {})
         return [events[seq] for seq in sorted(events) if seq > after]
@@ -230,17 +199,6 @@ class MemoryStore:
     async def acquire_lease(
         self, connection_id: str, owner: str, *, until: float, now: float
     ) -> ConnectionRecord | None:
-        """
-        Take or renew the connection's lease for *owner* until *until*.
-
-        Granted when nobody holds it, when the holder's lease ended
-        (``until <= now``), or when *owner* holds it already. The record and
-        its version are left alone.
-
-        Returns:
-            The stored record if *owner* now holds the lease; ``None`` when
-            someone else does or the id is unknown.
-        """
         check_text("connection_id", connection_id)
         check_text("owner", owner)
         record = self._records.get(connection_id)
@@ -253,7 +211,6 @@ class MemoryStore:
         return record
 
     async def release_lease(self, connection_id: str, owner: str) -> None:
-        """Give the lease up if *owner* holds it; otherwise do nothing."""
         check_text("connection_id", connection_id)
         check_text("owner", owner)
         self._release(connection_id, owner)
@@ -270,16 +227,6 @@ class MemoryStore:
         after_version: int,
         timeout: float,  # noqa: ASYNC109
     ) -> ConnectionRecord | None:
-        """
-        Wait up to *timeout* real seconds until the stored version exceeds *after_version*.
-
-        Returns at once if it already does. A connection that does not exist
-        yet counts as version 0, so ``after_version=0`` also waits for an
-        insert.
-
-        Returns:
-            The newer record, or ``None`` on timeout.
-        """
         check_text("connection_id", connection_id)
 
         async def newer() -> ConnectionRecord | None:
@@ -291,51 +238,25 @@ class MemoryStore:
     async def read_outbox(
         self, *, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, ConnectionEvent]]:
-        """
-        ``(position, event)`` pairs with ``position > after``, in commit order, at most *limit*.
-
-        Raises:
-            ValueError: *limit* is less than 1.
-        """
         check_limit(limit)
         start = bisect.bisect_right(self._outbox, after, key=lambda item: item[0])
         return self._outbox[start : start + limit]
 
     async def wait_for_events(self, *, after: int, timeout: float) -> bool:  # noqa: ASYNC109
-        """
-        Wait up to *timeout* real seconds until an event with ``position > after`` exists.
-
-        Returns:
-            ``True`` if there is one (at once if there already is), ``False`` on timeout.
-        """
-
         async def exists() -> bool | None:
             return True if self._outbox and self._outbox[-1][0] > after else None
 
         return await wait_until(exists, timeout, self._waiters) is not None
 
     async def get_offset(self, consumer: str) -> int:
-        """The committed position of *consumer* (0 if it never committed)."""
         check_text("consumer", consumer)
         return self._offsets.get(consumer, 0)
 
     async def commit_offset(self, consumer: str, position: int) -> None:
-        """
-        Record that *consumer* processed everything up to *position*.
-
-        An older position than the committed one is ignored: a consumer that
-        restarted from a stale checkpoint must not make others re-read.
-        """
         check_text("consumer", consumer)
         self._offsets[consumer] = max(self._offsets.get(consumer, 0), position)
 
     async def prune_events(self, *, before: float) -> int:
-        """
-        Delete the events whose ``at`` is older than *before*; return how many.
-
-        They disappear from :meth:`read_events` and :meth:`read_outbox`
-        alike. Positions are not reused, so consumers' offsets stay valid.
-        """
         self._webhooks = {k: v for k, v in self._webhooks.items() if v[0] >= before}
         pruned = [event for _, event in self._outbox if event.at < before]
         if pruned:
@@ -347,7 +268,6 @@ class MemoryStore:
     async def claim_webhook(
         self, event_id: str, *, owner: str, now: float, until: float
     ) -> WebhookClaim:
-        """Claim *event_id* for *owner* until *until*, unless handled or claimed by another."""
         check_text("event_id", event_id)
         check_text("owner", owner)
         held = self._webhooks.get(event_id)
@@ -361,7 +281,6 @@ class MemoryStore:
         return WebhookClaim.CLAIMED
 
     async def finish_webhook(self, event_id: str, *, owner: str, at: float) -> None:
-        """Mark *event_id* handled (remembered until pruned by *at*), if *owner* claimed it."""
         check_text("event_id", event_id)
         check_text("owner", owner)
         held = self._webhooks.get(event_id)
@@ -369,7 +288,6 @@ class MemoryStore:
             self._webhooks[event_id] = (at, None, None)
 
     async def release_webhook(self, event_id: str, *, owner: str) -> None:
-        """Drop *owner*'s claim of an unhandled *event_id*, so a retry can claim it."""
         check_text("event_id", event_id)
         check_text("owner", owner)
         held = self._webhooks.get(event_id)
@@ -377,7 +295,7 @@ class MemoryStore:
             del self._webhooks[event_id]
 
     async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
-        """Nothing is encrypted in memory (nor needs to be): always 0, whatever *seal_plaintext*."""
+        """0, whatever *seal_plaintext*: nothing is encrypted in memory (nor needs to be)."""
         return 0
 
     def _append(self, event: ConnectionEvent) -> None:

@@ -8,6 +8,10 @@ library under test to move time without sleeping; across processes, share a
 :class:`FileClock` instead. :class:`TcpProxy` cuts a real database off for a
 while (a store outage) without touching the server.
 
+:mod:`awx_connection.testing.store_contract` checks a store of your own with
+the cases every built-in store passes; it needs pytest, so nothing here
+imports it.
+
 This is a public namespace, so it only re-exports; the implementation lives in
 the private ``_fake*`` modules.
 """
