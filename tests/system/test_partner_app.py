@@ -34,7 +34,7 @@ except ImportError as exc:  # the browser fixture turns this into a skip (a fail
 else:
     PLAYWRIGHT_MISSING = None
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("AWX_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start

@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Prints, per collected item, whether Hypothesis itself deems it one of its
 #: tests and the timeout the item ended up with.
@@ -37,7 +37,11 @@ def collected_timeouts(profile: str, tmp_path: Path) -> dict[str, tuple[bool, fl
     (tmp_path / "awx_timeout_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI=true forces the ci profile
     env |= {"HYPOTHESIS_PROFILE": profile, "PYTHONPATH": str(tmp_path)}
-    files = ["tests/test_stateful.py", "tests/test_fuzz.py", "tests/test_encryption.py"]
+    files = [
+        "tests/integration/test_stateful.py",
+        "tests/integration/test_fuzz.py",
+        "tests/integration/test_encryption.py",
+    ]
     plugins = ["-p", "no:cacheprovider", "-p", "awx_timeout_probe"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", *plugins, *files],
@@ -62,8 +66,8 @@ def test_hunt_profile_gives_hypothesis_tests_a_longer_timeout(tmp_path: Path) ->
     found = collected_timeouts("hunt", tmp_path)
 
     hunted = {nodeid: timeout for nodeid, (hypothesis, timeout) in found.items() if hypothesis}
-    assert "tests/test_stateful.py::TestConnections::runTest" in hunted
-    assert any(nodeid.startswith("tests/test_encryption.py::") for nodeid in hunted)
+    assert "tests/integration/test_stateful.py::TestConnections::runTest" in hunted
+    assert any(nodeid.startswith("tests/integration/test_encryption.py::") for nodeid in hunted)
     assert len(hunted) >= 10
     (timeout,) = set(hunted.values())
     assert timeout is not None

@@ -18,7 +18,7 @@ import pytest
 from awx_connection import ConnectionState, KeyRing, mermaid
 from awx_connection.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def run(*args: str) -> tuple[int, str, str]:
@@ -262,7 +262,7 @@ def test_every_command_of_the_parser_is_dispatched() -> None:
 
 
 def test_every_command_takes_json() -> None:
-    """Every runnable command has --json (what each prints: tests/test_cli_surprises.py)."""
+    """Every runnable command has --json (what each prints: tests/system/test_cli_surprises.py)."""
     missing = [
         leaf.prog
         for leaf in leaves(build_parser())

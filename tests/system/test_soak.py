@@ -27,7 +27,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.postgres]
 
-SOAK = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 
 MUST_BE_ZERO = (
     "reuse_violations",

@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 
 #: Every line the suite prints, whatever the mode.
 NAMES = {

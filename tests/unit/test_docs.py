@@ -7,7 +7,7 @@ from pathlib import Path
 
 from awx_connection import ConnectionState, mermaid
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def generated_block(page: str) -> str:

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from awx_connection import Config, ConnectionManager, ConnectionState
 from awx_connection.testing import FakeAirwallex, ManualClock
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app.py"
 WEBHOOK_SECRET = "whsec_test"
 ACME = {"X-Tenant": "acme"}
 

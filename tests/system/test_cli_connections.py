@@ -36,7 +36,7 @@ from awx_connection.testing import FakeAirwallex
 
 S = ConnectionState
 REDIRECT_URI = "http://127.0.0.1:8000/airwallex/callback"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROVIDER_VARIABLES = ("AWX_CLIENT_ID", "AWX_CLIENT_SECRET", "AWX_REDIRECT_URI", "AWX_BASE_URL")
 
 

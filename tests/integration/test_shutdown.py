@@ -1,7 +1,7 @@
 """
 Closing a manager: what may have reached Airwallex finishes, everything
 else stops with a typed error, and nothing (a stuck subscriber included)
-can hang the shutdown. tests/test_multiprocess.py does the same across real
+can hang the shutdown. tests/system/test_multiprocess.py does the same across real
 processes (SIGTERM, and the next process settling what a close left).
 """
 

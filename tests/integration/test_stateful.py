@@ -70,7 +70,7 @@ WEBHOOK_SECRET = "whsec_stateful_Lk2v9PqR7sT1"
 KEY_MATERIAL = KeyRing.new_key()
 KEYS = KeyRing.parse(f"k1:{KEY_MATERIAL}")
 #: close_timeout=0: every aclose() is as abrupt as a crash (a rotation in
-#: flight is cancelled mid-request); tests/test_shutdown.py covers the
+#: flight is cancelled mid-request); tests/integration/test_shutdown.py covers the
 #: graceful close.
 TIMING = TimingPolicy(backoff_base=0.0002, backoff_max=0.001, resume_delay=0.001, close_timeout=0)
 #: How long after the first maybe-processed attempt the library still retries.

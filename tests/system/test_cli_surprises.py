@@ -8,7 +8,7 @@ SQLite files and the real PostgreSQL server.
 * ``fake-server`` errors are one line; it prints the client secret it accepts.
 * Errors name flags and environment variables, not Python parameters.
 * ``--version``, ``--json`` on every command (that every command has the
-  option: tests/test_cli.py), ``--state`` in any case, an already revoked
+  option: tests/system/test_cli.py), ``--state`` in any case, an already revoked
   connection's disconnect is a no-op, ``keys rotate`` names the key to keep.
 """
 

@@ -8,7 +8,7 @@ schema, raises :class:`~awx_connection.StoreNotMigratedError` naming the
 path or schema (never a password) and ``awx-connection db migrate``; a
 migrated store opens and works as with ``create=True``. ``open_store``
 passes the flag on. The CLI's read-only commands rely on this (see
-tests/test_cli_surprises.py).
+tests/system/test_cli_surprises.py).
 """
 
 from __future__ import annotations
