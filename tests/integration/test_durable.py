@@ -19,17 +19,18 @@ from awx_connection import (
     ConnectionEvent,
     ConnectionInvalidatedError,
     ConnectionManager,
+    ConnectionRecord,
     ConnectionRevokedError,
     ConnectionState,
     DecryptionError,
     KeyRing,
     ProviderError,
+    RotationJournal,
     Secret,
     StoreUnavailableError,
+    TokenSet,
     Trigger,
 )
-from awx_connection._records import ConnectionRecord, RotationJournal
-from awx_connection._tokens import TokenSet
 from awx_connection.cli import main as cli_main
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock

@@ -29,14 +29,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from awx_connection import Config, ConnectionManager, DecryptionError, KeyRing
+from awx_connection import (
+    Config,
+    ConfigurationError,
+    ConnectionEvent,
+    ConnectionManager,
+    ConnectionRecord,
+    ConnectionState,
+    DecryptionError,
+    KeyRing,
+    PendingAuthorization,
+    Secret,
+    StoreError,
+    TokenSet,
+    Trigger,
+)
 from awx_connection._crypto import _b64decode, _b64encode
-from awx_connection._errors import ConfigurationError, StoreError
-from awx_connection._events import ConnectionEvent
-from awx_connection._records import ConnectionRecord, PendingAuthorization
-from awx_connection._secrets import Secret
-from awx_connection._states import ConnectionState, Trigger
-from awx_connection._tokens import TokenSet
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, ManualClock
 

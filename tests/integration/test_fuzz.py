@@ -41,24 +41,21 @@ from awx_connection import (
     Config,
     ConfigurationError,
     ConnectionManager,
+    ConnectionRecord,
     ConnectionState,
     Endpoints,
     KeyRing,
+    PendingAuthorization,
     ProviderError,
+    RotationJournal,
     Secret,
     StoreError,
     TimingPolicy,
+    TokenSet,
     WebhookClaim,
 )
 from awx_connection._authorize import Callback, check_scopes, parse_callback
-from awx_connection._records import (
-    ConnectionRecord,
-    PendingAuthorization,
-    RotationJournal,
-    dump_record,
-    load_record,
-)
-from awx_connection._tokens import TokenSet
+from awx_connection._records import dump_record, load_record
 from awx_connection._transport import Transport
 from awx_connection._webhooks import sign
 from awx_connection.stores import SQLiteStore

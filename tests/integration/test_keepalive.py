@@ -60,7 +60,7 @@ async def test_idle_connections_survive_180_days(
 
 async def test_rotations_spread_by_jitter(awx_config: Config) -> None:
     """Connections issued together come due at different times (stable per id)."""
-    from awx_connection._records import ConnectionSummary
+    from awx_connection import ConnectionSummary
 
     dues = {
         due_at(

@@ -21,17 +21,17 @@ import pytest
 
 from awx_connection import (
     Config,
+    ConnectionEvent,
     ConnectionManager,
+    ConnectionRecord,
     ConnectionState,
     DecryptionError,
     KeyRing,
     Secret,
+    Store,
+    TokenSet,
     Trigger,
 )
-from awx_connection._events import ConnectionEvent
-from awx_connection._records import ConnectionRecord
-from awx_connection._store import Store
-from awx_connection._tokens import TokenSet
 from awx_connection.stores import MemoryStore, SQLiteStore
 from awx_connection.testing import ManualClock
 

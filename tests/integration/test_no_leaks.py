@@ -42,9 +42,9 @@ from awx_connection import (
     MalformedResponseError,
     ProviderError,
     ProviderUnavailableError,
+    Secret,
     TimingPolicy,
 )
-from awx_connection._secrets import Secret
 from awx_connection._transport import Transport
 from awx_connection._webhooks import sign
 from awx_connection.cli import main as cli_main

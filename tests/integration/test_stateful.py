@@ -43,6 +43,7 @@ from awx_connection import (
     Config,
     ConnectionEvent,
     ConnectionManager,
+    ConnectionRecord,
     ConnectionRevokedError,
     ConnectionState,
     ConnectionUnusableError,
@@ -55,7 +56,6 @@ from awx_connection import (
     TimingPolicy,
     Trigger,
 )
-from awx_connection._records import ConnectionRecord
 from awx_connection._webhooks import sign
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock

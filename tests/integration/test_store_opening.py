@@ -23,15 +23,15 @@ import attrs
 import pytest
 
 from awx_connection import (
+    ConnectionEvent,
+    ConnectionRecord,
     ConnectionState,
     KeyRing,
+    Store,
     StoreError,
     StoreNotMigratedError,
     Trigger,
 )
-from awx_connection._events import ConnectionEvent
-from awx_connection._records import ConnectionRecord
-from awx_connection._store import Store
 from awx_connection.stores import PostgresStore, SQLiteStore, open_store
 from awx_connection.stores._sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 

@@ -17,9 +17,10 @@ from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 from yarl import URL
 
-from awx_connection import ConnectionManager
-from awx_connection._config import Config, Endpoints, TimingPolicy
-from awx_connection._errors import (
+from awx_connection import (
+    Config,
+    ConnectionManager,
+    Endpoints,
     InvalidClientError,
     InvalidGrantError,
     MalformedResponseError,
@@ -27,9 +28,10 @@ from awx_connection._errors import (
     ProviderError,
     ProviderUnavailableError,
     RateLimitedError,
+    Secret,
+    TimingPolicy,
+    TokenSet,
 )
-from awx_connection._secrets import Secret
-from awx_connection._tokens import TokenSet
 from awx_connection._transport import Transport
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 

@@ -37,10 +37,10 @@ from awx_connection import (
     Config,
     ConnectionManager,
     Endpoints,
+    KeyRing,
     Store,
     TimingPolicy,
 )
-from awx_connection._crypto import KeyRing
 from awx_connection.stores import open_store
 from awx_connection.testing import FileClock
 

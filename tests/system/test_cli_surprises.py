@@ -33,9 +33,15 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from awx_connection import ConnectionEvent, ConnectionState, KeyRing, Secret, Trigger
-from awx_connection._records import ConnectionRecord
-from awx_connection._tokens import TokenSet
+from awx_connection import (
+    ConnectionEvent,
+    ConnectionRecord,
+    ConnectionState,
+    KeyRing,
+    Secret,
+    TokenSet,
+    Trigger,
+)
 from awx_connection.stores import open_store
 from awx_connection.stores._sqlite import MIGRATIONS
 

@@ -24,8 +24,7 @@ from typing import Any
 import orjson
 import pytest
 
-from awx_connection import Config, ConnectionManager, Endpoints, Store, TimingPolicy
-from awx_connection._crypto import KeyRing
+from awx_connection import Config, ConnectionManager, Endpoints, KeyRing, Store, TimingPolicy
 from awx_connection.stores import SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, FileClock
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from multidict import MultiDict
 
-from awx_connection import CallbackError, ConfigurationError
+from awx_connection import CallbackError, ConfigurationError, Secret
 from awx_connection._authorize import (
     MAX_CALLBACK_CHARS,
     authorize_url,
@@ -21,7 +21,6 @@ from awx_connection._authorize import (
     parse_callback,
     state_hash,
 )
-from awx_connection._secrets import Secret
 
 BASE = "https://airwallex.example/oauth/authorize"
 REDIRECT = "https://app.example/airwallex/callback?tenant=7"

@@ -6,9 +6,7 @@ import math
 
 import pytest
 
-from awx_connection._config import Config, Endpoints, Environment, TimingPolicy
-from awx_connection._errors import ConfigurationError
-from awx_connection._secrets import Secret
+from awx_connection import Config, ConfigurationError, Endpoints, Environment, Secret, TimingPolicy
 
 SECRET = "cs_TopSecretValue"
 REDIRECT = "https://platform.example/awx/callback"

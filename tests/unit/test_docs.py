@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from awx_connection import ConnectionState, mermaid
-from awx_connection._states import TRANSITIONS
+from awx_connection import TRANSITIONS, ConnectionState, mermaid
 
 ROOT = Path(__file__).resolve().parents[2]
 

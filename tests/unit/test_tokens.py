@@ -7,10 +7,8 @@ import re
 import attrs
 import pytest
 
-from awx_connection._config import TimingPolicy
-from awx_connection._errors import MalformedResponseError
-from awx_connection._secrets import Secret
-from awx_connection._tokens import TokenSet, parse_token_response
+from awx_connection import MalformedResponseError, Secret, TimingPolicy, TokenSet
+from awx_connection._tokens import parse_token_response
 
 NOW = 1_000.0
 TIMING = TimingPolicy(default_access_ttl=111.0, default_refresh_ttl=2222.0)
