@@ -35,10 +35,12 @@ from awx_connection import (
     USABLE,
     AuthorizationError,
     Config,
+    ConfigurationError,
     Connection,
     ConnectionManager,
     ConnectionUnusableError,
     KeyRing,
+    StoreNotMigratedError,
 )
 from awx_connection.aiohttp import webhook_handler
 from awx_connection.stores import open_store
@@ -154,9 +156,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    # access_log=None: an access log prints query strings, and the callback's
-    # carries the authorization code and state.
-    web.run_app(app_from_env(), host=args.host, port=args.port, access_log=None)
+    try:
+        # access_log=None: an access log prints query strings, and the
+        # callback's carries the authorization code and state.
+        web.run_app(app_from_env(), host=args.host, port=args.port, access_log=None)
+    except (ConfigurationError, StoreNotMigratedError) as exc:  # a setting to fix: one line
+        raise SystemExit(f"aiohttp_app: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -253,6 +253,32 @@ async def test_guide_service_runs_against_the_fake(framework: str, tmp_path: Pat
     assert "fake-client-secret" not in output
 
 
+@pytest.mark.parametrize("framework", sorted(GUIDES))
+async def test_guide_service_refuses_a_store_not_migrated(framework: str, tmp_path: Path) -> None:
+    """The page's service block without its `db migrate` line: the service stops, saying so."""
+    page_name, program = GUIDES[framework]
+    shutil.copy(ROOT / "examples" / program, tmp_path / program)
+    script = block(read(page_name), "# terminal 2: the service, against the fake")
+    migrate = 'awx-connection db migrate --store "$AWX_STORE"\n'
+    assert migrate in script
+    script = localized(script.replace(migrate, ""), free_port(), free_port())
+    log = tmp_path / "service.log"
+    async with bash(script, tmp_path, log) as service:
+        await asyncio.wait_for(service.wait(), 60)
+    assert 0 != service.returncode
+    assert "awx-connection db migrate" in contents(log)
+    assert not (tmp_path / "awx.db").exists()  # and nothing was created
+
+
+def test_every_variable_the_guides_set_is_read_by_the_library() -> None:
+    """A misspelt AWX_* name in a page would be ignored silently: each is one the code reads."""
+    source = "\n".join(p.read_text() for p in (ROOT / "src" / "awx_connection").rglob("*.py"))
+    for page_name, program in GUIDES.values():
+        program_text = (ROOT / "examples" / program).read_text()
+        for name in set(re.findall(r"\bAWX_[A-Z_]+\b", read(page_name))):
+            assert f'"{name}"' in source or f'"{name}"' in program_text, (page_name, name)
+
+
 async def until_revoked(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str]
 ) -> dict[str, Any]:
