@@ -66,12 +66,12 @@ _PRODUCTION_API_HOST: Final = "api.airwallex.com"
 class EmbeddedAuthorization:
     """
     What a browser needs to start Airwallex.js embedded components for one
-    connection: pass :meth:`init_options` to ``init()``.
+    connection: pass `init_options` to ``init()``.
 
     The code is single-use and lives 30 seconds: ask for a new one each
     time a page starts the components, right before ``init()``; never cache
     or store it. ``auth_code`` and
-    ``code_verifier`` are :class:`~awx_connection.Secret`, masked in every
+    ``code_verifier`` are `Secret`, masked in every
     repr, log line and error.
     """
 
@@ -85,7 +85,7 @@ class EmbeddedAuthorization:
     scopes: tuple[str, ...]
     #: When the code stops working (the library's clock).
     expires_at: float
-    #: ``True`` when the response gave no expiry and :data:`CODE_LIFETIME` was used.
+    #: ``True`` when the response gave no expiry and `CODE_LIFETIME` was used.
     expiry_assumed: bool
 
     def init_options(

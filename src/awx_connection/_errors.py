@@ -281,7 +281,7 @@ class EmbeddedAuthorizationError(AwxConnectionError):
     ``status`` is the HTTP status (``None`` when the body was malformed);
     ``code`` and ``source`` are Airwallex's error fields when it sent them.
     A 401 that a refresh does not fix is not this error: the connection is
-    revoked and :class:`ConnectionRevokedError` is raised, as for any call.
+    revoked and `ConnectionRevokedError` is raised, as for any call.
     """
 
     def __init__(

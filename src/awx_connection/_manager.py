@@ -535,7 +535,7 @@ class ConnectionManager:
         A single-use code for Airwallex.js embedded components (KYC, RFI...)
         of *connection_id*, with its PKCE verifier: pass
         ``result.init_options(enabled_elements=[...])`` to the browser's
-        ``init()``. Tokens and 401s are handled as by :meth:`request`.
+        ``init()``. Tokens and 401s are handled as by `request()`.
 
         Args:
             scopes: Sent as ``scope``, a list (``onboarding:write`` for KYC).

@@ -68,7 +68,7 @@ class FakeAirwallex:
     that challenge and connection, single-use, living ``embedded_code_ttl``
     seconds of the clock. Bad input gets Airwallex's ``{code, source,
     message, details}`` (400 ``invalid_argument``, 403 ``forbidden``), a
-    dead token 401. :attr:`sdk_url` serves a stand-in Airwallex.js whose
+    dead token 401. `sdk_url` serves a stand-in Airwallex.js whose
     ``init()`` redeems the code with its verifier from the browser and
     whose KYC form's submit sends ``account.active``. Confirmed by
     Airwallex's docs: the path, the body, the error shape, the 30-second
@@ -452,7 +452,7 @@ class FakeAirwallex:
         The accounts whose KYC form was submitted, with the fields sent (a copy).
 
         Submitting marks the account onboarded and sends ``account.active``
-        (to the :meth:`set_webhook` endpoint, if any) the first time.
+        (to the `set_webhook()` endpoint, if any) the first time.
         """
         return {account: dict(fields) for account, fields in self._embedded.onboarded.items()}
 
