@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -246,8 +247,11 @@ async def test_a_revoked_connection_gets_no_code_and_its_codes_die(
     assert calls == awx_fake.counters.api_calls
 
 
-async def test_a_401_that_a_refresh_fixes(awx_clock: ManualClock) -> None:
+async def test_a_401_that_a_refresh_fixes(
+    awx_clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
     """The token we thought fresh is refused: one refresh, one retry, a code; still active."""
+    caplog.set_level(logging.DEBUG)
     # The provider's tokens live 100 s but it does not say so; the library assumes 300 s.
     async with FakeAirwallex(
         clock=awx_clock, access_token_ttl=100, send_expires_in=False, redirect_uris=[REDIRECT]
@@ -271,6 +275,9 @@ async def test_a_401_that_a_refresh_fixes(awx_clock: ManualClock) -> None:
             assert 1 == fake.counters.embedded_codes_issued
             assert S.ACTIVE is (await manager.get(connection.id)).state
             assert 200 == (await redeem(fake, code))[0]
+            secrets = {*fake.issued_secrets(), code.code_verifier.reveal()}
+            logged = caplog.text + repr(code) + repr(manager)
+            assert not [s for s in secrets if s in logged]
 
 
 @pytest.fixture
