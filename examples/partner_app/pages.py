@@ -109,7 +109,8 @@ time { color: #5a6272; font-variant-numeric: tabular-nums; }
                     padding: .25rem .5rem; }
   #connections td { border: 0; padding: .2rem 0; }
   #connections td[data-label]:not([data-label=""])::before { content: attr(data-label);
-    display: block; font-size: .75rem; text-transform: uppercase; letter-spacing: .04em;
+    display: block; font-size: .75rem; font-weight: 400; text-transform: uppercase;
+    letter-spacing: .04em;
     color: #5a6272; }
   #connections td.action { display: flex; padding-top: .4rem; }
 }
@@ -483,7 +484,7 @@ def onboarding_page(connection: Connection, *, status: str | None, sdk_url: str,
         else "Starting the Airwallex verification\u2026"
     )
     state = "onboarded" if done else "starting"
-    who = connection.external_id or connection.account_id or connection.id
+    who = connection.external_id or "the customer"
     body = (
         "<header><h1>Continue onboarding</h1>"
         '<a class="button secondary" href="/">Back to the dashboard</a></header>\n'
