@@ -232,7 +232,15 @@ async def test_a_revoked_connection_gets_no_code_and_its_codes_die(
     connection = await awx_connect()
     assert connection.account_id is not None
     before = await awx_manager.embedded_authorization(connection.id)
+    token = await awx_manager.access_token(connection.id)
     awx_fake.disconnect(connection.account_id)
+    status, body = await post(
+        awx_fake.base_url + "/api/v1/authentication/authorize",
+        {"code_challenge": s256("v" * 64), "scope": ["onboarding:write"]},
+        Authorization=f"Bearer {token}",
+    )
+    assert 401 == status
+    assert {"code", "source", "message", "details"} == set(body)
 
     with pytest.raises(ConnectionRevokedError):
         await awx_manager.embedded_authorization(connection.id)
