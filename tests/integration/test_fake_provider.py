@@ -1022,7 +1022,7 @@ def test_counters_as_dict_is_a_snapshot() -> None:
     counters.refreshes += 1
 
     assert snapshot["refreshes"] == 0
-    assert len(snapshot) == 15
+    assert len(snapshot) == 18
     assert all(value == 0 for value in snapshot.values())
 
 

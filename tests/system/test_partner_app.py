@@ -45,8 +45,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: Prefixes of the fake's codes, access and refresh tokens: never in a log.
-SECRET_PREFIXES = ("awx_ac_", "awx_at_", "awx_rt_")
+#: Prefixes of the fake's codes, access and refresh tokens, embedded-components
+#: codes and component sessions: never in a log.
+SECRET_PREFIXES = ("awx_ac_", "awx_at_", "awx_rt_", "awx_ec_", "awx_cs_")
 STARTUP_TIMEOUT = 30.0
 
 
@@ -274,3 +275,190 @@ def test_refused_callbacks_show_an_error_page(partner_app: PartnerApp, page: Pag
 
     page.goto(partner_app.url)
     expect(page.locator("tr.connection td.state")).to_have_text("denied")
+
+
+def _errors_of(page: Page, app: PartnerApp) -> list[str]:
+    """Collect the app's script errors and CSP violations (not the fake's consent page's)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text)
+            if message.type == "error" and not message.location["url"].startswith(app.fake_url)
+            else None
+        ),
+    )
+    return errors
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.browser
+def test_continue_onboarding_runs_embedded_kyc_and_the_row_moves_to_onboarded(
+    partner_app: PartnerApp, page: Page
+) -> None:
+    """
+    Connect, Continue onboarding (a code from embedded_authorization(), the
+    fake's stand-in Airwallex.js), fill the KYC form: account.active moves
+    the row to onboarded, live on an open dashboard and after a reload.
+    """
+    errors = _errors_of(page, partner_app)
+    connect(page, partner_app, customer="acme-7")
+    row = page.locator("tr.connection")
+    expect(row.locator("td.state")).to_have_text("active")
+    expect(row.locator("td.onboarding")).to_have_text("\u2014")
+    dashboard = page.context.new_page()  # a second tab stays on the dashboard
+    dashboard_errors = _errors_of(dashboard, partner_app)
+    dashboard.goto(partner_app.url)
+    expect(dashboard.locator("#live")).to_have_attribute("data-state", "open")
+
+    row.get_by_role("link", name="Continue onboarding").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Continue onboarding")
+    form = page.get_by_role("form", name="Airwallex verification")
+    expect(form.get_by_label("Legal business name")).to_have_value("Fake Pty Ltd")
+    dashboard_row = dashboard.locator("tr.connection")
+    expect(dashboard_row.locator("td.onboarding")).to_have_text("started")
+    form.get_by_label("Legal business name").fill("Acme Seven Pty Ltd")
+    form.get_by_label("Country (ISO code)").fill("AU")
+    form.get_by_role("button", name="Submit verification").click()
+
+    status = page.locator("#onboarding-status")
+    expect(status).to_have_attribute("data-state", "onboarded")
+    expect(status).to_contain_text("Onboarded")
+    expect(dashboard_row.locator("td.onboarding")).to_have_text("onboarded")  # live, no reload
+    expect(dashboard_row.get_by_role("link", name="Continue onboarding")).to_have_count(0)
+    expect(dashboard.locator("#feed li").last).to_contain_text("onboarding onboarded")
+
+    page.get_by_role("link", name="Back to the dashboard").click()
+    page.wait_for_url(partner_app.url)
+    expect(row.locator("td.onboarding")).to_have_text("onboarded")
+    expect(row).to_have_attribute("data-onboarding", "onboarded")
+    expect(row.get_by_role("link", name="Continue onboarding")).to_have_count(0)
+    assert [] == errors
+    assert [] == dashboard_errors
+    log = partner_app.log.read_text()
+    assert "POST /connections/" in log
+    assert "/onboarding/code 200" in log
+    assert "account active, onboarding done" in log
+    assert not [p for p in SECRET_PREFIXES if p in log], log
+
+
+@pytest.mark.browser
+def test_onboarding_a_revoked_connection_says_so(partner_app: PartnerApp, page: Page) -> None:
+    """The onboarding step of a connection that is no longer connected shows why, in words."""
+    connect(page, partner_app)
+    row = page.locator("tr.connection")
+    onboarding_url = row.get_by_role("link", name="Continue onboarding").get_attribute("href")
+    row.get_by_role("button", name="Disconnect").click()
+    expect(row.locator("td.state")).to_have_text("revoked")
+
+    assert onboarding_url is not None
+    page.goto(partner_app.url.rstrip("/") + onboarding_url)
+
+    expect(page.locator("#onboarding-status")).to_contain_text("not connected")
+    expect(page.get_by_role("form", name="Airwallex verification")).to_have_count(0)
+
+
+@pytest.mark.browser
+def test_reconnect_buttons_bring_a_connection_back(partner_app: PartnerApp, page: Page) -> None:
+    """
+    Revoked by the dashboard or live by a provider disconnect, the row offers
+    Reconnect; it goes through consent again and the same connection is active.
+    """
+    errors = _errors_of(page, partner_app)
+    connect(page, partner_app, customer="cust-r")
+    row = page.locator("tr.connection")
+    connection_id = row.get_attribute("data-connection-id")
+    expect(row.get_by_role("button", name="Reconnect")).to_have_count(0)
+
+    row.get_by_role("button", name="Disconnect").click()  # rendered by the server
+    expect(row.locator("td.state")).to_have_text("revoked")
+    row.get_by_role("button", name="Reconnect").click()
+    page.wait_for_url(re.compile(re.escape(partner_app.fake_url + "/oauth/authorize?")))
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(partner_app.url)
+    expect(page.locator("tr.connection")).to_have_count(1)
+    expect(row).to_have_attribute("data-connection-id", connection_id or "")
+    expect(row.locator("td.state")).to_have_text("active")
+    expect(row.get_by_role("button", name="Reconnect")).to_have_count(0)
+
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+    # Two grants: the one the dashboard's Disconnect left at Airwallex, and the new one.
+    assert 2 == partner_app.disconnect_at_provider(row.locator("td.account").inner_text())
+    expect(row.locator("td.state")).to_have_text("revoked")  # live, by the script
+    row.get_by_role("button", name="Reconnect").click()
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(partner_app.url)
+    expect(row.locator("td.state")).to_have_text("active")
+    expect(row.locator("td.customer")).to_have_text("cust-r")
+    assert [] == errors
+
+
+@pytest.mark.browser
+def test_the_feed_starts_with_history_and_each_connection_has_its_own(
+    partner_app: PartnerApp, page: Page
+) -> None:
+    """A page load shows recent events, not an empty feed; History lists one connection's."""
+    connect(page, partner_app)
+    page.reload()
+    items = page.locator("#feed li")
+    expect(items).to_have_count(3)  # pending, authorized, active: stored, shown at load
+    expect(items.last).to_contain_text("authorized \u2192 active")
+    expect(page.locator("#feed-empty")).to_have_count(0)
+
+    page.locator("tr.connection").get_by_role("link", name="History").click()
+
+    expect(page.get_by_role("heading", level=1)).to_have_text("Connection history")
+    history = page.locator("ol.history li")
+    expect(history).to_have_count(3)
+    expect(history.first).to_contain_text("\u2014 \u2192 pending")
+    with urllib.request.urlopen(page.url.replace("/history", "/events"), timeout=10) as response:
+        events = json.load(response)
+    assert ["pending", "authorized", "active"] == [e["dest"] for e in events]
+
+
+@pytest.mark.browser
+def test_no_horizontal_scroll_at_390px(
+    partner_app: PartnerApp, browser: Browser, tmp_path: Path
+) -> None:
+    """Dashboard, onboarding and history fit a 390 px phone: no page is wider than the screen."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        connect(page, partner_app, customer="a-customer-reference-that-is-rather-long-" * 2)
+        connect(page, partner_app, button="Sign up for Airwallex", customer="second")
+        page.locator("tr.connection").last.get_by_role("button", name="Disconnect").click()
+        expect(page.locator("tr.connection").last.locator("td.state")).to_have_text("revoked")
+        pages = {"dashboard": page.url}
+        first = page.locator("tr.connection").first
+        for name in ("onboarding", "history"):
+            href = first.locator(f"a[href$='/{name}']").get_attribute("href")
+            assert href is not None
+            pages[name] = partner_app.url.rstrip("/") + href
+        for name, url in pages.items():
+            page.goto(url)
+            if name == "onboarding":
+                expect(page.get_by_role("form", name="Airwallex verification")).to_be_visible()
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert 0 == overflow, f"{name} is {overflow}px wider than the screen"
+            shot = tmp_path / f"{name}-390.png"
+            page.screenshot(path=shot, full_page=True)
+            assert 390 == _png_size(shot)[0], name
+        page.goto(pages["dashboard"])
+        card = page.locator("tr.connection").first
+        box = card.bounding_box()
+        assert box is not None and box["width"] <= 390
+        assert "none" == page.locator("#connections thead").evaluate(
+            "element => getComputedStyle(element).display"
+        )
+    finally:
+        context.close()

@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "jobs": (
         "_api",
         "_authorize",
+        "_embedded",
         "_intake",
         "_keepalive",
         "_outbox",

@@ -35,6 +35,8 @@ EXPECTED = {
     "ConnectionUnusableError",
     "DecryptionError",
     "Effect",
+    "EmbeddedAuthorization",
+    "EmbeddedAuthorizationError",
     "Endpoints",
     "Environment",
     "EventCallback",
