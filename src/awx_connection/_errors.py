@@ -26,6 +26,7 @@ Every error the library raises, as one tree.
     ├── StoreError                   the store failed
     │   ├── StoreUnavailableError    the database is unreachable (retried with backoff)
     │   ├── DecryptionError          a stored secret did not decrypt (wrong key, tampering)
+    │   ├── StoreNotMigratedError    opened with create=False before ``db migrate``
     │   └── VersionConflictError     a compare-and-swap lost to a newer write
     ├── SubscriptionOverflowError    a subscriber fell too far behind
     └── WebhookError                 a webhook delivery was refused
