@@ -7,7 +7,7 @@ included, names its trigger, the states it leaves, the state it enters, the
 *effects* (the record fields it sets or clears) and the *action* that runs
 once the row is written (the code exchange, the rotation). The runtime
 machine (:mod:`awx_connection._machine`) is built from it and is the only
-thing that applies it; the docs draw it (:func:`mermaid`, on
+thing that applies it; the docs draw it (:func:`~awx_connection.mermaid`, on
 docs/state-machine.md); the tests read it. The state groups below are the
 only place a set of states is written down: code elsewhere asks "is the
 state *usable*", never "is it active or refreshing".
@@ -54,7 +54,6 @@ __all__ = [
     "Guard",
     "Transition",
     "Trigger",
-    "mermaid",
     "unusable",
 ]
 
@@ -279,7 +278,7 @@ def _sorted(states: frozenset[ConnectionState]) -> tuple[ConnectionState, ...]:
 _SET, _MAY, _CLEAR = Effect.SET, Effect.MAY_SET, Effect.CLEAR
 
 #: The machine: one row per trigger and destination, ``begin`` first. The
-#: runtime machine is built from it; :func:`mermaid` draws it.
+#: runtime machine is built from it; :func:`~awx_connection.mermaid` draws it.
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         _T.BEGIN,
@@ -394,30 +393,3 @@ TRANSITIONS: tuple[Transition, ...] = (
         ),
     ),
 )
-
-
-def mermaid() -> str:
-    """
-    Render :data:`TRANSITIONS` as a Mermaid ``stateDiagram-v2``.
-
-    A row with more than two sources (``reauthorize`` has seven) is drawn
-    through one join: short unlabelled arrows into it, one labelled arrow
-    out, instead of seven long labelled arrows crossing the picture. The
-    docs embed this output and a test checks they are in sync, so the
-    picture can never drift from the code.
-    """
-    lines = ["stateDiagram-v2"]
-    for row in TRANSITIONS:
-        label = row.trigger.value
-        if not row.sources:
-            lines.append(f"    [*] --> {row.dest.value}: {label}")
-        elif len(row.sources) > 2:
-            join = f"{label}_from"
-            lines.append(f"    state {join} <<join>>")
-            lines.extend(f"    {source.value} --> {join}" for source in row.sources)
-            lines.append(f"    {join} --> {row.dest.value}: {label}")
-        else:
-            lines.extend(
-                f"    {source.value} --> {row.dest.value}: {label}" for source in row.sources
-            )
-    return "\n".join(lines) + "\n"
