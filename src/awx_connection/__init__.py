@@ -18,6 +18,7 @@ from ._config import Config, Endpoints, Environment, TimingPolicy
 from ._connection import Connection
 from ._crypto import KeyRing
 from ._diagram import mermaid
+from ._embedded import EmbeddedAuthorization
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
@@ -29,6 +30,7 @@ from ._errors import (
     ConnectionRevokedError,
     ConnectionUnusableError,
     DecryptionError,
+    EmbeddedAuthorizationError,
     IllegalTransitionError,
     InvalidArgumentError,
     InvalidClientError,
@@ -108,6 +110,8 @@ __all__ = [
     "ConnectionUnusableError",
     "DecryptionError",
     "Effect",
+    "EmbeddedAuthorization",
+    "EmbeddedAuthorizationError",
     "Endpoints",
     "Environment",
     "EventCallback",
