@@ -8,9 +8,10 @@ included, names its trigger, the states it leaves, the state it enters, the
 once the row is written (the code exchange, the rotation). The runtime
 machine (:mod:`awx_connection._machine`) is built from it and is the only
 thing that applies it; the docs draw it (:func:`~awx_connection.mermaid` on
-docs/state-machine.md, the table on docs/architecture.md); the tests read it. The state groups below are the
-only place a set of states is written down: code elsewhere asks "is the
-state *usable*", never "is it active or refreshing".
+docs/state-machine.md, the table on docs/architecture.md); the tests read
+it. The state groups below are the only place a set of states is written
+down: code elsewhere asks "is the state *usable*", never "is it active or
+refreshing".
 
     pending --code_received--> authorized --exchanged--> active <--> refreshing
        |                           |                        |           |
