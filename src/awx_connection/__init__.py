@@ -17,6 +17,7 @@ from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
 from ._connection import Connection
 from ._crypto import KeyRing
+from ._diagram import mermaid
 from ._embedded import EmbeddedAuthorization
 from ._errors import (
     AuthorizationError,
@@ -72,7 +73,6 @@ from ._states import (
     Guard,
     Transition,
     Trigger,
-    mermaid,
 )
 from ._statistics import ManagerStatistics
 from ._store import ConnectionStore, EventLog, LeaseStore, Outbox, Store, WebhookLedger

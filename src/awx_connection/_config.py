@@ -161,7 +161,7 @@ class TimingPolicy:
     The refresh skew is relative to the token's lifetime,
     ``min(skew_max, skew_ratio * lifetime)``: 60 s for Airwallex's 5-minute
     tokens, and never larger than the token itself (a fixed 15-minute margin
-    would refresh on every call; see anchors.md pain point 9).
+    would refresh on every call for tokens that live 5 minutes).
     """
 
     #: Upper bound of the refresh skew.
@@ -344,6 +344,16 @@ def _to_secret(value: str | Secret) -> Secret:
     return value if isinstance(value, Secret) else Secret(value)
 
 
+# None defaults with converters rather than factories, so that help() reads
+# "timing: TimingPolicy | None = None" instead of attrs' "timing = NOTHING".
+def _sandbox_if_none(endpoints: Endpoints | None) -> Endpoints:
+    return Endpoints.for_environment(Environment.SANDBOX) if endpoints is None else endpoints
+
+
+def _default_timing_if_none(timing: TimingPolicy | None) -> TimingPolicy:
+    return TimingPolicy() if timing is None else timing
+
+
 @final
 @attrs.frozen(kw_only=True)
 class Config:
@@ -354,13 +364,16 @@ class Config:
     :class:`~awx_connection.Secret` at once, so it never shows in a repr.
     """
 
+    #: The partner app's OAuth client id.
     client_id: str
+    #: The OAuth client secret (a plain string is wrapped at once).
     client_secret: Secret = attrs.field(converter=_to_secret)
+    #: The redirect URI registered for the client; the callback lands there.
     redirect_uri: str
-    endpoints: Endpoints = attrs.field(
-        factory=lambda: Endpoints.for_environment(Environment.SANDBOX)
-    )
-    timing: TimingPolicy = attrs.field(factory=TimingPolicy)
+    #: Where Airwallex is; ``None`` (the default) means the sandbox.
+    endpoints: Endpoints = attrs.field(default=None, converter=_sandbox_if_none)
+    #: Every duration and limit; ``None`` (the default) means ``TimingPolicy()``.
+    timing: TimingPolicy = attrs.field(default=None, converter=_default_timing_if_none)
     #: Scopes requested when ``begin_authorization()`` is given none.
     default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_scopes)
     #: Use PKCE (S256) unless ``begin_authorization(pkce=...)`` says otherwise.

@@ -8,8 +8,8 @@ Every error the library raises, as one tree.
     ├── IllegalTransitionError       a trigger the current state does not allow
     ├── AuthorizationError           the redirect back could not be accepted
     │   ├── CallbackError            malformed callback (no code, no state, ...)
-    │   ├── UnknownStateError        unknown or already used ``state``
-    │   └── StateExpiredError        ``state`` past its lifetime
+    │   ├── UnknownStateError        unknown or already used state
+    │   └── StateExpiredError        state past its lifetime
     ├── RefreshTimeoutError          another process's rotation did not finish in time
     ├── ManagerClosedError           the manager is closing or closed
     ├── ConnectionUnusableError      the connection holds no usable tokens
@@ -19,7 +19,7 @@ Every error the library raises, as one tree.
     ├── ProviderError                the token endpoint failed or said no
     │   ├── InvalidGrantError        code or refresh token rejected
     │   ├── InvalidClientError       client id/secret rejected
-    │   ├── RateLimitedError         429 (``concurrent`` for overlapping refreshes)
+    │   ├── RateLimitedError         429 ("concurrent" for overlapping refreshes)
     │   ├── ProviderUnavailableError 5xx
     │   ├── MalformedResponseError   not JSON, missing fields, absurd values
     │   └── NetworkError             connection failed or response lost
@@ -27,6 +27,7 @@ Every error the library raises, as one tree.
     ├── StoreError                   the store failed
     │   ├── StoreUnavailableError    the database is unreachable (retried with backoff)
     │   ├── DecryptionError          a stored secret did not decrypt (wrong key, tampering)
+    │   ├── StoreNotMigratedError    opened with create=False before db migrate
     │   └── VersionConflictError     a compare-and-swap lost to a newer write
     ├── SubscriptionOverflowError    a subscriber fell too far behind
     └── WebhookError                 a webhook delivery was refused

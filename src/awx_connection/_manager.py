@@ -63,6 +63,16 @@ from .stores import MemoryStore
 __all__ = ["ConnectionManager"]
 
 
+def _store_or_memory(store: Store | None) -> Store:
+    # A None default with a converter, not a factory: help() then reads
+    # "store: Store | None = None" instead of attrs' "store = NOTHING".
+    return MemoryStore() if store is None else store
+
+
+def _clock_or_system(clock: Clock | None) -> Clock:
+    return SystemClock() if clock is None else clock
+
+
 @final
 @attrs.define(eq=False, repr=False)
 class ConnectionManager:
@@ -104,12 +114,18 @@ class ConnectionManager:
 
     #: Fixed for the manager's life: its transport and caches are built from it.
     config: Config = attrs.field(on_setattr=attrs.setters.frozen)
-    store: Store = attrs.field(factory=MemoryStore, kw_only=True)
-    clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
+    #: Where connections live (``store=None`` gives a :class:`MemoryStore`).
+    store: Store = attrs.field(default=None, converter=_store_or_memory, kw_only=True)
+    #: The time source (``clock=None`` gives the :class:`SystemClock`).
+    clock: Clock = attrs.field(default=None, converter=_clock_or_system, kw_only=True)
     _session: aiohttp.ClientSession | None = attrs.field(
         default=None, kw_only=True, alias="session"
     )
+    #: Whether :meth:`open` starts the keep-alive loop (:meth:`keepalive_pass`
+    #: every ``TimingPolicy.keepalive_interval``).
     keepalive: bool = attrs.field(default=True, kw_only=True)
+    #: Whether :meth:`open` starts settling (:meth:`settle_unfinished` at once,
+    #: then every ``TimingPolicy.settle_interval``).
     settle: bool = attrs.field(default=True, kw_only=True)
     _core: Core = attrs.field(init=False)
     # The live cache's dict itself, read by the hot path without a hop.
@@ -593,7 +609,7 @@ class ConnectionManager:
     async def keepalive_pass(self) -> KeepaliveReport:
         """
         Rotate every active connection whose refresh token is due
-        (:func:`~awx_connection.due_at`), at most
+        (:func:`~awx_connection._keepalive.due_at`), at most
         ``keepalive_concurrency`` at a time; expire those whose token already
         ran out; resume rotations left ``refreshing``. Safe to run in every
         replica: leases make sure one rotates.

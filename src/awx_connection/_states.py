@@ -7,10 +7,11 @@ included, names its trigger, the states it leaves, the state it enters, the
 *effects* (the record fields it sets or clears) and the *action* that runs
 once the row is written (the code exchange, the rotation). The runtime
 machine (:mod:`awx_connection._machine`) is built from it and is the only
-thing that applies it; the docs draw it (:func:`mermaid`, and the table in
-docs/architecture.md); the tests read it. The state groups below are the
-only place a set of states is written down: code elsewhere asks "is the
-state *usable*", never "is it active or refreshing".
+thing that applies it; the docs draw it (:func:`~awx_connection.mermaid` on
+docs/state-machine.md, the table on docs/architecture.md); the tests read
+it. The state groups below are the only place a set of states is written
+down: code elsewhere asks "is the state *usable*", never "is it active or
+refreshing".
 
     pending --code_received--> authorized --exchanged--> active <--> refreshing
        |                           |                        |           |
@@ -54,7 +55,6 @@ __all__ = [
     "Guard",
     "Transition",
     "Trigger",
-    "mermaid",
     "unusable",
 ]
 
@@ -118,21 +118,36 @@ _T = Trigger
 
 # --- the state groups: every set of states the library reasons about, once ------------
 
+# Spelled ConnectionState.X, not _S.X: the API reference shows these values.
 #: A caller can get tokens: at once, or after the rotation in progress.
-USABLE: frozenset[ConnectionState] = frozenset({_S.ACTIVE, _S.REFRESHING})
+USABLE: frozenset[ConnectionState] = frozenset({ConnectionState.ACTIVE, ConnectionState.REFRESHING})
 #: The stored tokens are current: no rotation is journaled.
-SERVING: frozenset[ConnectionState] = frozenset({_S.ACTIVE})
+SERVING: frozenset[ConnectionState] = frozenset({ConnectionState.ACTIVE})
 #: A rotation is journaled and not yet finished (in flight, or its outcome unknown).
-ROTATING: frozenset[ConnectionState] = frozenset({_S.REFRESHING})
+ROTATING: frozenset[ConnectionState] = frozenset({ConnectionState.REFRESHING})
 #: The record may hold tokens (usable ones, or the last ones of a connection that ended).
 HOLDS_TOKENS: frozenset[ConnectionState] = frozenset(
-    {_S.ACTIVE, _S.REFRESHING, _S.REVOKED, _S.INVALIDATED, _S.EXPIRED}
+    {
+        ConnectionState.ACTIVE,
+        ConnectionState.REFRESHING,
+        ConnectionState.REVOKED,
+        ConnectionState.INVALIDATED,
+        ConnectionState.EXPIRED,
+    }
 )
 #: The customer is on their way: an authorize URL is out, or its code is being exchanged.
-AUTHORIZING: frozenset[ConnectionState] = frozenset({_S.PENDING, _S.AUTHORIZED})
+AUTHORIZING: frozenset[ConnectionState] = frozenset(
+    {ConnectionState.PENDING, ConnectionState.AUTHORIZED}
+)
 #: States a connection only leaves through ``reauthorize``: the customer must act.
 TERMINAL_STATES: frozenset[ConnectionState] = frozenset(
-    {_S.REVOKED, _S.INVALIDATED, _S.EXPIRED, _S.DENIED, _S.FAILED}
+    {
+        ConnectionState.REVOKED,
+        ConnectionState.INVALIDATED,
+        ConnectionState.EXPIRED,
+        ConnectionState.DENIED,
+        ConnectionState.FAILED,
+    }
 )
 
 
@@ -263,6 +278,8 @@ def _sorted(states: frozenset[ConnectionState]) -> tuple[ConnectionState, ...]:
 
 _SET, _MAY, _CLEAR = Effect.SET, Effect.MAY_SET, Effect.CLEAR
 
+#: The machine: one row per trigger and destination, ``begin`` first. The
+#: runtime machine is built from it; :func:`~awx_connection.mermaid` draws it.
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         _T.BEGIN,
@@ -377,30 +394,3 @@ TRANSITIONS: tuple[Transition, ...] = (
         ),
     ),
 )
-
-
-def mermaid() -> str:
-    """
-    Render :data:`TRANSITIONS` as a Mermaid ``stateDiagram-v2``.
-
-    A row with more than two sources (``reauthorize`` has seven) is drawn
-    through one join: short unlabelled arrows into it, one labelled arrow
-    out, instead of seven long labelled arrows crossing the picture. The
-    docs embed this output and a test checks they are in sync, so the
-    picture can never drift from the code.
-    """
-    lines = ["stateDiagram-v2"]
-    for row in TRANSITIONS:
-        label = row.trigger.value
-        if not row.sources:
-            lines.append(f"    [*] --> {row.dest.value}: {label}")
-        elif len(row.sources) > 2:
-            join = f"{label}_from"
-            lines.append(f"    state {join} <<join>>")
-            lines.extend(f"    {source.value} --> {join}" for source in row.sources)
-            lines.append(f"    {join} --> {row.dest.value}: {label}")
-        else:
-            lines.extend(
-                f"    {source.value} --> {row.dest.value}: {label}" for source in row.sources
-            )
-    return "\n".join(lines) + "\n"

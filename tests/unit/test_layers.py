@@ -36,7 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tokens",
         "_webhooks",
     ),
-    "decisions": ("_machine", "_paging", "_rotation"),
+    "decisions": ("_diagram", "_machine", "_paging", "_rotation"),
     "io": ("_store", "_transport", "stores"),
     "shared": ("_core", "_live"),
     "jobs": (

@@ -185,7 +185,8 @@ class PostgresStore(SQLStore):
             raises :class:`~awx_connection.StoreNotMigratedError` otherwise
             (for tools that must not set up a store by accident;
             :meth:`migrate` still migrates).
-        min_size, max_size: The pool's bounds.
+        min_size: The fewest connections the pool keeps open.
+        max_size: The most connections the pool opens.
         retry_attempts: Tries of an idempotent operation (and of ``open``)
             before :class:`~awx_connection.StoreUnavailableError`.
         retry_base: The first backoff ceiling in seconds; it doubles per try

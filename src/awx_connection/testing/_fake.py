@@ -52,7 +52,7 @@ class FakeAirwallex:
     """
     A fake Airwallex OAuth provider: authorize, token endpoint, API, admin.
 
-    It enforces the rules of DESIGN.md section 1 exactly: access tokens live
+    It enforces Airwallex's documented token rules exactly: access tokens live
     ``access_token_ttl``; every refresh rotates the refresh token; the
     previous refresh token keeps working for ``grace`` seconds (and only
     re-issues, never extends that window); any older token invalidates the

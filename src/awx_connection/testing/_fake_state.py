@@ -1,7 +1,7 @@
 """
 The fake provider's memory and rules, without any I/O.
 
-Everything Airwallex decides (DESIGN.md section 1) is decided here, in plain
+Everything Airwallex decides (its documented token rules) is decided here, in plain
 synchronous methods: which authorize URLs are acceptable, which codes and
 refresh tokens are still good, when a rotation is a legitimate retry inside
 the grace window and when it is reuse that invalidates the connection. The
