@@ -52,7 +52,7 @@ from ._keepalive import KeepaliveReport, Sweeps
 from ._live import Flights, Live, LiveCache
 from ._outbox import EventConsumer
 from ._rotator import Rotator
-from ._states import ConnectionState, Trigger
+from ._states import ConnectionState, Intent, Trigger
 from ._statistics import ManagerStatistics, snapshot
 from ._store import Store
 from ._transport import Transport
@@ -232,38 +232,55 @@ class ConnectionManager:
         self,
         callback: EventCallback,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
     ) -> Subscription:
         """
-        Call *callback* (sync or async) for every matching lifecycle event.
+        Call *callback* (sync or async) for every matching lifecycle event:
+        of one of *intents* (``[Intent.CONNECTED]`` to onboard, which a
+        refresh never matches), *triggers* and entering one of *states*
+        (each ``None``: any).
 
         Events of one connection reach each subscriber in sequence order. A
         callback that raises is logged; other subscribers and the transition
         are unaffected.
         """
-        return self._core.bus.subscribe(callback, triggers=triggers, states=states)
+        return self._core.bus.subscribe(callback, triggers=triggers, states=states, intents=intents)
 
     def events(
         self,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
         maxsize: int = 10_000,
     ) -> Subscription:
-        """Subscribe for ``async for event in manager.events(...)``."""
-        return self._core.bus.stream(triggers=triggers, states=states, maxsize=maxsize)
+        """``async for event in manager.events(...)``; filters as :meth:`subscribe`."""
+        return self._core.bus.stream(
+            triggers=triggers, states=states, intents=intents, maxsize=maxsize
+        )
 
-    def consumer(self, name: str, *, batch: int = 100, poll_interval: float = 1.0) -> EventConsumer:
+    def consumer(
+        self,
+        name: str,
+        *,
+        batch: int = 100,
+        poll_interval: float = 1.0,
+        intents: Collection[Intent] | None = None,
+    ) -> EventConsumer:
         """
         A durable, at-least-once reader of every connection's events, named
         *name*; it resumes from its committed position after a restart, in
-        any process sharing the store. See :class:`EventConsumer`.
+        any process sharing the store. With *intents*, the other events are
+        skipped (and count as handled). See :class:`EventConsumer`.
         """
         if not name:
             msg = "a consumer needs a name"
             raise ValueError(msg)
-        return EventConsumer(self.store, name, batch=batch, poll_interval=poll_interval)
+        return EventConsumer(
+            self.store, name, batch=batch, poll_interval=poll_interval, intents=intents
+        )
 
     async def prune_events(self) -> int:
         """Delete stored events older than ``TimingPolicy.event_retention``; return how many."""
