@@ -15,6 +15,7 @@ the cache, single-flight  ``_live.LiveCache``, ``_live.Flights``: one refresh in
 rotation                  ``_rotator.Rotator`` performing ``_rotation``'s
                           sans-I/O decisions (journal, lease, grace window)
 keep-alive, settling      ``_keepalive.Sweeps``: the work no caller asks for
+event retention           ``_retention.Retention``: the bound on stored events
 webhooks                  ``_intake.WebhookIntake``: claim, act, record
 API calls                 ``_api.Api``: bearer, one refresh on a 401, retries
 embedded components       ``_embedded.Embedded``: the code Airwallex.js starts with
@@ -51,6 +52,7 @@ from ._intake import WebhookIntake
 from ._keepalive import KeepaliveReport, Sweeps
 from ._live import Flights, Live, LiveCache
 from ._outbox import EventConsumer
+from ._retention import Retention
 from ._rotator import Rotator
 from ._states import ConnectionState, Intent, Trigger
 from ._statistics import ManagerStatistics, snapshot
@@ -122,6 +124,7 @@ class ConnectionManager:
     _api: Api = attrs.field(init=False)
     _embedded: Embedded = attrs.field(init=False)
     _sweeps: Sweeps = attrs.field(init=False)
+    _retention: Retention = attrs.field(init=False)
     #: The token-endpoint slots every rotation of this manager queues for.
     _gate: RefreshGate = attrs.field(init=False)
     #: The background loops (keep-alive, settling), by name.
@@ -149,6 +152,7 @@ class ConnectionManager:
         self._api = Api(core, cache, flights, writer, self.access_token)
         self._embedded = Embedded(core, self._api)
         self._sweeps = Sweeps(core, cache, flights)
+        self._retention = Retention(core)
 
     def __repr__(self) -> str:
         # Short on purpose: a repr lands in logs and tracebacks, and the
@@ -163,7 +167,7 @@ class ConnectionManager:
     async def open(self) -> None:
         """
         Open the store (creating its schema) and start the background loops
-        (keep-alive, settling) that are on. Idempotent.
+        (keep-alive, settling, event retention) that are on. Idempotent.
 
         Raises:
             ManagerClosedError: The manager was closed; make a new one.
@@ -174,6 +178,8 @@ class ConnectionManager:
             self._start_loop("keepalive", self._sweeps.keepalive_loop())
         if self.settle:
             self._start_loop("settle", self._sweeps.settle_loop())
+        if self._retention.on:
+            self._start_loop("retention", self._retention.loop())
 
     def _start_loop(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
         if name in self._loops:
@@ -283,9 +289,11 @@ class ConnectionManager:
         )
 
     async def prune_events(self) -> int:
-        """Delete stored events older than ``TimingPolicy.event_retention``; return how many."""
-        cutoff = self.clock.now() - self.config.timing.event_retention
-        return await self.store.prune_events(before=cutoff)
+        """
+        Delete stored events older than ``TimingPolicy.event_retention`` now
+        (the background sweep does every ``prune_interval``); return how many.
+        """
+        return await self._retention.prune()
 
     async def history(self, connection_id: str) -> list[ConnectionEvent]:
         """Every stored event of *connection_id*, in order."""
