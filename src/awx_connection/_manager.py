@@ -46,6 +46,7 @@ from ._config import Config
 from ._connection import Connection
 from ._core import Core
 from ._embedded import Embedded, EmbeddedAuthorization
+from ._errors import InvalidArgumentError
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
 from ._intake import WebhookIntake
@@ -263,9 +264,8 @@ class ConnectionManager:
         maxsize: int = 10_000,
     ) -> Subscription:
         """``async for event in manager.events(...)``; filters as :meth:`subscribe`."""
-        return self._core.bus.stream(
-            triggers=triggers, states=states, intents=intents, maxsize=maxsize
-        )
+        bus = self._core.bus
+        return bus.stream(triggers=triggers, states=states, intents=intents, maxsize=maxsize)
 
     def consumer(
         self,
@@ -276,23 +276,18 @@ class ConnectionManager:
         intents: Collection[Intent] | None = None,
     ) -> EventConsumer:
         """
-        A durable, at-least-once reader of every connection's events, named
-        *name*; it resumes from its committed position after a restart, in
-        any process sharing the store. With *intents*, the other events are
-        skipped (and count as handled). See :class:`EventConsumer`.
+        A durable, at-least-once reader named *name* of every connection's
+        events (of *intents* only: the others count as handled), resuming
+        from its committed position in any process. See :class:`EventConsumer`.
         """
         if not name:
             msg = "a consumer needs a name"
             raise ValueError(msg)
-        return EventConsumer(
-            self.store, name, batch=batch, poll_interval=poll_interval, intents=intents
-        )
+        poll = poll_interval
+        return EventConsumer(self.store, name, batch=batch, poll_interval=poll, intents=intents)
 
     async def prune_events(self) -> int:
-        """
-        Delete stored events older than ``TimingPolicy.event_retention`` now
-        (the background sweep does every ``prune_interval``); return how many.
-        """
+        """Delete events older than ``TimingPolicy.event_retention`` now; how many went."""
         return await self._retention.prune()
 
     async def history(self, connection_id: str) -> list[ConnectionEvent]:
@@ -325,6 +320,23 @@ class ConnectionManager:
             states=states, external_id=external_id, account_id=account_id
         )
         return [Connection.from_record(r) for r in records]
+
+    async def find(
+        self, *, external_id: str | None = None, account_id: str | None = None
+    ) -> list[Connection]:
+        """
+        The connections of one customer (your *external_id*) or one
+        Airwallex account, newest first, whatever their state: a customer
+        who connected twice has two (see :meth:`begin_authorization`).
+
+        Raises:
+            InvalidArgumentError: Neither filter given, or one is not valid text.
+        """
+        if external_id is None and account_id is None:
+            msg = "find() needs external_id= or account_id="
+            raise InvalidArgumentError(msg)
+        found = await self.connections(external_id=external_id, account_id=account_id)
+        return found[::-1]  # the store lists oldest first, by (created_at, id)
 
     async def load(
         self,
@@ -386,7 +398,12 @@ class ConnectionManager:
             sign_up: Add ``sign_up=true``: Airwallex lets a new customer
                 create an account first, then authorize, in one flow.
             pkce: Use PKCE (S256); ``Config.pkce`` when omitted.
-            external_id: Your key for this connection (e.g. a customer id).
+            external_id: Your key for this connection (e.g. a customer id):
+                a label, not a unique key. Each call makes a new connection,
+                so a customer who starts twice has two links out, and two
+                connections if both complete; :meth:`find` lists them. To
+                keep one per customer, :meth:`find` first and
+                :meth:`reauthorize` the one you have.
 
         Raises:
             ConfigurationError: No or invalid scopes.
@@ -408,7 +425,10 @@ class ConnectionManager:
         """
         Move a finished (revoked, invalidated, expired, denied, failed) or
         still pending connection back to ``pending`` with a new authorize URL.
-        The old tokens are dropped; the connection keeps its id and history.
+        The old tokens are dropped; the connection keeps its id, its
+        ``external_id`` and its history. A link still out (pending, or
+        authorized with its exchange unfinished) stops working: its callback
+        raises :class:`~awx_connection.UnknownStateError` and changes nothing.
 
         Raises:
             IllegalTransitionError: The connection is active, refreshing or authorized.
