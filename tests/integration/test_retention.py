@@ -182,3 +182,23 @@ async def test_a_consumer_behind_the_retention_resumes_at_the_next_surviving_eve
         async with awx.consumer("slow") as events:
             assert Trigger.REFRESH_STARTED is (await anext(events)).trigger
             assert Trigger.REFRESHED is (await anext(events)).trigger
+
+
+def _retention_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "awx-connection-retention"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "running"),
+    [({}, True), ({"event_retention": None}, False), ({"prune_interval": None}, False)],
+    ids=["default", "retention-none", "interval-none"],
+)
+async def test_the_sweep_runs_by_default_and_stops_with_the_manager(
+    awx_config: Config, awx_clock: ManualClock, changes: dict[str, None], running: bool
+) -> None:
+    """The default TimingPolicy starts the sweep at open(); close() ends it; None starts none."""
+    config = timing(awx_config, **changes)
+    async with ConnectionManager(config, clock=awx_clock, keepalive=False, settle=False):
+        assert running == bool(_retention_tasks())
+    await asyncio.sleep(0)
+    assert not [t for t in _retention_tasks() if not t.done()]
