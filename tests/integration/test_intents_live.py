@@ -12,18 +12,23 @@ import contextlib
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import pytest
+
 from awx_connection import (
     Config,
     ConnectionEvent,
+    ConnectionInvalidatedError,
     ConnectionManager,
     ConnectionState,
     ConnectionUnusableError,
     Intent,
     KeyRing,
+    NetworkError,
+    ProviderUnavailableError,
     Trigger,
 )
 from awx_connection.stores import SQLiteStore
-from awx_connection.testing import FakeAirwallex, ManualClock
+from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 DAY = 86400.0
 
@@ -156,3 +161,39 @@ async def test_durable_consumer_by_intent_skips_the_rest_and_resumes_past_them(
         assert [two.id] == [e.connection_id for e in got]
         last = (await awx.store.read_outbox(after=0))[-1][0]
         assert last == await awx.store.get_offset("onboarding")
+
+
+async def test_an_outage_is_routine_and_a_lost_grace_window_needs_the_customer(
+    awx_manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
+) -> None:
+    """
+    503s (the provider certainly did not rotate: refresh_aborted) change
+    nothing the application must act on; rotations unanswered past the grace
+    window (invalidate) need the customer. The two rows the other tests
+    cannot reach without faults.
+    """
+    events: list[ConnectionEvent] = []
+    awx_manager.subscribe(events.append)
+    request = await awx_manager.begin_authorization()
+    connection = await awx_manager.complete_authorization(awx_fake.approve(request.url))
+
+    attempts = awx_manager.config.timing.max_attempts
+    awx_fake.inject(Fault(FaultKind.SERVER_ERROR, grant_type="refresh_token", times=attempts))
+    awx_clock.advance(301)
+    with pytest.raises(ProviderUnavailableError):
+        await awx_manager.access_token(connection.id)
+    aborted = [e for e in events if e.trigger is Trigger.REFRESH_ABORTED]
+    assert [Intent.ROUTINE] == [e.intent for e in aborted]
+    assert [] == [e for e in events if e.intent is Intent.NEEDS_CUSTOMER]
+    assert 1 == len([e for e in events if e.intent is Intent.CONNECTED])
+
+    awx_fake.inject(Fault(FaultKind.DROP_AFTER_COMMIT, grant_type="refresh_token", times=10))
+    awx_clock.advance(301)
+    with pytest.raises(NetworkError):
+        await awx_manager.access_token(connection.id)
+    awx_clock.advance(60)  # the first attempt's grace window is over
+    with pytest.raises(ConnectionInvalidatedError):
+        await awx_manager.access_token(connection.id)
+    needs = [e for e in events if e.intent is Intent.NEEDS_CUSTOMER]
+    assert [Trigger.INVALIDATE] == [e.trigger for e in needs]
+    assert 1 == len([e for e in events if e.intent is Intent.CONNECTED])
