@@ -202,3 +202,15 @@ async def test_the_sweep_runs_by_default_and_stops_with_the_manager(
         assert running == bool(_retention_tasks())
     await asyncio.sleep(0)
     assert not [t for t in _retention_tasks() if not t.done()]
+
+
+async def test_the_cli_never_sweeps(awx_config: Config) -> None:
+    """A CLI command's manager deletes nothing behind the command's back (read-only ones too)."""
+    from awx_connection.cli._stores import one_shot_manager
+    from awx_connection.stores import MemoryStore
+
+    manager = one_shot_manager(awx_config, MemoryStore())
+    assert manager.config.timing.prune_interval is None
+    assert manager.config.timing.event_retention == awx_config.timing.event_retention
+    async with manager:
+        assert not _retention_tasks()
