@@ -56,6 +56,7 @@ from _processes import (
     bench_pg_event_latency,
     bench_scale,
 )
+from _storage import bench_event_storage
 
 from awx_connection.testing import FakeAirwallex, ManualClock
 
@@ -86,6 +87,18 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
                 ),
             ),
             lambda: bench_cross_process(sizes, kind, tmp),
+            postgres=kind == "postgres",
+        )
+
+    def storage(kind: str) -> Spec:
+        suffix = f"_{kind}"
+        return Spec(
+            f"event_storage{suffix}",
+            (
+                (f"event_bytes_per_conn_day{suffix}", "B/connection/day", "report"),
+                (f"event_growth_with_retention_ratio{suffix}", "x", "<= 0.1"),
+            ),
+            lambda: bench_event_storage(sizes, kind, tmp),
             postgres=kind == "postgres",
         )
 
@@ -154,6 +167,8 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
             lambda: bench_pg_event_latency(sizes, tmp),
             postgres=True,
         ),
+        storage("sqlite"),
+        storage("postgres"),
         Spec("import", (("cold_import_ms", "ms", "<= 1.5x aiohttp"),), lambda: bench_import(sizes)),
     ]
 

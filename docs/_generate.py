@@ -18,12 +18,13 @@ TABLE = re.compile(
 
 def transition_table() -> str:
     """
-    The transition table as Markdown: every row with its guard, effects and
-    action, rendered from ``TRANSITIONS`` itself (the rows the machine runs).
+    The transition table as Markdown: every row with its intent, guard,
+    effects and action, rendered from ``TRANSITIONS`` itself (the rows the
+    machine runs).
     """
     lines = [
-        "| trigger | from | to | guard | effects | action |",
-        "|---|---|---|---|---|---|",
+        "| trigger | from | to | intent | guard | effects | action |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in TRANSITIONS:
         sources = ", ".join(f"`{s.value}`" for s in row.sources) or "(new)"
@@ -31,7 +32,7 @@ def transition_table() -> str:
         effects = ", ".join(f"{effect.value} `{field}`" for field, effect in row.effects)
         action = "" if row.action.value == "none" else f"`{row.action.value}`"
         lines.append(
-            f"| `{row.trigger.value}` | {sources} | `{row.dest.value}` "
+            f"| `{row.trigger.value}` | {sources} | `{row.dest.value}` | `{row.intent.value}` "
             f"| {guard} | {effects} | {action} |"
         )
     return "\n".join(lines) + "\n"

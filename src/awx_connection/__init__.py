@@ -71,6 +71,7 @@ from ._states import (
     ConnectionState,
     Effect,
     Guard,
+    Intent,
     Transition,
     Trigger,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "Guard",
     "HOLDS_TOKENS",
     "IllegalTransitionError",
+    "Intent",
     "InvalidArgumentError",
     "InvalidClientError",
     "InvalidGrantError",

@@ -15,6 +15,7 @@ the cache, single-flight  ``_live.LiveCache``, ``_live.Flights``: one refresh in
 rotation                  ``_rotator.Rotator`` performing ``_rotation``'s
                           sans-I/O decisions (journal, lease, grace window)
 keep-alive, settling      ``_keepalive.Sweeps``: the work no caller asks for
+event retention           ``_retention.Retention``: the bound on stored events
 webhooks                  ``_intake.WebhookIntake``: claim, act, record
 API calls                 ``_api.Api``: bearer, one refresh on a 401, retries
 embedded components       ``_embedded.Embedded``: the code Airwallex.js starts with
@@ -45,14 +46,16 @@ from ._config import Config
 from ._connection import Connection
 from ._core import Core
 from ._embedded import Embedded, EmbeddedAuthorization
+from ._errors import InvalidArgumentError
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
 from ._intake import WebhookIntake
 from ._keepalive import KeepaliveReport, Sweeps
 from ._live import Flights, Live, LiveCache
 from ._outbox import EventConsumer
+from ._retention import Retention
 from ._rotator import Rotator
-from ._states import ConnectionState, Trigger
+from ._states import ConnectionState, Intent, Trigger
 from ._statistics import ManagerStatistics, snapshot
 from ._store import Store
 from ._transport import Transport
@@ -138,6 +141,7 @@ class ConnectionManager:
     _api: Api = attrs.field(init=False)
     _embedded: Embedded = attrs.field(init=False)
     _sweeps: Sweeps = attrs.field(init=False)
+    _retention: Retention = attrs.field(init=False)
     #: The token-endpoint slots every rotation of this manager queues for.
     _gate: RefreshGate = attrs.field(init=False)
     #: The background loops (keep-alive, settling), by name.
@@ -165,6 +169,7 @@ class ConnectionManager:
         self._api = Api(core, cache, flights, writer, self.access_token)
         self._embedded = Embedded(core, self._api)
         self._sweeps = Sweeps(core, cache, flights)
+        self._retention = Retention(core)
 
     def __repr__(self) -> str:
         # Short on purpose: a repr lands in logs and tracebacks, and the
@@ -179,7 +184,7 @@ class ConnectionManager:
     async def open(self) -> None:
         """
         Open the store (creating its schema) and start the background loops
-        (keep-alive, settling) that are on. Idempotent.
+        (keep-alive, settling, event retention) that are on. Idempotent.
 
         Raises:
             ManagerClosedError: The manager was closed; make a new one.
@@ -190,6 +195,8 @@ class ConnectionManager:
             self._start_loop("keepalive", self._sweeps.keepalive_loop())
         if self.settle:
             self._start_loop("settle", self._sweeps.settle_loop())
+        if self._retention.on:
+            self._start_loop("retention", self._retention.loop())
 
     def _start_loop(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
         if name in self._loops:
@@ -248,43 +255,56 @@ class ConnectionManager:
         self,
         callback: EventCallback,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
     ) -> Subscription:
         """
-        Call *callback* (sync or async) for every matching lifecycle event.
+        Call *callback* (sync or async) for every matching lifecycle event:
+        of one of *intents* (``[Intent.CONNECTED]`` to onboard, which a
+        refresh never matches), *triggers* and entering one of *states*
+        (each ``None``: any).
 
         Events of one connection reach each subscriber in sequence order. A
         callback that raises is logged; other subscribers and the transition
         are unaffected.
         """
-        return self._core.bus.subscribe(callback, triggers=triggers, states=states)
+        return self._core.bus.subscribe(callback, triggers=triggers, states=states, intents=intents)
 
     def events(
         self,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
         maxsize: int = 10_000,
     ) -> Subscription:
-        """Subscribe for ``async for event in manager.events(...)``."""
-        return self._core.bus.stream(triggers=triggers, states=states, maxsize=maxsize)
+        """``async for event in manager.events(...)``; filters as :meth:`subscribe`."""
+        bus = self._core.bus
+        return bus.stream(triggers=triggers, states=states, intents=intents, maxsize=maxsize)
 
-    def consumer(self, name: str, *, batch: int = 100, poll_interval: float = 1.0) -> EventConsumer:
+    def consumer(
+        self,
+        name: str,
+        *,
+        batch: int = 100,
+        poll_interval: float = 1.0,
+        intents: Collection[Intent] | None = None,
+    ) -> EventConsumer:
         """
-        A durable, at-least-once reader of every connection's events, named
-        *name*; it resumes from its committed position after a restart, in
-        any process sharing the store. See :class:`EventConsumer`.
+        A durable, at-least-once reader named *name* of every connection's
+        events (of *intents* only: the others count as handled), resuming
+        from its committed position in any process. See :class:`EventConsumer`.
         """
         if not name:
             msg = "a consumer needs a name"
             raise ValueError(msg)
-        return EventConsumer(self.store, name, batch=batch, poll_interval=poll_interval)
+        poll = poll_interval
+        return EventConsumer(self.store, name, batch=batch, poll_interval=poll, intents=intents)
 
     async def prune_events(self) -> int:
-        """Delete stored events older than ``TimingPolicy.event_retention``; return how many."""
-        cutoff = self.clock.now() - self.config.timing.event_retention
-        return await self.store.prune_events(before=cutoff)
+        """Delete events older than ``TimingPolicy.event_retention`` now; how many went."""
+        return await self._retention.prune()
 
     async def history(self, connection_id: str) -> list[ConnectionEvent]:
         """Every stored event of *connection_id*, in order."""
@@ -316,6 +336,23 @@ class ConnectionManager:
             states=states, external_id=external_id, account_id=account_id
         )
         return [Connection.from_record(r) for r in records]
+
+    async def find(
+        self, *, external_id: str | None = None, account_id: str | None = None
+    ) -> list[Connection]:
+        """
+        The connections of one customer (your *external_id*) or one
+        Airwallex account, newest first, whatever their state: a customer
+        who connected twice has two (see :meth:`begin_authorization`).
+
+        Raises:
+            InvalidArgumentError: Neither filter given, or one is not valid text.
+        """
+        if external_id is None and account_id is None:
+            msg = "find() needs external_id= or account_id="
+            raise InvalidArgumentError(msg)
+        found = await self.connections(external_id=external_id, account_id=account_id)
+        return found[::-1]  # the store lists oldest first, by (created_at, id)
 
     async def load(
         self,
@@ -377,7 +414,12 @@ class ConnectionManager:
             sign_up: Add ``sign_up=true``: Airwallex lets a new customer
                 create an account first, then authorize, in one flow.
             pkce: Use PKCE (S256); ``Config.pkce`` when omitted.
-            external_id: Your key for this connection (e.g. a customer id).
+            external_id: Your key for this connection (e.g. a customer id):
+                a label, not a unique key. Each call makes a new connection,
+                so a customer who starts twice has two links out, and two
+                connections if both complete; :meth:`find` lists them. To
+                keep one per customer, :meth:`find` first and
+                :meth:`reauthorize` the one you have.
 
         Raises:
             ConfigurationError: No or invalid scopes.
@@ -399,7 +441,10 @@ class ConnectionManager:
         """
         Move a finished (revoked, invalidated, expired, denied, failed) or
         still pending connection back to ``pending`` with a new authorize URL.
-        The old tokens are dropped; the connection keeps its id and history.
+        The old tokens are dropped; the connection keeps its id, its
+        ``external_id`` and its history. A link still out (pending, or
+        authorized with its exchange unfinished) stops working: its callback
+        raises :class:`~awx_connection.UnknownStateError` and changes nothing.
 
         Raises:
             IllegalTransitionError: The connection is active, refreshing or authorized.

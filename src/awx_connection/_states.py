@@ -13,6 +13,12 @@ it. The state groups below are the only place a set of states is written
 down: code elsewhere asks "is the state *usable*", never "is it active or
 refreshing".
 
+Each row also names its :class:`Intent`: what the event it produces means
+to the application (the connection became usable; the customer must
+reconnect; a link is out; nothing to act on). Subscribers filter on it
+instead of on states, because a state alone cannot say it: ``active`` is
+entered both by a first connection and by every refresh.
+
     pending --code_received--> authorized --exchanged--> active <--> refreshing
        |                           |                        |           |
        +--denied--> denied         +--exchange_rejected--> failed       |
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTHORIZING",
     "HOLDS_TOKENS",
+    "INTENTS",
     "ROTATING",
     "SERVING",
     "TERMINAL_STATES",
@@ -53,6 +60,7 @@ __all__ = [
     "ConnectionState",
     "Effect",
     "Guard",
+    "Intent",
     "Transition",
     "Trigger",
     "unusable",
@@ -113,8 +121,39 @@ class Trigger(enum.Enum):
         return self.value
 
 
+class Intent(enum.Enum):
+    """
+    What an event means to the application: the name to subscribe to.
+
+    Each row of :data:`TRANSITIONS` names one, so every event has exactly
+    one (``event.intent``). ``states=[ConnectionState.ACTIVE]`` would also
+    match every ``refreshing -> active``; ``intents=[Intent.CONNECTED]``
+    matches only the moments worth acting on.
+    """
+
+    #: The connection became usable from a state that was not: the code
+    #: exchange of a first authorization or of a reauthorization returned
+    #: tokens. Never a refresh. Start onboarding here.
+    CONNECTED = "connected"
+    #: The connection ended in a state only the customer can fix, by
+    #: authorizing again (``reauthorize()``): revoked, invalidated, expired
+    #: (it was usable and is gone), denied or failed (the attempt did not
+    #: work). Stop using it; ask the customer to reconnect.
+    NEEDS_CUSTOMER = "needs_customer"
+    #: An authorize link is out (``begin_authorization()`` or
+    #: ``reauthorize()``): the connection waits for the customer's redirect.
+    AWAITING_CUSTOMER = "awaiting_customer"
+    #: Bookkeeping with nothing to act on: a code arrived, a refresh started,
+    #: finished or was abandoned. The connection's usability did not change.
+    ROUTINE = "routine"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 _S = ConnectionState
 _T = Trigger
+_I = Intent
 
 # --- the state groups: every set of states the library reasons about, once ------------
 
@@ -267,6 +306,8 @@ class Transition:
     dest: ConnectionState
     #: What the row means, shown in the docs.
     doc: str
+    #: What the row's event means to the application (``event.intent``).
+    intent: Intent = Intent.ROUTINE
     guard: Guard | None = None
     effects: tuple[FieldEffect, ...] = ()
     action: Action = Action.NONE
@@ -286,6 +327,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (),
         _S.PENDING,
         "begin_authorization() created the connection",
+        intent=_I.AWAITING_CUSTOMER,
         effects=(
             ("id", _SET),
             ("authorization", _SET),
@@ -298,6 +340,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.PENDING,),
         _S.AUTHORIZED,
         "the redirect carried a code",
+        intent=_I.ROUTINE,
         guard=AWAITING_CALLBACK,
         effects=(("authorization", _SET), ("code", _SET)),
         action=Action.EXCHANGE,
@@ -307,6 +350,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.PENDING,),
         _S.DENIED,
         "the redirect carried an error",
+        intent=_I.NEEDS_CUSTOMER,
         guard=AWAITING_CALLBACK,
         effects=(("authorization", _CLEAR),),
     ),
@@ -315,6 +359,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.AUTHORIZED,),
         _S.ACTIVE,
         "the code exchange returned tokens",
+        intent=_I.CONNECTED,
         guard=CODE_HELD,
         effects=(
             ("tokens", _SET),
@@ -329,6 +374,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.AUTHORIZED,),
         _S.FAILED,
         "the provider rejected the code",
+        intent=_I.NEEDS_CUSTOMER,
         guard=CODE_HELD,
         effects=(("code", _CLEAR), ("authorization", _CLEAR)),
     ),
@@ -337,6 +383,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(SERVING),
         _S.REFRESHING,
         "journaled, about to rotate",
+        intent=_I.ROUTINE,
         guard=REFRESH_TOKEN_ALIVE,
         effects=(("journal", _SET),),
         action=Action.ROTATE,
@@ -346,6 +393,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(ROTATING),
         _S.ACTIVE,
         "new tokens stored",
+        intent=_I.ROUTINE,
         guard=JOURNALED,
         effects=(("tokens", _SET), ("account_id", _MAY), ("journal", _CLEAR)),
     ),
@@ -354,6 +402,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(ROTATING),
         _S.ACTIVE,
         "the provider certainly did not rotate; old tokens kept",
+        intent=_I.ROUTINE,
         guard=JOURNALED,
         effects=(("journal", _CLEAR),),
     ),
@@ -362,6 +411,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(USABLE),
         _S.REVOKED,
         "invalid_grant, 401 after a refresh, or a disconnect",
+        intent=_I.NEEDS_CUSTOMER,
         effects=(("journal", _CLEAR),),
     ),
     Transition(
@@ -369,6 +419,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(ROTATING),
         _S.INVALIDATED,
         "grace window lost; stopped",
+        intent=_I.NEEDS_CUSTOMER,
         guard=JOURNALED,
         effects=(("journal", _CLEAR),),
     ),
@@ -377,6 +428,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(USABLE),
         _S.EXPIRED,
         "the refresh token aged out",
+        intent=_I.NEEDS_CUSTOMER,
         guard=REFRESH_TOKEN_AGED_OUT,
         effects=(("journal", _CLEAR),),
     ),
@@ -385,6 +437,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (*_sorted(AUTHORIZING), *_sorted(TERMINAL_STATES)),
         _S.PENDING,
         "a new authorize URL for the same connection",
+        intent=_I.AWAITING_CUSTOMER,
         effects=(
             ("authorization", _SET),
             ("scopes", _SET),
@@ -394,3 +447,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         ),
     ),
 )
+
+
+#: The intent of each trigger's event, read off :data:`TRANSITIONS` (one row per trigger).
+INTENTS: dict[Trigger, Intent] = {row.trigger: row.intent for row in TRANSITIONS}

@@ -41,6 +41,10 @@ NAMES = {
     "event_fanout_ratio",
     "pg_event_latency_ms_p50",
     "cold_import_ms",
+    "event_bytes_per_conn_day_sqlite",
+    "event_bytes_per_conn_day_postgres",
+    "event_growth_with_retention_ratio_sqlite",
+    "event_growth_with_retention_ratio_postgres",
 }
 POSTGRES_NAMES = {name for name in NAMES if "postgres" in name or name.startswith("pg_")}
 

@@ -23,6 +23,7 @@ from awx_connection import (
     ConnectionManager,
     ConnectionState,
     EventConsumer,
+    Intent,
     KeepaliveReport,
     KeyRing,
     ManagerStatistics,
@@ -66,14 +67,18 @@ async def lifecycle(config: Config, keys: KeyRing) -> None:
         assert_type(await awx.prune_events(), int)
         assert_type(awx.statistics(), ManagerStatistics)
         assert_type(awx.consumer("workflows"), EventConsumer)
+        assert_type(awx.consumer("onboarding", intents=[Intent.CONNECTED]), EventConsumer)
+        assert_type(await awx.find(external_id="customer-7"), list[Connection])
 
         def on_event(event: ConnectionEvent) -> None:
             assert_type(event.trigger, Trigger)
             assert_type(event.source, ConnectionState | None)
             assert_type(event.dest, ConnectionState)
             assert_type(event.sequence, int)
+            assert_type(event.intent, Intent)
 
         assert_type(awx.subscribe(on_event, states=[ConnectionState.ACTIVE]), Subscription)
+        assert_type(awx.subscribe(on_event, intents=[Intent.CONNECTED]), Subscription)
         async for event in awx.events(triggers=[Trigger.REVOKE]):
             assert_type(event, ConnectionEvent)
         handler = webhook_handler(awx)

@@ -46,6 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_intake",
         "_keepalive",
         "_outbox",
+        "_retention",
         "_rotator",
         "_statistics",
         "_writer",

@@ -45,6 +45,7 @@ EXPECTED = {
     "Guard",
     "HOLDS_TOKENS",
     "IllegalTransitionError",
+    "Intent",
     "InvalidArgumentError",
     "InvalidClientError",
     "InvalidGrantError",
