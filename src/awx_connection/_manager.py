@@ -1,39 +1,19 @@
 """
 Many connections: the API a partner platform embeds.
 
-:class:`ConnectionManager` is a façade. Each of its jobs lives in a module
-of its own, built here once and sharing one :class:`~awx_connection._core.Core`
-(configuration, clock, store, transport, event bus, counters):
-
-========================  =====================================================
-authorization             ``_authorize.Authorizer``: begin, complete (the code
-                          exchange is the action of ``authorized``), reauthorize
-the write spine           ``_writer.Writer``: fire a row, compare-and-swap the
-                          record and its event, adopt, publish
-the cache, single-flight  ``_live.LiveCache``, ``_live.Flights``: one refresh in
-                          flight per connection, joined by every caller
-rotation                  ``_rotator.Rotator`` performing ``_rotation``'s
-                          sans-I/O decisions (journal, lease, grace window)
-keep-alive, settling      ``_keepalive.Sweeps``: the work no caller asks for
-event retention           ``_retention.Retention``: the bound on stored events
-webhooks                  ``_intake.WebhookIntake``: claim, act, record
-API calls                 ``_api.Api``: bearer, one refresh on a 401, retries
-embedded components       ``_embedded.Embedded``: the code Airwallex.js starts with
-========================  =====================================================
-
-What stays here: the lifecycle (open, the background loops, a graceful
-close), reading connections, and the one hot path a fresh cached token
-takes (``access_token()``: one dict lookup, one comparison, no lock), which
-must not pay for a call into another object.
+:class:`ConnectionManager` is a façade over one-job modules sharing one
+:class:`~awx_connection._core.Core` (docs/architecture.md walks through
+them). What stays here: reading connections, and the hot path of a fresh
+cached token (``access_token()``: one dict lookup, one comparison, no
+lock), which must not pay for a call into another object.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Collection, Coroutine, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Self, final
 
 import aiohttp
@@ -51,6 +31,7 @@ from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
 from ._intake import WebhookIntake
 from ._keepalive import KeepaliveReport, Sweeps
+from ._lifecycle import Lifecycle
 from ._live import Flights, Live, LiveCache
 from ._outbox import EventConsumer
 from ._retention import Retention
@@ -66,9 +47,9 @@ from .stores import MemoryStore
 __all__ = ["ConnectionManager"]
 
 
+# None defaults with converters, not factories: help() then reads
+# "store: Store | None = None" instead of attrs' "store = NOTHING".
 def _store_or_memory(store: Store | None) -> Store:
-    # A None default with a converter, not a factory: help() then reads
-    # "store: Store | None = None" instead of attrs' "store = NOTHING".
     return MemoryStore() if store is None else store
 
 
@@ -100,19 +81,14 @@ class ConnectionManager:
             with the fake provider in tests.
         session: An :class:`aiohttp.ClientSession` to share; by default the
             manager creates and closes its own.
-        keepalive: Rotate idle connections' refresh tokens before they age
-            out: a pass ``TimingPolicy.keepalive_first_delay`` after
-            :meth:`open`, then every ``keepalive_interval``. On by default:
-            without it an idle connection ends ``expired`` after 60-90 days.
-            Leases keep replicas from rotating twice. Turn it off for
-            one-shot scripts (the CLI does).
-        settle: Settle rotations left unfinished (``refreshing``) without
-            waiting for a caller: one of this process whose retries ran out
-            with its token maybe sent, and any process's (crashed, shut
-            down, cut off from the store) found by a scan at :meth:`open`
-            and every ``TimingPolicy.settle_interval``, inside the grace
-            window. Off only where every flight must be started by the code
-            itself (one-shot scripts, tests that count requests).
+        keepalive: Run :meth:`keepalive_pass` in the background (first
+            ``TimingPolicy.keepalive_first_delay`` after :meth:`open`):
+            without it an idle connection ends ``expired`` after 60-90
+            days. Off for one-shot scripts (the CLI's).
+        settle: Run :meth:`settle_unfinished` at :meth:`open` and every
+            ``TimingPolicy.settle_interval``, and settle this process's own
+            failed rotations. Off only where the code must start every
+            flight itself (one-shot scripts, tests that count requests).
     """
 
     #: Fixed for the manager's life: its transport and caches are built from it.
@@ -124,11 +100,9 @@ class ConnectionManager:
     _session: aiohttp.ClientSession | None = attrs.field(
         default=None, kw_only=True, alias="session"
     )
-    #: Whether :meth:`open` starts the keep-alive loop (:meth:`keepalive_pass`
-    #: every ``TimingPolicy.keepalive_interval``).
+    #: Whether :meth:`open` starts the keep-alive loop.
     keepalive: bool = attrs.field(default=True, kw_only=True)
-    #: Whether :meth:`open` starts settling (:meth:`settle_unfinished` at once,
-    #: then every ``TimingPolicy.settle_interval``).
+    #: Whether :meth:`open` starts settling.
     settle: bool = attrs.field(default=True, kw_only=True)
     _core: Core = attrs.field(init=False)
     # The live cache's dict itself, read by the hot path without a hop.
@@ -144,9 +118,7 @@ class ConnectionManager:
     _retention: Retention = attrs.field(init=False)
     #: The token-endpoint slots every rotation of this manager queues for.
     _gate: RefreshGate = attrs.field(init=False)
-    #: The background loops (keep-alive, settling), by name.
-    _loops: dict[str, asyncio.Task[None]] = attrs.field(factory=dict, init=False)
-    _closed: asyncio.Event | None = attrs.field(default=None, init=False)
+    _lifecycle: Lifecycle = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         config = self.config
@@ -170,14 +142,13 @@ class ConnectionManager:
         self._embedded = Embedded(core, self._api)
         self._sweeps = Sweeps(core, cache, flights)
         self._retention = Retention(core)
+        self._lifecycle = Lifecycle(core, flights, self._live)
 
     def __repr__(self) -> str:
-        # Short on purpose: a repr lands in logs and tracebacks, and the
-        # internals (the live cache holds revealed access tokens) must not.
-        return (
-            f"<ConnectionManager client_id={self.config.client_id!r} "
-            f"store={type(self.store).__name__} connections_cached={len(self._live)}>"
-        )
+        # Short on purpose: the live cache holds revealed access tokens.
+        name = type(self.store).__name__
+        client, held = self.config.client_id, len(self._live)
+        return f"<ConnectionManager client_id={client!r} store={name} connections_cached={held}>"
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -191,19 +162,13 @@ class ConnectionManager:
         """
         self._core.check_open()
         await self.store.open()
+        start = self._lifecycle.start
         if self.keepalive:
-            self._start_loop("keepalive", self._sweeps.keepalive_loop())
+            start("keepalive", self._sweeps.keepalive_loop())
         if self.settle:
-            self._start_loop("settle", self._sweeps.settle_loop())
+            start("settle", self._sweeps.settle_loop())
         if self._retention.on:
-            self._start_loop("retention", self._retention.loop())
-
-    def _start_loop(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
-        if name in self._loops:
-            loop.close()
-            return
-        task = asyncio.get_running_loop().create_task(loop, name=f"awx-connection-{name}")
-        self._loops[name] = task
+            start("retention", self._retention.loop())
 
     async def aclose(self) -> None:
         """
@@ -211,36 +176,13 @@ class ConnectionManager:
         the rest, then close subscriptions, the transport and the store.
         Idempotent; a second call waits for the first.
 
-        A rotation whose refresh token may already be on its way is let
-        finish (its answer stored), for at most
-        ``TimingPolicy.close_timeout``: cancelling it would leave the
-        provider's new tokens unknown and the connection to be rescued by
-        the next process inside the grace window. Flights that had not sent
-        anything are cancelled; their callers, and anyone calling from now
-        on, get :class:`~awx_connection.ManagerClosedError`. A journal left
-        behind (a timeout here, a crash) is resumed by any process that
-        opens the store, without waiting for a caller.
+        A rotation whose refresh token may be on its way finishes (its
+        answer stored) within ``TimingPolicy.close_timeout``; flights that
+        sent nothing are cancelled, and their callers, like every later
+        call, get :class:`~awx_connection.ManagerClosedError`. A journal
+        left behind is resumed by any process that opens the store.
         """
-        if self._closed is not None:
-            await self._closed.wait()
-            return
-        core = self._core
-        core.closing = True
-        self._closed = asyncio.Event()
-        wait = self.config.timing.close_wait
-        try:
-            for task in self._loops.values():
-                task.cancel()
-            await asyncio.gather(*self._loops.values(), return_exceptions=True)
-            await self._flights.drain(wait)
-            await core.bus.aclose(timeout=wait)
-            await core.transport.aclose()
-        finally:
-            self._live.clear()
-            try:
-                await self.store.aclose()
-            finally:
-                self._closed.set()
+        await self._lifecycle.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -261,13 +203,10 @@ class ConnectionManager:
     ) -> Subscription:
         """
         Call *callback* (sync or async) for every matching lifecycle event:
-        of one of *intents* (``[Intent.CONNECTED]`` to onboard, which a
-        refresh never matches), *triggers* and entering one of *states*
-        (each ``None``: any).
-
-        Events of one connection reach each subscriber in sequence order. A
-        callback that raises is logged; other subscribers and the transition
-        are unaffected.
+        of one of *intents* (``[Intent.CONNECTED]`` to onboard: a refresh
+        never matches), *triggers* and entering one of *states* (``None``:
+        any). Each subscriber gets a connection's events in sequence order;
+        one that raises is logged, and nothing else is affected.
         """
         return self._core.bus.subscribe(callback, triggers=triggers, states=states, intents=intents)
 
@@ -341,9 +280,8 @@ class ConnectionManager:
         self, *, external_id: str | None = None, account_id: str | None = None
     ) -> list[Connection]:
         """
-        The connections of one customer (your *external_id*) or one
-        Airwallex account, newest first, whatever their state: a customer
-        who connected twice has two (see :meth:`begin_authorization`).
+        The connections of one customer (your *external_id*) or Airwallex
+        account, newest first, in any state (see :meth:`begin_authorization`).
 
         Raises:
             InvalidArgumentError: Neither filter given, or one is not valid text.
@@ -367,22 +305,13 @@ class ConnectionManager:
         Call it once after :meth:`open` in a process that will use many
         connections (a worker starting up, a replica joining): without it,
         each connection is read from the store on its first use, one round
-        trip each. The store is read a page of *page_size* records at a time
-        (keyset paging on ``(created_at, id)``), so the memory it takes
-        beyond the held connections is one page, whatever the store's size.
+        trip each. The store is read *page_size* records at a time, so the
+        memory it takes beyond the held connections is one page.
 
-        A connection this manager already holds keeps its record unless the
-        stored one is newer (a higher version). A row that does not decrypt
-        or decode is logged (logger ``awx_connection.stores``) and left out,
-        as :meth:`connections` does; its first use then raises
-        :class:`~awx_connection.DecryptionError`. Secrets are decrypted here,
-        not on first use: a tampered row is found now, not mid-request.
-
-        Python's cyclic garbage collector is paused while each page is read
-        and adopted (about 30 ms for 1,000), unless the application turned
-        it off itself: collecting over and over while the heap only grows
-        was a sixth of the time of a large load. Cycles made meanwhile are
-        collected after the page.
+        A held connection keeps its record unless the stored one is newer.
+        A row that does not decrypt is logged and left out (its first use
+        raises :class:`~awx_connection.DecryptionError`): secrets are
+        decrypted here, so a tampered row is found now, not mid-request.
 
         Returns:
             How many connections the manager holds now.
@@ -414,12 +343,9 @@ class ConnectionManager:
             sign_up: Add ``sign_up=true``: Airwallex lets a new customer
                 create an account first, then authorize, in one flow.
             pkce: Use PKCE (S256); ``Config.pkce`` when omitted.
-            external_id: Your key for this connection (e.g. a customer id):
-                a label, not a unique key. Each call makes a new connection,
-                so a customer who starts twice has two links out, and two
-                connections if both complete; :meth:`find` lists them. To
-                keep one per customer, :meth:`find` first and
-                :meth:`reauthorize` the one you have.
+            external_id: Your label for it (a customer id), not a unique
+                key: each call makes a new connection (:meth:`find` lists a
+                customer's; :meth:`reauthorize` one to keep one).
 
         Raises:
             ConfigurationError: No or invalid scopes.
@@ -500,9 +426,8 @@ class ConnectionManager:
         """
         A valid access token for *connection_id*, refreshing if needed.
 
-        The token stays valid for at least the refresh skew
-        (``min(60 s, 20 %)`` of its lifetime by default). Concurrent callers
-        share one refresh.
+        Valid for at least the refresh skew (``min(60 s, 20 %)`` of its
+        lifetime by default); concurrent callers share one refresh.
 
         Raises:
             ConnectionNotFoundError: No such connection.
@@ -521,9 +446,8 @@ class ConnectionManager:
 
     async def refresh(self, connection_id: str) -> Connection:
         """
-        Rotate the tokens of *connection_id* now, whatever their expiry.
-
-        Joins a refresh already in flight instead of starting a second one.
+        Rotate the tokens of *connection_id* now, whatever their expiry
+        (joining a refresh in flight rather than starting a second).
         """
         live = await self._cache.get(connection_id)
         tokens = live.record.tokens
@@ -536,8 +460,7 @@ class ConnectionManager:
     ) -> Connection:
         """
         Mark an ``active`` or ``refreshing`` connection ``revoked`` (your
-        customer disconnected, or a webhook said so). Waits for an in-flight
-        refresh to finish first.
+        customer disconnected), after any refresh in flight.
 
         Raises:
             IllegalTransitionError: The connection is not active or refreshing.
@@ -559,13 +482,11 @@ class ConnectionManager:
         """
         Call the Airwallex API on behalf of *connection_id*.
 
-        *url* is a path (``/api/v1/account/``) or a URL on the configured API
-        host; a bearer token is never sent to any other host. On a 401 the
-        connection is refreshed once and the request retried once; a second
-        401 marks it ``revoked``. Use the response as ``async with`` or call
-        ``release()``. Other keyword arguments go to aiohttp. Each attempt
-        ends within ``TimingPolicy.request_timeout`` unless you pass your
-        own ``timeout=``.
+        *url* is a path (``/api/v1/account/``) or a URL on the API host (a
+        bearer token goes to no other host). A 401 refreshes the connection
+        and retries once; a second 401 marks it ``revoked``. Use the response
+        as ``async with`` or ``release()`` it. Other keyword arguments go to
+        aiohttp; each attempt ends within ``TimingPolicy.request_timeout``.
 
         Args:
             retry: Retry on 502/503/504 and network errors, up to
@@ -594,9 +515,8 @@ class ConnectionManager:
     ) -> EmbeddedAuthorization:
         """
         A single-use code for Airwallex.js embedded components (KYC, RFI...)
-        of *connection_id*, with its PKCE verifier: pass
-        ``result.init_options(enabled_elements=[...])`` to the browser's
-        ``init()``. Tokens and 401s are handled as by `request()`.
+        of *connection_id*, with its PKCE verifier, for the browser's
+        ``init()`` (``result.init_options(...)``); 401s as in :meth:`request`.
 
         Args:
             scopes: Sent as ``scope``, a list (``onboarding:write`` for KYC).
@@ -621,9 +541,8 @@ class ConnectionManager:
         """
         Call *callback* (sync or async) for every verified webhook event
         whose name matches one of *names* (``fnmatch`` patterns such as
-        ``"account.*"``; all events when omitted, unknown names included).
-        Callbacks run before the delivery is answered; one that raises is
-        logged and the others still run.
+        ``"account.*"``; all when omitted), before the delivery is answered;
+        one that raises is logged and the others still run.
         """
         return self._intake.subscribe(callback, names)
 
@@ -653,11 +572,9 @@ class ConnectionManager:
 
     async def keepalive_pass(self) -> KeepaliveReport:
         """
-        Rotate every active connection whose refresh token is due
-        (:func:`~awx_connection._keepalive.due_at`), at most
-        ``keepalive_concurrency`` at a time; expire those whose token already
-        ran out; resume rotations left ``refreshing``. Safe to run in every
-        replica: leases make sure one rotates.
+        Rotate every active connection whose refresh token is due, at most
+        ``keepalive_concurrency`` at a time; expire those already run out;
+        resume rotations left ``refreshing``. Leases let every replica run it.
         """
         return await self._sweeps.keepalive_pass()
 
@@ -666,15 +583,12 @@ class ConnectionManager:
         Resume every rotation left unfinished (``refreshing``) in the store,
         by this process or any other, now; report what became of them.
 
-        A process that crashed, shut down or lost the store mid-rotation
-        leaves a journal whose refresh token may have reached Airwallex. It
-        is safe to present that token again only inside the grace window,
-        so it must not wait for a caller. The manager runs this at
-        :meth:`open` and every ``TimingPolicy.settle_interval`` unless
-        ``settle=False``. Each resume takes the connection's lease, so a
-        rotation still in progress in a live replica is waited for, not
-        repeated; past the grace window the journal ends ``invalidated``
-        without sending anything.
+        A crashed, stopped or cut-off process leaves a journal whose token
+        may have reached Airwallex, safe to present again only inside the
+        grace window: it must not wait for a caller. Runs at :meth:`open`
+        and every ``TimingPolicy.settle_interval`` unless ``settle=False``;
+        a rotation in progress in a live replica is waited for (its lease),
+        not repeated.
         """
         return await self._sweeps.settle_unfinished()
 

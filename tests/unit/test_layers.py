@@ -45,6 +45,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_embedded",
         "_intake",
         "_keepalive",
+        "_lifecycle",
         "_outbox",
         "_retention",
         "_rotator",
