@@ -17,6 +17,8 @@ EXPECTED = {
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "Clock",
     "Config",

@@ -20,7 +20,9 @@ from ._crypto import KeyRing
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
+    BlockingCallError,
     CallbackError,
+    CallTimeoutError,
     ConfigurationError,
     ConnectionExpiredError,
     ConnectionInvalidatedError,
@@ -90,6 +92,8 @@ __all__ = [
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "Clock",
     "Config",
