@@ -14,9 +14,19 @@ status and a body (`WebhookReply`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple, Protocol, Self, TypeVar, final
 
@@ -39,9 +49,11 @@ from ._store import Store
 from ._webhooks import MAX_BODY_BYTES, WebhookCallback, WebhookResult
 from .stores import MemoryStore
 
-__all__ = ["ApiResponse", "BlockingManager", "BlockingSubscription", "WebhookReply"]
+__all__ = ["ApiResponse", "BlockingManager", "BlockingSubscription", "Headers", "WebhookReply"]
 
 R = TypeVar("R")
+
+_log = logging.getLogger("awx_connection.blocking")
 
 #: The name of the loop thread (``threading.current_thread().name`` in a callback).
 THREAD_NAME = "awx-connection-loop"
@@ -119,6 +131,18 @@ class WebhookReply(NamedTuple):
     def content_type(self) -> str:
         """``application/json``."""
         return "application/json"
+
+
+class Headers(Protocol):
+    """
+    Request headers as any framework has them: a mapping (Django's
+    ``request.headers``) or anything with ``items()`` (werkzeug's
+    ``Headers``, which Flask's ``request.headers`` is, is not a mapping).
+    """
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        """Each header's name and value."""
+        ...
 
 
 class _Unsubscribable(Protocol):
@@ -275,6 +299,10 @@ class BlockingManager:
                 raises here, with its own type; the thread is gone).
         """
         self._portal.start(self._wait(timeout))
+        # Django has no shutdown hook, and a daemon thread is simply stopped
+        # at exit: close at exit instead, letting a rotation that may have
+        # reached Airwallex finish. close() unregisters it.
+        atexit.register(self._close_at_exit)
         return self
 
     def close(self, *, timeout: float | None = None) -> None:
@@ -282,7 +310,8 @@ class BlockingManager:
         Close the manager as ``aclose()`` does (a rotation that may have
         reached Airwallex is let finish), end the loop and join its thread.
         Idempotent, and safe from any thread but the loop's own. Calls still
-        waiting get `ManagerClosedError`.
+        waiting get `ManagerClosedError`. A manager still running when the
+        interpreter exits is closed then (``atexit``).
 
         *timeout* bounds the join (no bound by default; the manager's own
         close is bounded by ``TimingPolicy.close_timeout``).
@@ -292,6 +321,13 @@ class BlockingManager:
             CallTimeoutError: The thread did not end within *timeout*.
         """
         self._portal.stop(None if timeout is None else _bound(timeout, "timeout"))
+        atexit.unregister(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close(timeout=self.config.timing.close_wait + 5.0)
+        except Exception:  # the process is ending: say why, do not hang it
+            _log.exception("closing the blocking manager at exit failed")
 
     def __enter__(self) -> Self:
         return self.start()
@@ -492,7 +528,7 @@ class BlockingManager:
     # -- webhooks -------------------------------------------------------------
 
     def handle_webhook(
-        self, headers: Mapping[str, str], body: bytes, *, timeout: float | None = None
+        self, headers: Headers, body: bytes, *, timeout: float | None = None
     ) -> WebhookResult:
         """
         See `ConnectionManager.handle_webhook()`; the headers are
@@ -503,7 +539,7 @@ class BlockingManager:
         return self.call(lambda m: m.handle_webhook(copied, body), timeout=timeout)
 
     def answer_webhook(
-        self, headers: Mapping[str, str], body: bytes, *, timeout: float | None = None
+        self, headers: Headers, body: bytes, *, timeout: float | None = None
     ) -> WebhookReply:
         """
         Verify, deduplicate and act on one delivery; return the status and

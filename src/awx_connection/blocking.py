@@ -15,18 +15,26 @@ This module only re-exports; the implementation lives in the private
 ``_blocking`` (the façade) and ``_portal`` (the loop thread) modules.
 """
 
-from ._blocking import ApiResponse, BlockingManager, BlockingSubscription, WebhookReply
+from ._blocking import ApiResponse, BlockingManager, BlockingSubscription, Headers, WebhookReply
 from ._portal import BlockingState
 
 __all__ = [
     "ApiResponse",
     "BlockingManager",
-    "BlockingSubscription",
     "BlockingState",
+    "BlockingSubscription",
+    "Headers",
     "WebhookReply",
 ]
 
 # Show public names as awx_connection.blocking.X in reprs and docs.
-for _obj in (ApiResponse, BlockingManager, BlockingSubscription, BlockingState, WebhookReply):
+for _obj in (
+    ApiResponse,
+    BlockingManager,
+    BlockingState,
+    BlockingSubscription,
+    Headers,
+    WebhookReply,
+):
     _obj.__module__ = __name__
 del _obj

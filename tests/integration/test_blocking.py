@@ -581,3 +581,23 @@ def test_no_thread_or_loop_is_left_behind(config: Config) -> None:
             awx.connections()
     gc.collect()  # an unclosed loop would warn (an error here) when collected
     assert not loop_threads()
+
+
+def test_a_manager_left_running_is_closed_at_exit(tmp_path: Path) -> None:
+    """Django has no shutdown hook: at interpreter exit the manager closes itself."""
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import atexit\n"
+        "from awx_connection import Config\n"
+        "from awx_connection.blocking import BlockingManager\n"
+        "config = Config(client_id='c', client_secret='s', redirect_uri='https://x.test/cb')\n"
+        "awx = BlockingManager(config, keepalive=False)\n"
+        # Registered first, so run last (atexit is last in, first out).
+        "atexit.register(lambda: print('at exit:', awx.state.value, awx._portal.thread.is_alive()))\n"
+        "awx.start()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "at exit: closed False" == result.stdout.strip()
