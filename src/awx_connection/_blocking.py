@@ -65,7 +65,7 @@ class ApiResponse:
     """
     An Airwallex API response, read whole: an aiohttp response belongs to
     the loop that made it and cannot be read from another thread, so
-    `request` reads it on the loop and hands over this
+    `request()` reads it on the loop and hands over this
     value instead.
 
     Attributes:
@@ -152,9 +152,9 @@ class _Unsubscribable(Protocol):
 @final
 class BlockingSubscription:
     """
-    A subscription made through `subscribe` or
-    `subscribe_webhooks`. Its callback runs on the
-    manager's loop thread. `unsubscribe` (or leaving a ``with``
+    A subscription made through `subscribe()` or
+    `subscribe_webhooks()`. Its callback runs on the
+    manager's loop thread. `unsubscribe()` (or leaving a ``with``
     block) stops it, from any thread.
     """
 
@@ -198,15 +198,17 @@ class BlockingManager:
 
     Start one per process and share it between threads; every method blocks
     the calling thread until the manager, running on an event-loop thread of
-    its own, has answered::
+    its own, has answered:
 
-        awx = BlockingManager(Config.from_env(), store=open_store(url, keys=keys))
-        awx.start()  # Django: in AppConfig.ready(); Flask: in create_app()
-        ...
-        request = awx.begin_authorization(external_id=tenant)  # in a view
-        token = awx.access_token(connection_id)
-        ...
-        awx.close()  # or use it as a context manager
+    ```python
+    awx = BlockingManager(Config.from_env(), store=open_store(url, keys=keys))
+    awx.start()  # Django: in AppConfig.ready(); Flask: in create_app()
+    ...
+    request = awx.begin_authorization(external_id=tenant)  # in a view
+    token = awx.access_token(connection_id)
+    ...
+    awx.close()  # or use it as a context manager
+    ```
 
     Methods take the arguments of the async manager's method of the same
     name and raise the same errors, re-raised in the calling thread with
@@ -221,10 +223,10 @@ class BlockingManager:
     backstop that keeps a web worker from hanging, not a tuning knob.
 
     Calls fail fast, with typed errors, where they cannot work:
-    `ManagerClosedError` before `start` or
-    after `close`; `BlockingCallError` from the
+    `ManagerClosedError` before `start()` or
+    after `close()`; `BlockingCallError` from the
     loop thread itself (a subscriber callback) or in a process forked after
-    `start` (start one in each worker instead).
+    `start()` (start one in each worker instead).
 
     Args:
         config: As for `ConnectionManager`.
@@ -343,9 +345,11 @@ class BlockingManager:
     ) -> R:
         """
         Run ``await function(manager)`` on the loop thread and return its
-        result: anything of the async manager this class does not mirror::
+        result: anything of the async manager this class does not mirror:
 
-            awx.call(lambda manager: manager.keepalive_pass())
+        ```python
+        awx.call(lambda manager: manager.keepalive_pass())
+        ```
         """
         return self._portal.call(function, self._wait(timeout))
 
@@ -532,7 +536,7 @@ class BlockingManager:
     ) -> WebhookResult:
         """
         See `ConnectionManager.handle_webhook()`; the headers are
-        copied first. `answer_webhook` is the same with the answer
+        copied first. `answer_webhook()` is the same with the answer
         made for you.
         """
         copied = dict(headers.items())
@@ -543,14 +547,16 @@ class BlockingManager:
     ) -> WebhookReply:
         """
         Verify, deduplicate and act on one delivery; return the status and
-        JSON body to answer, for any framework's view::
+        JSON body to answer, for any framework's view:
 
-            status, body = awx.answer_webhook(request.headers, request.get_data())
+        ```python
+        status, body = awx.answer_webhook(request.headers, request.get_data())
+        ```
 
         Pass the *raw* body (the signature covers its bytes). A body over
         256 KiB is answered 413 without being looked at; read at most that
         much (Flask: check ``request.content_length`` first). Otherwise the
-        answer is that of `handle_webhook`: 200 handled or duplicate,
+        answer is that of `handle_webhook()`: 200 handled or duplicate,
         401 bad signature, 400 not a webhook, 409 being handled right now,
         503 try again.
         """
@@ -597,7 +603,7 @@ class BlockingManager:
     ) -> BlockingSubscription:
         """
         See `ConnectionManager.subscribe_webhooks()`; the callback
-        runs on the loop thread, as for `subscribe`.
+        runs on the loop thread, as for `subscribe()`.
         """
         subscription = self._portal.call_soon(
             lambda m: m.subscribe_webhooks(callback, names=names), self._wait(timeout)

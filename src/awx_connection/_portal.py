@@ -66,7 +66,7 @@ class LoopThread(Generic[T]):
     """
     One event-loop thread serving one async resource.
 
-    Thread-safe: any number of threads may call `call` at once; start
+    Thread-safe: any number of threads may call `call()` at once; start
     and stop are serialised by a lock, and both are idempotent.
     """
 
@@ -215,7 +215,7 @@ class LoopThread(Generic[T]):
         return self._wait(future, timeout)
 
     def call_soon(self, function: Callable[[T], R], timeout: float | None) -> R:
-        """Run the plain ``function(resource)`` on the loop thread; as `call`."""
+        """Run the plain ``function(resource)`` on the loop thread; as `call()`."""
         loop, resource = self._serving()
         future: concurrent.futures.Future[R] = concurrent.futures.Future()
 
@@ -236,7 +236,7 @@ class LoopThread(Generic[T]):
     def resource(self) -> T:
         """
         The resource, for a read that needs no hop to the loop; raises as
-        :meth:`call` does when the portal is not serving.
+        :meth:`call()` does when the portal is not serving.
         """
         return self._serving()[1]
 

@@ -1,13 +1,16 @@
 """
 examples/flask_app.py as a real process, driven over real HTTP.
 
-The app runs as docs/sync.md says, in an empty directory: a key from
+The app runs with docs/sync.md's own commands, run by bash in an empty
+directory holding only the program: the page's ``export`` lines, a key from
 ``awx-connection keys new``, the store made by ``awx-connection db
-migrate``, then ``python flask_app.py --port N`` (and, in the second test,
-``flask --app flask_app:app_from_env run``), configured from ``AWX_*``
-variables only. The fake Airwallex runs in this test's process on a real
-socket, with its webhooks pointed at the app, so a disconnect at the fake
-reaches the app as a signed HTTP delivery, as Airwallex's would.
+migrate``, then ``python flask_app.py --port 8000`` (and, in the second
+test, ``flask --app flask_app:app_from_env run``). Only the ports change
+(8000 and 8765 become free ones), and the environment starts with no
+``AWX_*`` variable. The fake Airwallex runs in this test's process on the
+page's port and credentials, with its webhooks pointed at the app, so a
+disconnect at the fake reaches the app as a signed HTTP delivery, as
+Airwallex's would.
 
 The test is the browser: ``/connect``, the redirect to the fake's consent
 page, its Allow form, the callback, the page showing ``active``, an API
@@ -21,14 +24,13 @@ import asyncio
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from awx_connection.testing import FakeAirwallex
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "examples" / "flask_app.py"
+PAGE = ROOT / "docs" / "sync.md"
 BIN = Path(sys.executable).parent
 ACME = {"X-Tenant": "acme"}
 
@@ -88,52 +91,67 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-class App:
-    """The example's directory, environment and process."""
+def code_blocks(page: str) -> list[str]:
+    """Every top-level fenced block's text, in order."""
+    return re.findall(r"^```[a-z]*\n(.*?)^```$", page, re.S | re.M)
 
-    def __init__(self, directory: Path, port: int, fake: FakeAirwallex, secret: str) -> None:
+
+def block(first_line: str) -> str:
+    """The one block of docs/sync.md whose first line is *first_line* (a ``# name`` comment)."""
+    (found,) = [b for b in code_blocks(PAGE.read_text()) if b.splitlines()[0] == first_line]
+    return found
+
+
+def localized(script: str, app_port: int, fake_port: int) -> str:
+    """The page's commands on free ports: 8000 (the app) and 8765 (the fake) replaced."""
+    return re.sub(r"\b8000\b", str(app_port), re.sub(r"\b8765\b", str(fake_port), script))
+
+
+def exported(script: str, name: str) -> str:
+    """The value the page's commands export as *name*."""
+    found = re.search(rf"\b{name}=(\S+)", script)
+    assert found is not None, f"the page exports no {name}"
+    return found.group(1)
+
+
+APP_BLOCK = "# terminal 2: the app, against the fake"
+FLASK_BLOCK = "# terminal 2, or with Flask's command"
+
+
+def python_script() -> str:
+    """The page's setup and ``python flask_app.py``, exec'd so SIGTERM reaches the app."""
+    *setup, serve = block(APP_BLOCK).strip().splitlines()
+    return "\n".join([*setup, f"exec {serve}"])
+
+
+def flask_script() -> str:
+    """The same setup, then the page's ``flask --app ... run`` instead."""
+    *setup, _ = block(APP_BLOCK).strip().splitlines()
+    (command,) = block(FLASK_BLOCK).strip().splitlines()[1:]
+    return "\n".join([*setup, f"exec {command}"])
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without AWX_ or FLASK_ variables, the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWX_", "FLASK_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+class App:
+    """The page's commands for the app, run by bash in a directory of their own."""
+
+    def __init__(self, directory: Path, port: int, script: str) -> None:
         self.directory = directory
-        self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = directory / "app.log"
-        self.process: subprocess.Popen[bytes] | None = None
         shutil.copy(EXAMPLE, directory / EXAMPLE.name)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWX_", "FLASK_"))}
-        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-        env.pop("PYTHONPATH", None)
-        env.update(
-            AWX_CLIENT_ID=fake.client_id,
-            AWX_CLIENT_SECRET=fake.client_secret,
-            AWX_REDIRECT_URI=f"{self.url}/airwallex/callback",
-            AWX_BASE_URL=fake.base_url,
-            AWX_SCOPES="account_details:read",
-            AWX_WEBHOOK_SECRETS=secret,
-            AWX_STORE="sqlite:///flask_app.db",
-        )
-        # The docs' two setup steps, with the real CLI.
-        env["AWX_ENCRYPTION_KEYS"] = self.run_cli(["keys", "new"], env).strip().splitlines()[-1]
-        self.run_cli(["db", "migrate"], env)
-        self.env = env
-
-    def run_cli(self, args: list[str], env: dict[str, str]) -> str:
-        result = subprocess.run(
-            [str(BIN / "awx-connection"), *args],
-            cwd=self.directory,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert 0 == result.returncode, result.stderr
-        return result.stdout
-
-    def start(self, command: Sequence[str]) -> None:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                list(command),
-                cwd=self.directory,
-                env=self.env,
+                ["bash", "-e", "-c", script],
+                cwd=directory,
+                env=clean_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -144,8 +162,7 @@ class App:
         return self.log.read_text(errors="replace")
 
     async def wait_until_listening(self, http: aiohttp.ClientSession) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"exited {self.process.returncode} before listening:\n{self.output()}")
@@ -158,7 +175,6 @@ class App:
 
     def stop(self) -> int:
         """SIGTERM, as a process manager stops it; the exit status."""
-        assert self.process is not None
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -172,15 +188,29 @@ class App:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, command: Sequence[str], http: aiohttp.ClientSession
+    tmp_path: Path, script: str, http: aiohttp.ClientSession
 ) -> AsyncIterator[tuple[App, FakeAirwallex]]:
-    """The fake (webhooks to the app) and the app, both listening; both stopped after."""
-    port = free_port()
-    secret = "whsec_" + secrets.token_urlsafe(16)
-    async with FakeAirwallex(redirect_uris=[f"http://127.0.0.1:{port}/airwallex/callback"]) as fake:
-        fake.set_webhook(f"http://127.0.0.1:{port}/airwallex/webhooks", secret)
-        app = App(tmp_path, port, fake, secret)
-        app.start([arg.replace("{port}", str(port)) for arg in command])
+    """
+    The fake, as terminal 1 has it (its port, credentials and redirect URI;
+    webhooks to the app), and the app from *script*; both stopped after.
+    """
+    app_port, fake_port = free_port(), free_port()
+    script = localized(script, app_port, fake_port)
+    redirect_uri = exported(script, "AWX_REDIRECT_URI")
+    assert redirect_uri in localized(block("# terminal 1: the fake Airwallex"), app_port, fake_port)
+    assert f"http://127.0.0.1:{fake_port}" == exported(script, "AWX_BASE_URL")
+    fake = FakeAirwallex(
+        port=fake_port,
+        client_id=exported(script, "AWX_CLIENT_ID"),
+        client_secret=exported(script, "AWX_CLIENT_SECRET"),
+        redirect_uris=[redirect_uri],
+    )
+    async with fake:
+        fake.set_webhook(
+            f"http://127.0.0.1:{app_port}/airwallex/webhooks",
+            exported(script, "AWX_WEBHOOK_SECRETS"),
+        )
+        app = App(tmp_path, app_port, script)
         try:
             await app.wait_until_listening(http)
             yield app, fake
@@ -226,8 +256,7 @@ async def test_the_flask_app_connects_calls_and_is_revoked_by_a_webhook(
     revokes the connection and the page shows it. SIGTERM stops it (exit
     0), and its log holds no code, token or ``state``.
     """
-    command = [sys.executable, EXAMPLE.name, "--port", "{port}"]
-    async with running(tmp_path, command, http) as (app, fake):
+    async with running(tmp_path, python_script(), http) as (app, fake):
         assert "No connection yet" in await page(app, http)
 
         connection = await connect(app, fake, http)
@@ -267,9 +296,8 @@ async def test_the_flask_app_connects_calls_and_is_revoked_by_a_webhook(
 
 
 async def test_flask_run_serves_the_factory(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    """``flask --app flask_app:app_from_env run``: the same app, started by Flask's command."""
-    command = [str(BIN / "flask"), "--app", "flask_app:app_from_env", "run", "--port", "{port}"]
-    async with running(tmp_path, command, http) as (app, fake):
+    """The page's ``flask --app flask_app:app_from_env run``: the same app, from Flask's command."""
+    async with running(tmp_path, flask_script(), http) as (app, fake):
         connection = await connect(app, fake, http)
         assert "active" == connection["state"]
         assert "active" == page_state(await page(app, http), "acme")
