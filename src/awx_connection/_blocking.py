@@ -20,9 +20,9 @@ import logging
 import math
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -339,13 +339,15 @@ class BlockingManager:
 
     def call(
         self,
-        function: Callable[[ConnectionManager], Awaitable[R]],
+        function: Callable[[ConnectionManager], Coroutine[Any, Any, R]],
         *,
         timeout: float | None = None,
     ) -> R:
         """
-        Run ``await function(manager)`` on the loop thread and return its
-        result: anything of the async manager this class does not mirror:
+        Run the coroutine ``function(manager)`` on the loop thread and
+        return its result: anything of the async manager this class does
+        not mirror (*function* is an ``async def`` taking the manager, or a
+        lambda calling one of its coroutine methods):
 
         ```python
         awx.call(lambda manager: manager.keepalive_pass())

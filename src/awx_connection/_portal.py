@@ -33,7 +33,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from enum import Enum
 from typing import Any, Generic, TypeVar, final
@@ -194,9 +194,9 @@ class LoopThread(Generic[T]):
 
     # -- calls --------------------------------------------------------------
 
-    def call(self, function: Callable[[T], Awaitable[R]], timeout: float | None) -> R:
+    def call(self, function: Callable[[T], Coroutine[Any, Any, R]], timeout: float | None) -> R:
         """
-        Run ``await function(resource)`` on the loop and wait for its result.
+        Run the coroutine ``function(resource)`` on the loop and wait for its result.
 
         Raises:
             ManagerClosedError: Not started, closing or closed (also for a
@@ -208,9 +208,12 @@ class LoopThread(Generic[T]):
             BaseException: Whatever *function* raised, same type and object.
         """
         loop, resource = self._serving()
+        # The coroutine is made here and run there: making it runs none of it.
+        coroutine = function(resource)
         try:
-            future = asyncio.run_coroutine_threadsafe(_await(function, resource), loop)
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
         except RuntimeError:  # the loop closed between the check and now
+            coroutine.close()
             raise ManagerClosedError from None
         return self._wait(future, timeout)
 
@@ -332,7 +335,3 @@ class LoopThread(Generic[T]):
 
         with contextlib.suppress(RuntimeError):  # the loop already ended
             loop.call_soon_threadsafe(cancel_all)
-
-
-async def _await(function: Callable[[T], Awaitable[R]], resource: T) -> R:
-    return await function(resource)

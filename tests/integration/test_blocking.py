@@ -593,7 +593,9 @@ def test_a_manager_left_running_is_closed_at_exit(tmp_path: Path) -> None:
         "config = Config(client_id='c', client_secret='s', redirect_uri='https://x.test/cb')\n"
         "awx = BlockingManager(config, keepalive=False)\n"
         # Registered first, so run last (atexit is last in, first out).
-        "atexit.register(lambda: print('at exit:', awx.state.value, awx._portal.thread.is_alive()))\n"
+        "def report():\n"
+        "    print('at exit:', awx.state.value, awx._portal.thread.is_alive())\n"
+        "atexit.register(report)\n"
         "awx.start()\n"
     )
     result = subprocess.run(
@@ -601,3 +603,42 @@ def test_a_manager_left_running_is_closed_at_exit(tmp_path: Path) -> None:
     )
     assert 0 == result.returncode, result.stderr
     assert "at exit: closed False" == result.stdout.strip()
+
+
+def test_call_runs_anything_the_facade_does_not_mirror(
+    awx: BlockingManager, fake: FakeAirwallex
+) -> None:
+    """call(): an async function of the manager, on the loop thread; its result comes back."""
+    connection = connect(awx, fake)
+
+    async def names(manager: Any) -> tuple[str, int]:
+        events = await manager.history(connection.id)
+        return threading.current_thread().name, len(events)
+
+    assert (LOOP_THREAD, len(awx.history(connection.id))) == awx.call(names)
+    report = awx.keepalive_pass()
+    assert report == awx.call(lambda manager: manager.keepalive_pass())
+    assert 0 == awx.prune_events()
+    assert 1 == awx.load()
+    assert ConnectionState.ACTIVE == awx.refresh(connection.id).state
+
+
+def test_response_text_follows_the_charset() -> None:
+    """ApiResponse.text() decodes with the Content-Type's charset, UTF-8 by default."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    def response(content_type: str, body: bytes) -> ApiResponse:
+        headers = CIMultiDictProxy(CIMultiDict({"Content-Type": content_type}))
+        return ApiResponse(
+            method="GET",
+            url="https://x.test/a?q=1",
+            status=404,
+            reason="Not Found",
+            headers=headers,
+            body=body,
+        )
+
+    assert "café" == response("text/plain", "café".encode()).text()
+    assert "café" == response('text/plain; charset="latin-1"', "café".encode("latin-1")).text()
+    assert not response("text/plain", b"").ok
+    assert "<ApiResponse GET https://x.test/a 404, 0 bytes>" == repr(response("text/plain", b""))
