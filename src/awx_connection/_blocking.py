@@ -191,7 +191,28 @@ class BlockingSubscription:
         self.unsubscribe()
 
 
+def _check_config(config: object) -> None:
+    if not isinstance(config, Config):
+        msg = f"config must be a Config, not {type(config).__name__}"
+        raise ConfigurationError(msg)
+
+
+def _store_or_memory(store: Store | None) -> Store:
+    # A None default with a converter, not a factory: help() then reads
+    # "store: Store | None = None" instead of attrs' "store = NOTHING".
+    return MemoryStore() if store is None else store
+
+
+def _clock_or_system(clock: Clock | None) -> Clock:
+    return SystemClock() if clock is None else clock
+
+
+def _timeout(timeout: float | None) -> float | None:
+    return _bound(timeout, "timeout")
+
+
 @final
+@attrs.define(eq=False, repr=False, on_setattr=attrs.setters.frozen)
 class BlockingManager:
     """
     A `ConnectionManager` for synchronous code.
@@ -238,26 +259,21 @@ class BlockingManager:
             ``math.inf``: no bound.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        store: Store | None = None,
-        clock: Clock | None = None,
-        keepalive: bool = True,
-        settle: bool = True,
-        timeout: float | None = 60.0,
-    ) -> None:
-        if not isinstance(config, Config):
-            msg = f"config must be a Config, not {type(config).__name__}"
-            raise ConfigurationError(msg)
-        self.config = config
-        self.store: Store = MemoryStore() if store is None else store
-        self.clock: Clock = SystemClock() if clock is None else clock
-        self.keepalive = keepalive
-        self.settle = settle
-        self.timeout = _bound(timeout, "timeout")
-        self._portal: LoopThread[ConnectionManager] = LoopThread(self._lifespan, THREAD_NAME)
+    #: Fixed for the manager's life, as every field here: the manager on the
+    #: loop is built from them at start.
+    config: Config = attrs.field(validator=lambda _, __, value: _check_config(value))
+    store: Store = attrs.field(default=None, converter=_store_or_memory, kw_only=True)
+    clock: Clock = attrs.field(default=None, converter=_clock_or_system, kw_only=True)
+    keepalive: bool = attrs.field(default=True, kw_only=True)
+    settle: bool = attrs.field(default=True, kw_only=True)
+    #: The default bound of each call; ``None``: no bound.
+    timeout: float | None = attrs.field(default=60.0, converter=_timeout, kw_only=True)
+    _portal: LoopThread[ConnectionManager] = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: LoopThread(self._lifespan, THREAD_NAME), takes_self=True
+        ),
+    )
 
     def __repr__(self) -> str:
         # The config's client id only: the secret, the store's keys and the

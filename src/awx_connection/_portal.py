@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,8 @@ __all__ = ["LoopThread", "BlockingState"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_log = logging.getLogger("awx_connection.blocking")
 
 
 class BlockingState(Enum):
@@ -303,6 +306,8 @@ class LoopThread(Generic[T]):
         except BaseException as exc:  # entering failed, or the start gave up
             if not self._ready.is_set():
                 self._start_error = exc
+            elif not isinstance(exc, asyncio.CancelledError):  # exiting failed
+                _log.exception("%s: closing failed", self._name)
         finally:
             # Runner.close() cancelled the calls still running; one handed
             # over after that would wait forever without this.

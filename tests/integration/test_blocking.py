@@ -48,7 +48,7 @@ from awx_connection import (
     UnknownStateError,
 )
 from awx_connection.blocking import ApiResponse, BlockingManager, BlockingState, WebhookReply
-from awx_connection.stores import SQLiteStore
+from awx_connection.stores import MemoryStore, SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 REDIRECT_URI = "http://127.0.0.1:8000/airwallex/callback"
@@ -642,3 +642,23 @@ def test_response_text_follows_the_charset() -> None:
     assert "café" == response('text/plain; charset="latin-1"', "café".encode("latin-1")).text()
     assert not response("text/plain", b"").ok
     assert "<ApiResponse GET https://x.test/a 404, 0 bytes>" == repr(response("text/plain", b""))
+
+
+class SlowStore(MemoryStore):
+    """A store whose open() takes far longer than a start may wait."""
+
+    async def open(self) -> None:
+        await asyncio.sleep(30)
+
+
+def test_a_start_over_its_timeout_raises_and_leaves_no_thread(config: Config) -> None:
+    """start(timeout=...) bounds opening: CallTimeoutError, the opening cancelled, closed."""
+    awx = BlockingManager(config, store=SlowStore(), keepalive=False)
+    started = time.monotonic()
+    with pytest.raises(CallTimeoutError, match="did not open"):
+        awx.start(timeout=0.2)
+    assert time.monotonic() - started < 10
+    assert BlockingState.CLOSED == awx.state
+    assert not loop_threads()
+    with pytest.raises(ManagerClosedError):
+        awx.start()
