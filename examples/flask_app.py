@@ -2,7 +2,7 @@
 awx-connection in a Flask app: the program of docs/sync.md.
 
 Flask views are plain functions on a pool of threads, so the app uses
-:class:`awx_connection.blocking.BlockingManager`: one real
+``awx_connection.blocking.BlockingManager``: one real
 ``ConnectionManager`` per process, on an event-loop thread of its own, that
 every view calls as if it were synchronous. Threads asking at once still
 share one token cache and one refresh in flight per connection.
