@@ -113,7 +113,7 @@ def describe(connection: Connection) -> dict[str, str | None]:
 
 
 def create_app(awx: BlockingManager) -> Flask:
-    """The app around *awx*, a started :class:`BlockingManager` shared by every request."""
+    """The app around *awx*, a started ``BlockingManager`` shared by every request."""
     app = Flask(__name__)
     # Bodies over this are refused with 413 before they are read (webhooks
     # are the only route with a body).
