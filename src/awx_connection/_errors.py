@@ -177,7 +177,7 @@ class ManagerClosedError(AwxConnectionError):
     reached Airwallex is let finish first; one that had not started is
     abandoned, and its journal (if any) is resumed by the next process.
 
-    A :class:`~awx_connection.blocking.BlockingManager` raises it too for a
+    A `BlockingManager` (`awx_connection.blocking`) raises it too for a
     call before ``start()`` (the message says so) or after ``close()``.
     """
 
@@ -187,7 +187,7 @@ class ManagerClosedError(AwxConnectionError):
 
 class BlockingCallError(AwxConnectionError, RuntimeError):
     """
-    A call to :class:`~awx_connection.blocking.BlockingManager` that cannot
+    A call to `awx_connection.blocking.BlockingManager` that cannot
     work from where it was made, refused at once instead of hanging.
 
     From the manager's own event-loop thread (a subscriber callback runs

@@ -242,7 +242,7 @@ class LoopThread(Generic[T]):
     def resource(self) -> T:
         """
         The resource, for a read that needs no hop to the loop; raises as
-        :meth:`call()` does when the portal is not serving.
+        `call()` does when the portal is not serving.
         """
         return self._serving()[1]
 
