@@ -158,14 +158,19 @@ class LoopThread(Generic[T]):
         """
         Exit the resource on the loop, end the loop and join the thread.
         Idempotent; a call from the loop's own thread is refused (it would
-        join itself).
+        join itself). In a process forked after start it only marks this
+        copy closed: the thread, and what it holds, are the parent's.
 
         Raises:
-            BlockingCallError: Called from the loop thread, or in a process
-                forked after start.
+            BlockingCallError: Called from the loop thread.
             CallTimeoutError: The thread did not end within *timeout*; a
                 later call joins it again.
         """
+        if self._pid != os.getpid():
+            # A child forked after start: the thread is the parent's, and
+            # nothing of it exists here to close (the parent closes it).
+            self.state = BlockingState.CLOSED
+            return
         self._check_thread()
         with self._lock:
             if self.state is BlockingState.NEW:
