@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import math
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -48,7 +49,7 @@ from awx_connection import (
     UnknownStateError,
 )
 from awx_connection.blocking import ApiResponse, BlockingManager, BlockingState, WebhookReply
-from awx_connection.stores import MemoryStore, SQLiteStore
+from awx_connection.stores import MemoryStore, PostgresStore, SQLiteStore
 from awx_connection.testing import FakeAirwallex, Fault, FaultKind, ManualClock
 
 REDIRECT_URI = "http://127.0.0.1:8000/airwallex/callback"
@@ -226,6 +227,48 @@ def test_an_error_opening_the_store_is_raised_by_start(tmp_path: Path, config: C
     assert not loop_threads()
     with pytest.raises(ManagerClosedError):
         awx.get("conn_x")
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+@pytest.mark.postgres
+def test_durable_stores_live_on_the_loop_thread(
+    tmp_path: Path, postgres_dsn: str, config: Config, fake: FakeAirwallex, clock: ManualClock
+) -> None:
+    """
+    SQLite and PostgreSQL (asyncpg's pool belongs to the loop that opened it):
+    a connection made by one blocking manager is used by a second one that
+    shares the store, as another WSGI process would.
+    """
+    keys = KeyRing.generate()
+    schema = "awx_test_" + secrets.token_hex(6)
+    stores = {
+        "sqlite": lambda: SQLiteStore(tmp_path / "awx.db", keys=keys),
+        "postgres": lambda: PostgresStore(postgres_dsn, keys=keys, schema=schema),
+    }
+    try:
+        for kind, make in stores.items():
+            with BlockingManager(config, store=make(), clock=clock, keepalive=False) as first:
+                connection = connect(first, fake, tenant=kind)
+                token = first.access_token(connection.id)
+                with BlockingManager(config, store=make(), clock=clock, keepalive=False) as second:
+                    assert token == second.access_token(connection.id), kind
+                    clock.advance(fake.access_token_ttl + 1)
+                    assert token != second.access_token(connection.id), kind
+                    assert ConnectionState.ACTIVE == first.refresh(connection.id).state, kind
+    finally:
+        drop_schema(postgres_dsn, schema)
 
 
 # -- single flight across threads -------------------------------------------------
