@@ -166,7 +166,7 @@ class LoopThread(Generic[T]):
             CallTimeoutError: The thread did not end within *timeout*; a
                 later call joins it again.
         """
-        if self._pid != os.getpid():
+        if self._thread is not None and self._pid != os.getpid():
             # A child forked after start: the thread is the parent's, and
             # nothing of it exists here to close (the parent closes it).
             self.state = BlockingState.CLOSED
@@ -264,7 +264,9 @@ class LoopThread(Generic[T]):
         raise ManagerClosedError
 
     def _check_thread(self) -> None:
-        if self._pid != os.getpid():
+        # Only a started portal belongs to a process: one made and never
+        # started before a fork is started in the child (a post_fork hook).
+        if self._thread is not None and self._pid != os.getpid():
             msg = (
                 f"this blocking manager was started in process {self._pid}, before a fork; "
                 "its loop thread does not exist here: start one in each worker process"

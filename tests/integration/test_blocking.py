@@ -480,8 +480,11 @@ def test_a_forked_child_is_told_to_start_its_own(tmp_path: Path) -> None:
         "from awx_connection.blocking import BlockingManager\n"
         "config = Config(client_id='c', client_secret='s', redirect_uri='https://x.test/cb')\n"
         "awx = BlockingManager(config, keepalive=False).start()\n"
+        "late = BlockingManager(config, keepalive=False)  # made, not started\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
+        "    with late:  # started in the worker, as a post_fork hook would\n"
+        "        print('child started its own:', late.connections(), flush=True)\n"
         "    try:\n"
         "        awx.connections()\n"
         "    except BlockingCallError as exc:\n"
@@ -501,6 +504,7 @@ def test_a_forked_child_is_told_to_start_its_own(tmp_path: Path) -> None:
     assert 0 == result.returncode, result.stderr
     assert "before a fork" in result.stdout
     assert "start one in each worker process" in result.stdout
+    assert "child started its own: []" in result.stdout
     assert "parent: [] 0" in result.stdout
     assert "" == result.stderr
 
