@@ -162,7 +162,7 @@ class App:
         return self.log.read_text(errors="replace")
 
     async def wait_until_listening(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"exited {self.process.returncode} before listening:\n{self.output()}")
