@@ -3,7 +3,7 @@ A chaos soak: many connections, several replicas, days of simulated time,
 random faults, SIGKILLs and customer disconnects, on SQLite and PostgreSQL.
 
     python benchmarks/soak.py --quick --json      # ~3 minutes on 2 cores
-    python benchmarks/soak.py --smoke --json      # < 1 minute (tests/test_soak.py)
+    python benchmarks/soak.py --smoke --json      # < 1 minute (tests/system/test_soak.py)
     python benchmarks/soak.py --hours 4           # 4 hours of chaos (plus checks), readable summary
     python benchmarks/soak.py --quick --orphans   # nothing touches connections left refreshing
 

@@ -17,6 +17,7 @@ from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
 from ._connection import Connection
 from ._crypto import KeyRing
+from ._embedded import EmbeddedAuthorization
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
@@ -30,6 +31,7 @@ from ._errors import (
     ConnectionRevokedError,
     ConnectionUnusableError,
     DecryptionError,
+    EmbeddedAuthorizationError,
     IllegalTransitionError,
     InvalidArgumentError,
     InvalidClientError,
@@ -112,6 +114,8 @@ __all__ = [
     "ConnectionUnusableError",
     "DecryptionError",
     "Effect",
+    "EmbeddedAuthorization",
+    "EmbeddedAuthorizationError",
     "Endpoints",
     "Environment",
     "EventCallback",

@@ -25,6 +25,7 @@ Every error the library raises, as one tree.
     │   ├── ProviderUnavailableError 5xx
     │   ├── MalformedResponseError   not JSON, missing fields, absurd values
     │   └── NetworkError             connection failed or response lost
+    ├── EmbeddedAuthorizationError   the embedded-components authorize endpoint said no
     ├── StoreError                   the store failed
     │   ├── StoreUnavailableError    the database is unreachable (retried with backoff)
     │   ├── DecryptionError          a stored secret did not decrypt (wrong key, tampering)
@@ -58,6 +59,7 @@ __all__ = [
     "ConnectionRevokedError",
     "ConnectionUnusableError",
     "DecryptionError",
+    "EmbeddedAuthorizationError",
     "IllegalTransitionError",
     "InvalidArgumentError",
     "InvalidClientError",
@@ -300,6 +302,27 @@ class NetworkError(ProviderError):
     """The request failed on the network, or its response was lost or timed out."""
 
     retryable = True
+
+
+class EmbeddedAuthorizationError(AwxConnectionError):
+    """
+    ``POST /api/v1/authentication/authorize`` refused to issue an embedded
+    components code (a scope not supported or not enabled, a bad
+    ``x-on-behalf-of``, a 5xx after retries, a body that is not JSON).
+
+    ``status`` is the HTTP status (``None`` when the body was malformed);
+    ``code`` and ``source`` are Airwallex's error fields when it sent them.
+    A 401 that a refresh does not fix is not this error: the connection is
+    revoked and `ConnectionRevokedError` is raised, as for any call.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None, code: str | None, source: str | None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.source = source
+        super().__init__(message)
 
 
 class StoreError(AwxConnectionError):

@@ -17,6 +17,7 @@ rotation                  ``_rotator.Rotator`` performing ``_rotation``'s
 keep-alive, settling      ``_keepalive.Sweeps``: the work no caller asks for
 webhooks                  ``_intake.WebhookIntake``: claim, act, record
 API calls                 ``_api.Api``: bearer, one refresh on a 401, retries
+embedded components       ``_embedded.Embedded``: the code Airwallex.js starts with
 ========================  =====================================================
 
 What stays here: the lifecycle (open, the background loops, a graceful
@@ -43,6 +44,7 @@ from ._clock import Clock, SystemClock
 from ._config import Config
 from ._connection import Connection
 from ._core import Core
+from ._embedded import Embedded, EmbeddedAuthorization
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
 from ._intake import WebhookIntake
@@ -118,6 +120,7 @@ class ConnectionManager:
     _authorizer: Authorizer = attrs.field(init=False)
     _intake: WebhookIntake = attrs.field(init=False)
     _api: Api = attrs.field(init=False)
+    _embedded: Embedded = attrs.field(init=False)
     _sweeps: Sweeps = attrs.field(init=False)
     #: The token-endpoint slots every rotation of this manager queues for.
     _gate: RefreshGate = attrs.field(init=False)
@@ -144,6 +147,7 @@ class ConnectionManager:
         self._authorizer = Authorizer(core, cache, writer)
         self._intake = WebhookIntake(core, cache, writer, self.access_token)
         self._api = Api(core, cache, flights, writer, self.access_token)
+        self._embedded = Embedded(core, self._api)
         self._sweeps = Sweeps(core, cache, flights)
 
     def __repr__(self) -> str:
@@ -518,6 +522,35 @@ class ConnectionManager:
             TimeoutError: Likewise, for a request over its timeout.
         """
         return await self._api.request(connection_id, method, url, retry, kwargs)
+
+    async def embedded_authorization(
+        self,
+        connection_id: str,
+        *,
+        scopes: Sequence[str] = ("onboarding:write",),
+        identity: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> EmbeddedAuthorization:
+        """
+        A single-use code for Airwallex.js embedded components (KYC, RFI...)
+        of *connection_id*, with its PKCE verifier: pass
+        ``result.init_options(enabled_elements=[...])`` to the browser's
+        ``init()``. Tokens and 401s are handled as by `request()`.
+
+        Args:
+            scopes: Sent as ``scope``, a list (``onboarding:write`` for KYC).
+            identity: Your id for the user (embedded SCA).
+            on_behalf_of: Sent as ``x-on-behalf-of`` (a platform acting
+                for one of its connected accounts).
+
+        Raises:
+            InvalidArgumentError: Bad *scopes*, *identity* or *on_behalf_of*;
+                nothing was sent.
+            EmbeddedAuthorizationError: Airwallex refused (e.g. a scope).
+            ConnectionUnusableError: The connection is not active, or
+                answered 401 again after a refresh (then ``revoked``).
+        """
+        return await self._embedded.authorize(connection_id, scopes, identity, on_behalf_of)
 
     # -- webhooks -------------------------------------------------------------
 

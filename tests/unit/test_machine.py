@@ -18,15 +18,17 @@ from awx_connection import (
     TERMINAL_STATES,
     TRANSITIONS,
     USABLE,
+    ConnectionRecord,
     ConnectionState,
     IllegalTransitionError,
+    PendingAuthorization,
+    RotationJournal,
     Secret,
+    TokenSet,
     Trigger,
     mermaid,
 )
 from awx_connection._machine import ROWS, allowed_triggers, allows, fire
-from awx_connection._records import ConnectionRecord, PendingAuthorization, RotationJournal
-from awx_connection._tokens import TokenSet
 
 S = ConnectionState
 T = Trigger
