@@ -316,11 +316,13 @@ class BlockingManager:
             StoreError: The store could not be opened (any error opening
                 raises here, with its own type; the thread is gone).
         """
+        starting = self.state is BlockingState.NEW
         self._portal.start(self._wait(timeout))
-        # Django has no shutdown hook, and a daemon thread is simply stopped
-        # at exit: close at exit instead, letting a rotation that may have
-        # reached Airwallex finish. close() unregisters it.
-        atexit.register(self._close_at_exit)
+        if starting:
+            # Django has no shutdown hook, and a daemon thread is simply
+            # stopped at exit: close at exit instead, letting a rotation that
+            # may have reached Airwallex finish. close() unregisters it.
+            atexit.register(self._close_at_exit)
         return self
 
     def close(self, *, timeout: float | None = None) -> None:
