@@ -38,6 +38,7 @@ from ._authorize import AuthorizationRequest
 from ._clock import Clock, SystemClock
 from ._config import Config
 from ._connection import Connection
+from ._embedded import EmbeddedAuthorization
 from ._errors import ConfigurationError, ManagerClosedError
 from ._events import ConnectionEvent, EventCallback
 from ._keepalive import KeepaliveReport
@@ -548,6 +549,23 @@ class BlockingManager:
                 )
 
         return self.call(read, timeout=timeout)
+
+    def embedded_authorization(
+        self,
+        connection_id: str,
+        *,
+        scopes: Sequence[str] = ("onboarding:write",),
+        identity: str | None = None,
+        on_behalf_of: str | None = None,
+        timeout: float | None = None,
+    ) -> EmbeddedAuthorization:
+        """The blocking `ConnectionManager.embedded_authorization()`."""
+        return self.call(
+            lambda m: m.embedded_authorization(
+                connection_id, scopes=scopes, identity=identity, on_behalf_of=on_behalf_of
+            ),
+            timeout=timeout,
+        )
 
     # -- webhooks -------------------------------------------------------------
 

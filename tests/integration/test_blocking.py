@@ -713,3 +713,14 @@ def test_a_start_over_its_timeout_raises_and_leaves_no_thread(config: Config) ->
     assert not loop_threads()
     with pytest.raises(ManagerClosedError):
         awx.start()
+
+
+def test_embedded_authorization_from_a_plain_thread(
+    awx: BlockingManager, fake: FakeAirwallex
+) -> None:
+    """The Airwallex.js code for embedded components, through the blocking façade."""
+    connection = connect(awx, fake)
+    authorization = awx.embedded_authorization(connection.id)
+    assert authorization.auth_code.reveal()
+    assert authorization.auth_code.reveal() not in repr(authorization)
+    assert 1 == fake.counters.embedded_codes_issued
