@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 import orjson
+from _blocking import bench_blocking_request
 from _common import EPOCH, REDIRECT, Sizes, config_for, failed, postgres_unreachable
 from _inprocess import (
     Bench,
@@ -118,6 +119,11 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
             "authlib",
             (("hot_path_vs_authlib", "x", "<= 1.0"),),
             lambda: bench_hot_path_vs_authlib(bench, sizes),
+        ),
+        Spec(
+            "blocking",
+            (("blocking_request_ratio", "x", "<= 1.5"),),
+            lambda: bench_blocking_request(bench, sizes),
         ),
         Spec(
             "access_token",

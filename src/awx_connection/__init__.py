@@ -22,7 +22,9 @@ from ._embedded import EmbeddedAuthorization
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
+    BlockingCallError,
     CallbackError,
+    CallTimeoutError,
     ConfigurationError,
     ConnectionExpiredError,
     ConnectionInvalidatedError,
@@ -93,6 +95,8 @@ __all__ = [
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "Clock",
     "Config",

@@ -11,7 +11,9 @@ Every error the library raises, as one tree.
     │   ├── UnknownStateError        unknown or already used state
     │   └── StateExpiredError        state past its lifetime
     ├── RefreshTimeoutError          another process's rotation did not finish in time
-    ├── ManagerClosedError           the manager is closing or closed
+    ├── ManagerClosedError           the manager is closing or closed (or not started)
+    ├── BlockingCallError            a blocking call that cannot work from where it was made
+    ├── CallTimeoutError             a blocking call outlived its timeout (also a TimeoutError)
     ├── ConnectionUnusableError      the connection holds no usable tokens
     │   ├── ConnectionRevokedError
     │   ├── ConnectionInvalidatedError
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthorizationError",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "ConfigurationError",
     "ConnectionExpiredError",
@@ -175,10 +179,38 @@ class ManagerClosedError(AwxConnectionError):
     instead of a bare ``CancelledError``: a rotation that may already have
     reached Airwallex is let finish first; one that had not started is
     abandoned, and its journal (if any) is resumed by the next process.
+
+    A `BlockingManager` (`awx_connection.blocking`) raises it too for a
+    call before ``start()`` (the message says so) or after ``close()``.
     """
 
     def __init__(self, message: str = "the connection manager is closed") -> None:
         super().__init__(message)
+
+
+class BlockingCallError(AwxConnectionError, RuntimeError):
+    """
+    A call to `awx_connection.blocking.BlockingManager` that cannot
+    work from where it was made, refused at once instead of hanging.
+
+    From the manager's own event-loop thread (a subscriber callback runs
+    there), the call would wait for the thread that is waiting for it. In a
+    child process forked after ``start()`` (a pre-forking server that loaded
+    the app first), the loop thread did not survive the fork: start a
+    manager in each worker process instead.
+    """
+
+
+class CallTimeoutError(AwxConnectionError, TimeoutError):
+    """
+    A blocking call did not finish within its ``timeout``; it was cancelled.
+
+    Only the caller's part is cancelled: a refresh the call had joined is
+    shared with other callers and goes on (it is shielded), so the next
+    call finds its result. A ``TimeoutError`` too, for code that catches
+    that; a request that timed out on the network raises the plain
+    ``TimeoutError`` instead, so the two stay apart.
+    """
 
 
 class ConnectionUnusableError(AwxConnectionError):

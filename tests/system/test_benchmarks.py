@@ -26,6 +26,7 @@ RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 NAMES = {
     "hot_path_ratio",
     "hot_path_vs_authlib",
+    "blocking_request_ratio",
     "access_token_us",
     "coalesce_posts_10k",
     "cross_process_refreshes_per_rotation_sqlite",

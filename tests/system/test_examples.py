@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 #: Services that listen until stopped: tests/system/test_guides.py starts them
-#: with their guide's commands and drives them over HTTP.
-SERVICES = {"aiohttp_app.py"}
+#: with their guide's commands (tests/system/test_flask_example.py, flask_app.py
+#: with docs/sync.md's) and drives them over HTTP.
+SERVICES = {"aiohttp_app.py", "flask_app.py"}
 
 EXAMPLES = sorted(
     path

@@ -53,9 +53,9 @@ def test_the_base_install_has_no_postgresql_driver() -> None:
 
 
 def test_the_test_extra_holds_every_extra_ci_needs() -> None:
-    """CI installs [test] only: it must bring what [postgres], [fastapi] and [testing] bring."""
+    """CI installs [test] only: it must bring what every extra the docs name brings."""
     test = requirements("test")
-    for extra in ("postgres", "fastapi", "testing"):
+    for extra in ("postgres", "fastapi", "flask", "testing"):
         assert requirements(extra) <= test, extra
 
 
@@ -74,13 +74,14 @@ def third_party_imports(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("example", "extra"), [("fastapi_app.py", "fastapi"), ("aiohttp_app.py", None)]
+    ("example", "extra"),
+    [("fastapi_app.py", "fastapi"), ("flask_app.py", "flask"), ("aiohttp_app.py", None)],
 )
 def test_each_guide_program_needs_only_its_extra(example: str, extra: str | None) -> None:
     """
     examples/fastapi_app.py imports nothing [fastapi] does not bring (it once
-    needed httpx, which FastAPI does not depend on); the aiohttp one, nothing
-    beyond the base install.
+    needed httpx, which FastAPI does not depend on); flask_app.py nothing
+    beyond [flask]; the aiohttp one, nothing beyond the base install.
     """
     have = requirements(None) | (requirements(extra) if extra else set())
     assert set() == third_party_imports(ROOT / "examples" / example) - have

@@ -37,7 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_webhooks",
     ),
     "decisions": ("_diagram", "_machine", "_paging", "_rotation"),
-    "io": ("_store", "_transport", "stores"),
+    "io": ("_portal", "_store", "_transport", "stores"),
     "shared": ("_core", "_live"),
     "jobs": (
         "_api",
@@ -52,7 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_statistics",
         "_writer",
     ),
-    "facade": ("__init__", "_manager", "aiohttp"),
+    "facade": ("__init__", "_blocking", "_manager", "aiohttp", "blocking"),
     "tools": ("__main__", "cli", "instrumentation", "testing"),
 }
 

@@ -6,6 +6,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import awx_connection
+import awx_connection.blocking
 import awx_connection.instrumentation
 import awx_connection.stores
 import awx_connection.testing
@@ -17,6 +18,8 @@ EXPECTED = {
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "Clock",
     "Config",
@@ -108,6 +111,7 @@ def test_all_is_sorted() -> None:
     """Every public __all__ is in plain sorted() order, so diffs stay small."""
     for module in (
         awx_connection,
+        awx_connection.blocking,
         awx_connection.instrumentation,
         awx_connection.stores,
         awx_connection.testing,
@@ -155,3 +159,17 @@ def test_the_aiohttp_integration_is_a_public_module() -> None:
 
     assert ["webhook_handler"] == awx_connection.aiohttp.__all__
     assert awx_connection.aiohttp.webhook_handler is awx_connection.webhook_handler
+
+
+def test_the_blocking_facade_is_a_public_module() -> None:
+    """awx_connection.blocking holds the synchronous façade, shown under its own name."""
+    assert [
+        "ApiResponse",
+        "BlockingManager",
+        "BlockingState",
+        "BlockingSubscription",
+        "Headers",
+        "WebhookReply",
+    ] == awx_connection.blocking.__all__
+    for name in awx_connection.blocking.__all__:
+        assert "awx_connection.blocking" == getattr(awx_connection.blocking, name).__module__
