@@ -44,7 +44,7 @@ from ._events import ConnectionEvent, EventCallback
 from ._keepalive import KeepaliveReport
 from ._manager import ConnectionManager
 from ._portal import BlockingState, LoopThread
-from ._states import ConnectionState, Trigger
+from ._states import ConnectionState, Intent, Trigger
 from ._statistics import ManagerStatistics
 from ._store import Store
 from ._webhooks import MAX_BODY_BYTES, WebhookCallback, WebhookResult
@@ -397,6 +397,18 @@ class BlockingManager:
             timeout=timeout,
         )
 
+    def find(
+        self,
+        *,
+        external_id: str | None = None,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Connection]:
+        """The blocking `ConnectionManager.find()`: one customer's connections, newest first."""
+        return self.call(
+            lambda m: m.find(external_id=external_id, account_id=account_id), timeout=timeout
+        )
+
     def history(self, connection_id: str, *, timeout: float | None = None) -> list[ConnectionEvent]:
         """The blocking `ConnectionManager.history()`."""
         return self.call(lambda m: m.history(connection_id), timeout=timeout)
@@ -612,6 +624,7 @@ class BlockingManager:
         self,
         callback: EventCallback,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
         timeout: float | None = None,
@@ -628,7 +641,8 @@ class BlockingManager:
         itself). Database writes of your own belong on another thread.
         """
         subscription = self._portal.call_soon(
-            lambda m: m.subscribe(callback, triggers=triggers, states=states), self._wait(timeout)
+            lambda m: m.subscribe(callback, intents=intents, triggers=triggers, states=states),
+            self._wait(timeout),
         )
         return BlockingSubscription(self, subscription)
 

@@ -42,6 +42,8 @@ from awx_connection import (
     ConnectionRevokedError,
     ConnectionState,
     Endpoints,
+    Intent,
+    InvalidArgumentError,
     KeyRing,
     ManagerClosedError,
     StoreNotMigratedError,
@@ -724,3 +726,22 @@ def test_embedded_authorization_from_a_plain_thread(
     assert authorization.auth_code.reveal()
     assert authorization.auth_code.reveal() not in repr(authorization)
     assert 1 == fake.counters.embedded_codes_issued
+
+
+def test_intents_and_find_are_mirrored(
+    awx: BlockingManager, fake: FakeAirwallex, clock: ManualClock
+) -> None:
+    """subscribe(intents=...) and find() work as on the async manager (a refresh: not CONNECTED)."""
+    connected: list[str] = []
+    awx.subscribe(lambda event: connected.append(event.connection_id), intents=[Intent.CONNECTED])
+    first = connect(awx, fake, tenant="acme")
+    clock.advance(1)  # newest first is by creation time
+    second = connect(awx, fake, tenant="acme")
+    other = connect(awx, fake, tenant="other")
+    clock.advance(3600)
+    awx.refresh(first.id)
+    assert awx.get(first.id).token_generation == (first.token_generation or 0) + 1
+    assert [first.id, second.id, other.id] == connected
+    assert [second.id, first.id] == [c.id for c in awx.find(external_id="acme")]
+    with pytest.raises(InvalidArgumentError):
+        awx.find()
