@@ -7,6 +7,7 @@ from pathlib import Path
 
 import awx_connection
 import awx_connection.instrumentation
+import awx_connection.relay
 import awx_connection.stores
 import awx_connection.testing
 import awx_connection.testing.store_contract
@@ -60,9 +61,11 @@ EXPECTED = {
     "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "RelayLedger",
     "RotationJournal",
     "SERVING",
     "Secret",
+    "SinkError",
     "StateExpiredError",
     "Store",
     "StoreError",
@@ -106,6 +109,7 @@ def test_all_is_sorted() -> None:
     for module in (
         awx_connection,
         awx_connection.instrumentation,
+        awx_connection.relay,
         awx_connection.stores,
         awx_connection.testing,
         awx_connection.testing.store_contract,

@@ -39,6 +39,7 @@ from ._errors import (
     ProviderUnavailableError,
     RateLimitedError,
     RefreshTimeoutError,
+    SinkError,
     StateExpiredError,
     StoreError,
     StoreNotMigratedError,
@@ -73,7 +74,15 @@ from ._states import (
     mermaid,
 )
 from ._statistics import ManagerStatistics
-from ._store import ConnectionStore, EventLog, LeaseStore, Outbox, Store, WebhookLedger
+from ._store import (
+    ConnectionStore,
+    EventLog,
+    LeaseStore,
+    Outbox,
+    RelayLedger,
+    Store,
+    WebhookLedger,
+)
 from ._tokens import TokenSet
 from ._webhooks import (
     WebhookCallback,
@@ -133,9 +142,11 @@ __all__ = [
     "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "RelayLedger",
     "RotationJournal",
     "SERVING",
     "Secret",
+    "SinkError",
     "StateExpiredError",
     "Store",
     "StoreError",

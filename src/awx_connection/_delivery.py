@@ -19,13 +19,15 @@ keeps dead letters) needs neither the relay nor any sink:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, final
+from datetime import UTC, datetime
+from typing import Any, Protocol, final
 
 import attrs
 
 from ._events import ConnectionEvent
+from ._records import dump_event
 
-__all__ = ["DeadLetter", "EventSink", "OutboxItem"]
+__all__ = ["DeadLetter", "EventSink", "OutboxItem", "Refused", "event_body"]
 
 
 @final
@@ -45,6 +47,32 @@ class OutboxItem:
         of the same event carries the same id.
         """
         return str(self.position)
+
+
+def event_body(item: OutboxItem) -> dict[str, Any]:
+    """
+    The JSON body every sink sends for *item*, in the Standard Webhooks
+    shape: ``{"id", "type", "timestamp", "data"}``, where ``type`` is
+    ``connection.<trigger>`` and ``data`` the event's fields (no secret).
+    """
+    event = item.event
+    return {
+        "id": item.id,
+        "type": f"connection.{event.trigger.value}",
+        "timestamp": datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z"),
+        "data": dump_event(event),
+    }
+
+
+@final
+@attrs.frozen
+class Refused:
+    """An item a sink gave up on: after how many attempts, and why."""
+
+    item: OutboxItem
+    #: A status or exception class; never a body or a secret.
+    error: str
+    attempts: int
 
 
 @final
@@ -94,12 +122,12 @@ class EventSink(Protocol):
         """Connect (and create what is missing, such as a stream)."""
         ...
 
-    async def deliver(self, items: Sequence[OutboxItem]) -> Sequence[tuple[OutboxItem, str]]:
+    async def deliver(self, items: Sequence[OutboxItem]) -> Sequence[Refused]:
         """
         Deliver *items*, each connection's in the order given.
 
         Returns:
-            The items given up on, each with why (the relay stores them as
+            The items given up on (the relay stores them as
             :class:`DeadLetter` records and moves on); empty when all were
             delivered.
 

@@ -7,6 +7,7 @@ at a time until a deadline, listed while they run; dead letters kept by
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import attrs
 
@@ -17,7 +18,7 @@ from ._data import make_event
 __all__ = ["RelayCases"]
 
 
-def _letter(position: int, relay: str = "r", **changes: object) -> DeadLetter:
+def _letter(position: int, relay: str = "r", **changes: Any) -> DeadLetter:
     letter = DeadLetter(
         relay=relay,
         position=position,
