@@ -19,20 +19,38 @@ line, which other users of the machine can read).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import urllib.parse
+from collections.abc import AsyncIterator
 
 from .._delivery import EventSink
 from .._errors import ConfigurationError
 from .._retry import Backoff
 from .._secrets import Secret
+from .._store import Store
 from ..relay import NatsSink, Relay, WebhookSink, replay
 from ._exits import EXIT_FAILED, EXIT_OK
 from ._output import emit, emit_json, event_json
 from ._signals import race, stop_on_signals
-from ._stores import opened_store
+from ._stores import store_from
 
 __all__ = ["dead_letters_list", "dead_letters_replay", "relay", "sink_from"]
+
+
+@contextlib.asynccontextmanager
+async def opened_store(args: argparse.Namespace) -> AsyncIterator[Store]:
+    """
+    The store of ``--store``, opened without needing ``AWX_ENCRYPTION_KEYS``:
+    a relay reads events and writes positions, leases and dead letters,
+    none of which holds a secret, so a relay box needs no key.
+    """
+    store, _ = store_from(args, touches_secrets=False)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 #: Where the webhook sink's signing secret comes from.
 SECRET_VARIABLE = "AWX_RELAY_WEBHOOK_SECRET"
