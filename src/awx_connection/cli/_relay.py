@@ -52,6 +52,7 @@ async def opened_store(args: argparse.Namespace) -> AsyncIterator[Store]:
     finally:
         await store.aclose()
 
+
 #: Where the webhook sink's signing secret comes from.
 SECRET_VARIABLE = "AWX_RELAY_WEBHOOK_SECRET"
 

@@ -205,8 +205,10 @@ class Relay:
         touched = {partition_of(item.event.connection_id) for item in items}
         for partition in held:
             held[partition] = max(held[partition], last)
-        # Partitions that had events are committed now; the others' progress
-        # is only a skip (nothing of theirs was in the batch), committed when idle.
+        # Partitions that had events are committed now. The others' progress
+        # is only a skip (nothing of theirs was in the batch): losing it costs
+        # a restart some re-reading, never a re-send, so it is committed with
+        # the next rebalance rather than on the way to the next event.
         await self._commit(touched & held.keys())
         return len(rows)
 
@@ -252,8 +254,7 @@ class Relay:
                 self._committed[partition] = position
 
     async def _idle(self) -> None:
-        """Nothing new: commit every skip, then wait for an event (or a rebalance)."""
-        await self._commit(self._held)
+        """Nothing new: wait for an event (or the next rebalance)."""
         timeout = min(self.poll_interval, self.lease_term / 3)
         if not self._held:
             await asyncio.sleep(timeout)
@@ -274,6 +275,7 @@ class Relay:
         """Renew, then hold the fair share of the partitions: give extras back, take free ones."""
         until = now + self.lease_term
         self._next_rebalance = now + self.lease_term / 3
+        await self._commit(self._held)
         await self._renew(now)
         leases = await self.store.relay_leases(self.name, now=now)
         members = sum(1 for name, _ in leases if name.startswith("member/"))
