@@ -54,7 +54,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         [sys.executable, str(RUN), *args],
         capture_output=True,
         env=dict(os.environ) if env is None else env,
-        timeout=50,
+        timeout=90,
         check=False,
     )
 
