@@ -26,6 +26,7 @@ environment:
   AWX_ALLOW_PLAINTEXT  1: use a durable store without keys, secrets in plaintext
   AWX_CLIENT_ID, AWX_CLIENT_SECRET, AWX_REDIRECT_URI, AWX_ENVIRONMENT, AWX_BASE_URL,
   AWX_SCOPES           credentials and endpoints; read by refresh, reauthorize, authorize
+  AWX_RELAY_WEBHOOK_SECRET  whsec_ secret of events relay --to https://...
 
 exit codes:
   0 ok, 1 operation failed, 2 usage or configuration error, 3 connection not found,
