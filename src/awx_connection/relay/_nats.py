@@ -134,15 +134,16 @@ class NatsSink:
         if js is None:
             msg = "NatsSink.deliver before open()"
             raise RuntimeError(msg)
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures: list[asyncio.Future[Any]] = [
-                await js.publish_async(
-                    self.subject(item),
-                    orjson.dumps(event_body(item)),
-                    headers=self.headers(item),
+            for item in items:
+                futures.append(  # noqa: PERF401 - kept one by one: a failure cancels those made
+                    await js.publish_async(
+                        self.subject(item),
+                        orjson.dumps(event_body(item)),
+                        headers=self.headers(item),
+                    )
                 )
-                for item in items
-            ]
             async with asyncio.timeout(self.ack_timeout):
                 await asyncio.gather(*futures)
         except (TimeoutError, OSError) as exc:
@@ -152,6 +153,14 @@ class NatsSink:
             if type(exc).__module__.startswith("nats"):
                 raise SinkError(f"{self.name}: {type(exc).__name__}: {exc}") from None
             raise
+        finally:
+            # Acks that never came must not hold nats-py's pending slots (a
+            # cancelled future gives its slot back) or log "never retrieved".
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()
         return ()
 
     async def aclose(self) -> None:
