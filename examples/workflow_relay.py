@@ -145,7 +145,7 @@ async def partner(args: argparse.Namespace) -> None:
     while not stop.is_set():
         try:
             messages = await sub.fetch(50, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nothing new (nats-py raises asyncio's, or its own subclass)
             continue
         for msg in messages:
             body = orjson.loads(msg.data)
@@ -186,7 +186,8 @@ class Process:
     async def kill_and_restart(self, *extra: str) -> None:
         async with self._turn:
             assert self.process is not None
-            self.process.kill()
+            if self.process.returncode is None:
+                self.process.kill()
             await self.process.wait()
             self.kills += 1
             print(f"  [SIGKILL {self.name}, restarted]", flush=True)
