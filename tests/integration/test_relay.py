@@ -307,3 +307,34 @@ def test_event_ids_are_positions() -> None:
         at=0.0,
     )
     assert "42" == OutboxItem(42, event).id
+
+
+async def test_relay_on_postgres_to_jetstream(
+    postgres_dsn: str,
+    postgres_schema: str,
+    nats_url: str,
+    jetstream_stream: tuple[str, str],
+) -> None:
+    """The same promises with the PostgreSQL store (its NOTIFY wakes the relay)."""
+    from awx_connection.stores import PostgresStore
+
+    stream, prefix = jetstream_stream
+    store = PostgresStore(postgres_dsn, keys=KeyRing.generate(), schema=postgres_schema)
+    await store.open()
+    try:
+        records = [await insert_record(store, f"conn_{n}") for n in range(5)]
+        for n, record in enumerate(records):
+            records[n] = await update_record(store, record)
+        one = Relay(store, NatsSink(nats_url, stream=stream, subject_prefix=prefix), owner="a")
+        two = Relay(store, NatsSink(nats_url, stream=stream, subject_prefix=prefix), owner="b")
+        async with one, two:
+            await drain(one, two)
+        positions = [str(p) for p, _ in await store.read_outbox()]
+    finally:
+        await store.aclose()
+    messages = await read_stream(nats_url, stream, f"{prefix}.>")
+    ids = [msg_id for msg_id, _ in messages]
+    # Two relays: partitions interleave in the stream; each connection stays in order.
+    assert sorted(positions) == sorted(ids)
+    assert len(ids) == len(set(ids))
+    assert_in_order_per_connection([body for _, body in messages])
