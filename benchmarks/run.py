@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 import orjson
+from _blocking import bench_blocking_request
 from _common import EPOCH, REDIRECT, Sizes, config_for, failed, postgres_unreachable
 from _inprocess import (
     Bench,
@@ -57,6 +58,7 @@ from _processes import (
     bench_scale,
 )
 from _relay import bench_relay_latency, bench_relay_throughput, nats_unreachable
+from _storage import bench_event_storage
 
 from awx_connection.testing import FakeAirwallex, ManualClock
 
@@ -92,6 +94,18 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
             postgres=kind == "postgres",
         )
 
+    def storage(kind: str) -> Spec:
+        suffix = f"_{kind}"
+        return Spec(
+            f"event_storage{suffix}",
+            (
+                (f"event_bytes_per_conn_day{suffix}", "B/connection/day", "report"),
+                (f"event_growth_with_retention_ratio{suffix}", "x", "<= 0.1"),
+            ),
+            lambda: bench_event_storage(sizes, kind, tmp),
+            postgres=kind == "postgres",
+        )
+
     def throughput(kind: str) -> Spec:
         return Spec(
             f"refresh_throughput_{kind}",
@@ -108,6 +122,11 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
             "authlib",
             (("hot_path_vs_authlib", "x", "<= 1.0"),),
             lambda: bench_hot_path_vs_authlib(bench, sizes),
+        ),
+        Spec(
+            "blocking",
+            (("blocking_request_ratio", "x", "<= 1.5"),),
+            lambda: bench_blocking_request(bench, sizes),
         ),
         Spec(
             "access_token",
@@ -157,6 +176,8 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
             lambda: bench_pg_event_latency(sizes, tmp),
             postgres=True,
         ),
+        storage("sqlite"),
+        storage("postgres"),
         Spec("import", (("cold_import_ms", "ms", "<= 1.5x aiohttp"),), lambda: bench_import(sizes)),
         Spec(
             "relay_throughput",

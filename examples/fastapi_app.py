@@ -1,11 +1,14 @@
 """
-awx-connection in a FastAPI app: one manager per process, tenants mapped to
-connections through ``external_id``, and a dependency for authorized calls.
+awx-connection in a FastAPI app: the program of docs/guide-fastapi.md. One
+manager per process, tenants mapped to connections through ``external_id``,
+and a dependency for authorized calls.
 
 * The lifespan opens one :class:`ConnectionManager` for the whole app (one
   token cache, one single-flight refresh per connection) and closes it.
 * ``GET /connect`` sends the tenant to Airwallex; the callback route
   finishes the authorization; ``POST /airwallex/webhooks`` takes webhooks.
+* ``GET /connection`` shows the tenant's connection as stored (no call to
+  Airwallex).
 * The ``authorized_session`` dependency turns "this request's tenant" into
   an object that calls the Airwallex API for that tenant; ``/account`` uses
   it. A connection that stopped working answers 409 with where to reconnect.
@@ -14,19 +17,18 @@ The tenant comes from an ``X-Tenant`` header to keep the example short. A
 real app takes it from its own authentication (a session, a verified JWT),
 never from a header the client can set.
 
-Run as a script, it drives the app in-process (httpx's ``ASGITransport``)
-against the embedded fake Airwallex and prints what each route answers::
+Served by any ASGI server, configured from the environment
+(``Config.from_env``, ``KeyRing.from_env`` and ``AWX_STORE``)::
 
-    python examples/fastapi_app.py
-
-Against real Airwallex, serve it with any ASGI server, configured from the
-environment (``AWX_CLIENT_ID``, ``AWX_CLIENT_SECRET``, ``AWX_REDIRECT_URI``,
-``AWX_STORE``, ``AWX_ENCRYPTION_KEYS``; see ``Config.from_env``)::
-
-    uvicorn --factory fastapi_app:app_from_env --no-access-log
+    uvicorn --factory fastapi_app:app_from_env --port 8000 --no-access-log
 
 (``--no-access-log``, or a filter on the callback route: an access log
 prints query strings, and the callback's carries the code and ``state``.)
+
+Run as a script, it drives the app in-process (httpx's ``ASGITransport``)
+against the embedded fake Airwallex and prints what each route answers::
+
+    python fastapi_app.py
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from awx_connection import (
+    USABLE,
     AuthorizationError,
     Clock,
     Config,
+    Connection,
     ConnectionManager,
-    ConnectionState,
     ConnectionUnusableError,
     Endpoints,
     KeyRing,
@@ -56,10 +59,6 @@ from awx_connection import (
 )
 from awx_connection.stores import MemoryStore, open_store
 from awx_connection.testing import FakeAirwallex, ManualClock
-
-#: States in which a connection makes API calls (``refreshing`` is a
-#: rotation in flight, which callers simply wait for).
-USABLE = (ConnectionState.ACTIVE, ConnectionState.REFRESHING)
 
 #: The largest webhook body read (Airwallex events are a few kilobytes).
 MAX_WEBHOOK_BYTES = 256 * 1024
@@ -124,6 +123,17 @@ async def authorized_session(manager: Manager, tenant: Tenant) -> AirwallexSessi
 Session = Annotated[AirwallexSession, Depends(authorized_session)]
 
 
+def describe(connection: Connection) -> dict[str, Any]:
+    """What a front end needs to know about a connection (never a token)."""
+    return {
+        "connection_id": connection.id,
+        "state": connection.state.value,
+        "reason": connection.reason,
+        "account_id": connection.account_id,
+        "tenant": connection.external_id,
+    }
+
+
 def create_app(
     config: Config, *, store: Store | None = None, clock: Clock | None = None
 ) -> FastAPI:
@@ -174,12 +184,7 @@ def create_app(
             connection = await manager.complete_authorization(str(request.url))
         except AuthorizationError as exc:  # forged, replayed or expired state; bad callback
             raise HTTPException(400, str(exc)) from None
-        return {
-            "connection_id": connection.id,
-            "state": connection.state.value,
-            "account_id": connection.account_id,
-            "tenant": connection.external_id,
-        }
+        return describe(connection)
 
     @app.post("/airwallex/webhooks")
     async def webhooks(request: Request, manager: Manager) -> JSONResponse:
@@ -192,6 +197,14 @@ def create_app(
         result = await manager.handle_webhook(request.headers, bytes(body))
         return JSONResponse({"result": result.detail}, status_code=result.status)
 
+    @app.get("/connection")
+    async def show_connection(manager: Manager, tenant: Tenant) -> dict[str, Any]:
+        """The tenant's newest connection as the store has it; 404 if it never connected."""
+        connections = await manager.connections(external_id=tenant)
+        if not connections:
+            raise HTTPException(404, "this tenant has no Airwallex connection; connect at /connect")
+        return describe(max(connections, key=lambda c: c.updated_at))
+
     @app.get("/account")
     async def account(session: Session) -> Any:
         """The tenant's Airwallex account, fetched with the tenant's connection."""
@@ -201,11 +214,17 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """The app configured from the environment, for ``uvicorn --factory``."""
+    """
+    The app configured from the environment, for ``uvicorn --factory``.
+
+    A durable store (``sqlite:///...``, ``postgresql://...``) is opened with
+    ``create=False``: its schema is made by ``awx-connection db migrate``, a
+    deploy step, and an app started before it fails at once, saying so.
+    """
     url = os.environ.get("AWX_STORE", "memory://")
     # A durable store keeps tokens encrypted; memory:// never writes them anywhere.
     keys = None if url == "memory://" else KeyRing.from_env()
-    return create_app(Config.from_env(), store=open_store(url, keys=keys))
+    return create_app(Config.from_env(), store=open_store(url, keys=keys, create=False))
 
 
 async def main() -> None:

@@ -16,8 +16,8 @@ from awx_connection import (
     Config,
     ConnectionEvent,
     ConnectionManager,
-    ConnectionState,
     Endpoints,
+    Intent,
     KeyRing,
 )
 from awx_connection.stores import SQLiteStore
@@ -26,9 +26,9 @@ from awx_connection.testing import FakeAirwallex, ManualClock
 REDIRECT_URI = "http://127.0.0.1:8000/airwallex/callback"
 
 
-def on_active(event: ConnectionEvent) -> None:
-    """A workflow hook: runs whenever a connection becomes active."""
-    print(f"connection {event.connection_id} is active for account {event.account_id}")
+def on_connected(event: ConnectionEvent) -> None:
+    """A workflow hook: runs once a connection becomes usable (never on a refresh)."""
+    print(f"connection {event.connection_id} is connected to account {event.account_id}")
 
 
 async def main() -> None:
@@ -44,7 +44,7 @@ async def main() -> None:
         # Secrets are encrypted at rest; in production: KeyRing.from_env().
         store = SQLiteStore("quickstart.db", keys=KeyRing.generate())
         async with ConnectionManager(config, store=store, clock=clock) as awx:
-            awx.subscribe(on_active, states=[ConnectionState.ACTIVE])
+            awx.subscribe(on_connected, intents=[Intent.CONNECTED])
 
             # 1. Your "Connect Airwallex" button redirects the customer here.
             request = await awx.begin_authorization(external_id="customer-42")

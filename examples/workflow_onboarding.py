@@ -1,13 +1,15 @@
 """
-Workflow: start onboarding when a connection becomes active.
+Workflow: start onboarding when a connection becomes usable.
 
-The hook subscribes to ``active`` and reads the customer's account through
-``manager.request()`` (the library adds the bearer token and refreshes it if
-needed). Two details every real hook needs, shown here:
+The hook subscribes to ``Intent.CONNECTED`` and reads the customer's account
+through ``manager.request()`` (the library adds the bearer token and
+refreshes it if needed). Two details every real hook needs, shown here:
 
-* ``active`` is also entered after every token rotation (``refreshing ->
-  active``); those are not new customers, so the hook skips them;
-* the hook must be idempotent: a reconnect activates the same account again.
+* subscribe to the intent, not to the state ``active``: that state is also
+  entered after every token rotation (``refreshing -> active``), which is
+  not a new customer; ``CONNECTED`` is only a code exchange that returned
+  tokens;
+* the hook must be idempotent: a reconnect connects the same account again.
 
 It runs against the embedded fake provider:
 
@@ -22,8 +24,8 @@ from awx_connection import (
     Config,
     ConnectionEvent,
     ConnectionManager,
-    ConnectionState,
     Endpoints,
+    Intent,
     KeyRing,
 )
 from awx_connection.stores import SQLiteStore
@@ -47,10 +49,8 @@ class Onboarding:
         self.started: dict[str, str] = {}
         self.done = asyncio.Event()
 
-    async def on_active(self, event: ConnectionEvent) -> None:
-        """Fetch the account and start onboarding it, unless this is only a rotation."""
-        if event.source is ConnectionState.REFRESHING:
-            return  # a token rotation, not a new connection
+    async def on_connected(self, event: ConnectionEvent) -> None:
+        """Fetch the account and start onboarding it (a refresh never gets here)."""
         if event.account_id in self.started:
             return  # a reconnect: onboarding already ran for this account
         response = await self.manager.request(event.connection_id, "GET", "/api/v1/account/")
@@ -76,7 +76,7 @@ async def main() -> None:
         store = SQLiteStore("onboarding.db", keys=KeyRing.generate())
         async with ConnectionManager(config, store=store, clock=clock) as manager:
             onboarding = Onboarding(manager)
-            manager.subscribe(onboarding.on_active, states=[ConnectionState.ACTIVE])
+            manager.subscribe(onboarding.on_connected, intents=[Intent.CONNECTED])
 
             # The customer connects (the fake plays the customer's browser).
             request = await manager.begin_authorization(external_id="customer-7")
@@ -84,13 +84,13 @@ async def main() -> None:
             await asyncio.wait_for(onboarding.done.wait(), 10)
 
             # Ten minutes later the access token is refreshed: active again,
-            # but no second onboarding.
+            # but not CONNECTED, so no second onboarding.
             clock.advance(600)
             await manager.access_token(connection.id)
             history = [e.dest.value for e in await manager.history(connection.id)]
             print("states:", " -> ".join(history))
-        # Closing the manager lets async subscribers finish their queues, so
-        # the rotation's ``active`` event has been seen (and skipped) by now.
+        # Closing the manager lets async subscribers finish their queues: the
+        # rotation's events never reached the hook.
         print("onboarded accounts:", len(onboarding.started))
 
 

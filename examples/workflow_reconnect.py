@@ -1,7 +1,8 @@
 """
 Workflow: when a connection is lost, ask the customer to reconnect.
 
-A subscriber on ``revoked`` and ``expired`` calls ``manager.reauthorize()``:
+A subscriber on ``Intent.NEEDS_CUSTOMER`` (the connection ended revoked,
+invalidated, expired, denied or failed) calls ``manager.reauthorize()``:
 the same connection (same id, same history) goes back to ``pending`` with a
 fresh authorize URL, and the customer is notified with that link. Once they
 approve, the connection is ``active`` again.
@@ -24,9 +25,9 @@ from awx_connection import (
     Config,
     ConnectionEvent,
     ConnectionManager,
-    ConnectionState,
     ConnectionUnusableError,
     Endpoints,
+    Intent,
     KeyRing,
 )
 from awx_connection.stores import SQLiteStore
@@ -66,9 +67,7 @@ async def main() -> None:
         store = SQLiteStore("reconnect.db", keys=KeyRing.generate())
         async with ConnectionManager(config, store=store, clock=clock) as manager:
             reconnect = Reconnect(manager)
-            manager.subscribe(
-                reconnect.on_lost, states=[ConnectionState.REVOKED, ConnectionState.EXPIRED]
-            )
+            manager.subscribe(reconnect.on_lost, intents=[Intent.NEEDS_CUSTOMER])
 
             async def connect(customer: str, *, sign_up: bool) -> str:
                 request = await manager.begin_authorization(external_id=customer, sign_up=sign_up)

@@ -22,9 +22,9 @@ from hypothesis import settings
 
 pytest_plugins = ["awx_connection.testing.pytest_plugin"]
 
-# Hypothesis budgets for tests/test_stateful.py and tests/test_fuzz.py: CI is
-# fixed and derandomized; HYPOTHESIS_PROFILE=hunt searches much longer, with
-# a timeout of its own (HUNT_TIMEOUT below).
+# Hypothesis budgets for tests/integration/test_stateful.py and
+# tests/integration/test_fuzz.py: CI is fixed and derandomized;
+# HYPOTHESIS_PROFILE=hunt searches much longer, with a timeout of its own (HUNT_TIMEOUT below).
 settings.register_profile(
     "ci",
     max_examples=60,

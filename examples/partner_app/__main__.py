@@ -4,8 +4,9 @@ Run the partner app: ``python -m examples.partner_app`` from the repository root
 Without credentials it is self-contained: an embedded fake Airwallex on
 127.0.0.1 (system clock, webhooks posted to this app with a generated
 secret) and an encrypted SQLite store in a temporary directory, so a
-developer can click through connect, sign up, disconnect and live events
-with nothing to configure. With ``AWX_CLIENT_ID`` in the environment it
+developer can click through connect, sign up, the embedded KYC step (the
+fake serves a stand-in for Airwallex.js), disconnect, reconnect and live
+events with nothing to configure. With ``AWX_CLIENT_ID`` in the environment it
 talks to real Airwallex instead (see docs/partner-app.md for the variables).
 
 It prints the URL to open once it is listening, and stops cleanly on
@@ -45,6 +46,8 @@ from .web import APP_PATHS, WEBHOOK_PATH, PathOnlyAccessLogger, build_app
 
 CALLBACK_PATH = "/airwallex/callback"
 SCOPES = ("account_details:read",)
+#: Airwallex.js embedded components on Airwallex's CDN (the KYC component's docs).
+AIRWALLEX_SDK_URL = "https://static.airwallex.com/components/sdk/v1/index.js"
 
 _log = logging.getLogger("partner_app")
 
@@ -87,7 +90,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _real_airwallex() -> tuple[Config, Store, str]:
+def _real_airwallex() -> tuple[Config, Store, str, str]:
     """
     Credentials, store and keys from the environment.
 
@@ -114,7 +117,8 @@ def _real_airwallex() -> tuple[Config, Store, str]:
     if not config.webhook_secrets:
         _log.warning("AWX_WEBHOOK_SECRETS is empty: every webhook will be refused with 401")
     host = urlsplit(config.endpoints.api_base_url).hostname
-    return config, open_store(store_url, keys=keys), f"Talking to Airwallex at {host}."
+    sdk_url = os.environ.get("AWX_COMPONENTS_SDK_URL", AIRWALLEX_SDK_URL)
+    return config, open_store(store_url, keys=keys), f"Talking to Airwallex at {host}.", sdk_url
 
 
 async def _embedded_fake(
@@ -158,18 +162,21 @@ async def serve(args: argparse.Namespace) -> int:
         fake: FakeAirwallex | None = None
         if os.environ.get("AWX_CLIENT_ID"):
             try:
-                config, store, mode = _real_airwallex()
+                config, store, mode, sdk_url = _real_airwallex()
             except ConfigurationError as exc:
                 print(f"configuration error: {exc}", file=sys.stderr)
                 return 2
         else:
             config, store, mode, fake = await _embedded_fake(stack, base_url, args.fake_port)
+            sdk_url = fake.sdk_url  # the fake's stand-in for Airwallex.js
 
         # keepalive: idle connections get their refresh token rotated before
         # it ages out, so customers are not asked to reconnect every 90 days.
         manager = ConnectionManager(config, store=store, keepalive=True)
         await stack.enter_async_context(manager)
-        app = build_app(manager, callback_path=urlsplit(config.redirect_uri).path, mode=mode)
+        app = build_app(
+            manager, callback_path=urlsplit(config.redirect_uri).path, mode=mode, sdk_url=sdk_url
+        )
         runner = web.AppRunner(app, access_log_class=PathOnlyAccessLogger, shutdown_timeout=2.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -6,8 +6,13 @@ The partner app's routes, on one :class:`~awx_connection.ConnectionManager`.
 ``POST /connect``, ``POST /signup``          begin_authorization -> 302 to Airwallex
 ``GET <path of the redirect URI>``           complete_authorization -> 302 to ``/``
 ``POST /connections/{id}/disconnect``        revoke -> 302 to ``/``
+``POST /connections/{id}/reconnect``         reauthorize -> 302 to Airwallex
+``GET /connections/{id}/onboarding``         the embedded KYC step (HTML)
+``POST /connections/{id}/onboarding/code``   embedded_authorization -> init() options
+``GET /connections/{id}/history``            the connection's stored events (HTML)
 ``GET /connections``, ``/connections/{id}``  snapshots as JSON (no secrets in them)
-``GET /events``                              every ConnectionEvent, Server-Sent Events
+``GET /connections/{id}/events``             the connection's stored events as JSON
+``GET /events``                              ConnectionEvents and onboarding, SSE
 ``POST /airwallex/webhooks``                 ``webhook_handler(manager)``
 ==========================================  ===========================================
 
@@ -23,6 +28,7 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -37,15 +43,25 @@ from awx_connection import (
     ConnectionManager,
     ConnectionNotFoundError,
     ConnectionState,
+    ConnectionUnusableError,
+    EmbeddedAuthorizationError,
     IllegalTransitionError,
     ProviderError,
     StateExpiredError,
     Subscription,
     SubscriptionOverflowError,
+    WebhookEvent,
 )
 from awx_connection.aiohttp import webhook_handler
 
-from .pages import MAX_CUSTOMER, dashboard_page, error_page
+from .onboarding import Onboarding
+from .pages import (
+    MAX_CUSTOMER,
+    dashboard_page,
+    error_page,
+    history_page,
+    onboarding_page,
+)
 
 __all__ = [
     "APP_PATHS",
@@ -62,6 +78,11 @@ APP_PATHS: Final = frozenset(
     {"/", "/connect", "/signup", "/connections", "/events", "/favicon.ico", WEBHOOK_PATH}
 )
 
+#: How many recent events the dashboard's feed starts with.
+RECENT_EVENTS: Final = 20
+#: What the embedded KYC component needs (API reference "Embedded Components").
+ONBOARDING_SCOPES: Final = ("onboarding:write",)
+
 #: Seconds between SSE comments: they keep proxies from closing an idle
 #: stream and let the server notice a closed tab without waiting for an event.
 HEARTBEAT: Final = 15.0
@@ -70,8 +91,11 @@ _log = logging.getLogger("partner_app")
 
 MANAGER: Final = web.AppKey("manager", ConnectionManager)
 MODE: Final = web.AppKey("mode", str)
+ONBOARDING: Final = web.AppKey("onboarding", Onboarding)
+SDK_URL: Final = web.AppKey("sdk_url", str)
 STREAMS: Final = web.AppKey[set[Subscription]]("streams")
 _NONCE: Final = "partner_app.csp_nonce"
+_COMPONENTS: Final = "partner_app.components_sources"
 
 
 def event_json(event: ConnectionEvent) -> dict[str, Any]:
@@ -89,9 +113,10 @@ def event_json(event: ConnectionEvent) -> dict[str, Any]:
     }
 
 
-def connection_json(connection: Connection) -> dict[str, Any]:
-    """A connection snapshot as JSON: state, account, expiries; never a token."""
+def connection_json(connection: Connection, onboarding: str | None = None) -> dict[str, Any]:
+    """A connection snapshot as JSON: state, account, expiries, onboarding; never a token."""
     return {
+        "onboarding": onboarding,
         "id": connection.id,
         "state": connection.state.value,
         "reason": connection.reason,
@@ -137,6 +162,19 @@ def _error(request: web.Request, status: int, title: str, message: str) -> web.R
     return _html(error_page(title, message, nonce=_nonce(request)), status)
 
 
+def _components_sources(sdk_url: str) -> str:
+    """
+    Where the embedded components may load from and talk to: the SDK's
+    origin (the fake's), or every Airwallex host for the real Airwallex.js,
+    whose own hosts are not documented (assumed ``*.airwallex.com``).
+    """
+    parts = urlsplit(sdk_url)
+    host = parts.hostname or ""
+    if host == "airwallex.com" or host.endswith(".airwallex.com"):
+        return "https://*.airwallex.com"
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """
     Headers for every response, errors and redirects included.
@@ -149,11 +187,17 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     """
     nonce = request.get(_NONCE)
     source = f"'nonce-{nonce}'" if nonce else "'none'"
+    # Only the onboarding step runs Airwallex's script (by nonce) and talks
+    # to Airwallex from the browser; every other page stays same-origin.
+    components = request.get(_COMPONENTS, "")
+    extra = f" {components}" if components else ""
+    frames = extra or " 'none'"
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; script-src {source}; style-src {source}; connect-src 'self'; "
+        f"default-src 'none'; script-src {source}; style-src {source}; "
+        f"connect-src 'self'{extra}; frame-src{frames}; img-src 'self'{extra}; "
         "base-uri 'none'; frame-ancestors 'none'"
     )
 
@@ -172,11 +216,33 @@ def _same_origin(request: web.Request) -> None:
         raise web.HTTPForbidden(text="cross-origin request refused")
 
 
+async def _recent_events(manager: ConnectionManager, connections: list[Connection]) -> list[Any]:
+    """
+    The last :data:`RECENT_EVENTS` stored events of the (newest 50) listed
+    connections, oldest first: the feed starts with history, not empty.
+    """
+    events: list[ConnectionEvent] = []
+    for connection in connections[:50]:
+        try:
+            events.extend(await manager.history(connection.id))
+        except ConnectionNotFoundError:
+            continue
+    events.sort(key=lambda e: (e.at, e.connection_id, e.sequence))
+    return events[-RECENT_EVENTS:]
+
+
 async def dashboard(request: web.Request) -> web.Response:
-    """List every connection, newest first, with the live feed."""
-    connections = await request.app[MANAGER].connections()
+    """List every connection, newest first, with the feed of recent then live events."""
+    manager = request.app[MANAGER]
+    connections = await manager.connections()
     connections.sort(key=lambda c: c.created_at, reverse=True)
-    page = dashboard_page(connections, mode=request.app[MODE], nonce=_nonce(request))
+    page = dashboard_page(
+        connections,
+        onboarding=request.app[ONBOARDING].status,
+        recent=await _recent_events(manager, connections),
+        mode=request.app[MODE],
+        nonce=_nonce(request),
+    )
     return _html(page)
 
 
@@ -258,6 +324,92 @@ async def disconnect(request: web.Request) -> web.Response:
     raise web.HTTPFound("/")
 
 
+async def reconnect(request: web.Request) -> web.Response:
+    """
+    The Reconnect button of a connection that needs the customer (revoked,
+    invalidated, expired, denied, failed): the same connection, a new
+    authorize URL; the callback makes it active again.
+    """
+    _same_origin(request)
+    connection_id = request.match_info["connection_id"]
+    try:
+        authorization = await request.app[MANAGER].reauthorize(connection_id)
+    except ConnectionNotFoundError:
+        return _error(request, 404, "No such connection", "That connection does not exist.")
+    except IllegalTransitionError:
+        return _error(request, 409, "Still connected", "That connection needs no reconnecting.")
+    raise web.HTTPFound(authorization.url)
+
+
+async def onboarding(request: web.Request) -> web.Response:
+    """The "Continue onboarding" step: a page that starts the embedded KYC component."""
+    try:
+        connection = await request.app[MANAGER].get(request.match_info["connection_id"])
+    except ConnectionNotFoundError:
+        return _error(request, 404, "No such connection", "That connection does not exist.")
+    sdk_url = request.app[SDK_URL]
+    request[_COMPONENTS] = _components_sources(sdk_url)
+    status = request.app[ONBOARDING].status(connection.id)
+    page = onboarding_page(connection, status=status, sdk_url=sdk_url, nonce=_nonce(request))
+    return _html(page)
+
+
+async def onboarding_code(request: web.Request) -> web.Response:
+    """
+    A fresh embedded-components code for the page's ``init()`` (JSON, no-store).
+
+    Asked for when the component starts, not rendered into the page: the
+    code lives 30 seconds and works once, so a reload needs a new one.
+    """
+    _same_origin(request)
+    connection_id = request.match_info["connection_id"]
+    try:
+        code = await request.app[MANAGER].embedded_authorization(
+            connection_id, scopes=ONBOARDING_SCOPES
+        )
+    except ConnectionNotFoundError:
+        return web.json_response({"error": "no such connection"}, status=404)
+    except ConnectionUnusableError as exc:
+        return web.json_response({"error": f"not connected: {exc}"}, status=409)
+    except (EmbeddedAuthorizationError, ProviderError) as exc:
+        _log.warning("embedded components code refused: %s", exc)
+        return web.json_response({"error": "Airwallex refused to start onboarding"}, status=502)
+    request.app[ONBOARDING].started(connection_id)
+    return web.json_response(code.init_options(enabled_elements=["onboarding"]))
+
+
+async def history(request: web.Request) -> web.Response:
+    """One connection's stored events, oldest first (HTML)."""
+    manager = request.app[MANAGER]
+    connection_id = request.match_info["connection_id"]
+    try:
+        connection = await manager.get(connection_id)
+        events = await manager.history(connection_id)
+    except ConnectionNotFoundError:
+        return _error(request, 404, "No such connection", "That connection does not exist.")
+    return _html(history_page(connection, events, nonce=_nonce(request)))
+
+
+async def history_json(request: web.Request) -> web.Response:
+    """One connection's stored events as JSON."""
+    try:
+        events = await request.app[MANAGER].history(request.match_info["connection_id"])
+    except ConnectionNotFoundError:
+        return web.json_response({"error": "no such connection"}, status=404)
+    return web.json_response([event_json(e) for e in events])
+
+
+def _on_account_active(app: web.Application) -> Callable[[WebhookEvent], None]:
+    """The webhook subscriber: ``account.active`` moves its connections to onboarded."""
+
+    def on_event(event: WebhookEvent) -> None:
+        for connection_id in event.connection_ids:
+            _log.info("connection %s: account active, onboarding done", connection_id)
+            app[ONBOARDING].onboarded(connection_id)
+
+    return on_event
+
+
 async def favicon(request: web.Request) -> web.Response:
     """No icon, but no 404 in the browser's console either."""
     return web.Response(status=204)
@@ -266,7 +418,8 @@ async def favicon(request: web.Request) -> web.Response:
 async def list_connections(request: web.Request) -> web.Response:
     """Every connection as JSON: the dashboard's script catches up with it."""
     connections = await request.app[MANAGER].connections()
-    return web.json_response([connection_json(c) for c in connections])
+    status = request.app[ONBOARDING].status
+    return web.json_response([connection_json(c, status(c.id)) for c in connections])
 
 
 async def get_connection(request: web.Request) -> web.Response:
@@ -275,7 +428,8 @@ async def get_connection(request: web.Request) -> web.Response:
         connection = await request.app[MANAGER].get(request.match_info["connection_id"])
     except ConnectionNotFoundError:
         return web.json_response({"error": "no such connection"}, status=404)
-    return web.json_response(connection_json(connection))
+    status = request.app[ONBOARDING].status(connection.id)
+    return web.json_response(connection_json(connection, status))
 
 
 def _frame(event: ConnectionEvent) -> bytes:
@@ -285,46 +439,64 @@ def _frame(event: ConnectionEvent) -> bytes:
     return frame.encode()
 
 
+def _onboarding_frame(connection_id: str, status: str) -> bytes:
+    data = json.dumps({"connection_id": connection_id, "onboarding": status})
+    return f"event: onboarding\ndata: {data}\n\n".encode()
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """
-    Stream every ConnectionEvent of this process as Server-Sent Events.
+    Stream every ConnectionEvent of this process, and every onboarding
+    change, as Server-Sent Events (``event: connection``, ``event: onboarding``).
 
-    The subscription is made before the response starts, so a client that
+    The subscriptions are made before the response starts, so a client that
     saw the stream open misses nothing from then on. ``manager.events()``
     bounds the queue; a client that falls that far behind is disconnected
     and its browser reconnects and catches up from ``/connections``.
     """
     subscription = request.app[MANAGER].events(maxsize=1000)
+    changes = request.app[ONBOARDING].watch()
     streams = request.app[STREAMS]
     streams.add(subscription)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
     )
     iterator = aiter(subscription)
-    pending: asyncio.Future[ConnectionEvent] | None = None
+    pending: asyncio.Future[Any] | None = None  # the next ConnectionEvent
+    change: asyncio.Future[Any] | None = None  # the next (connection id, onboarding)
     try:
         await response.prepare(request)
         await response.write(b"retry: 2000\n: stream open\n\n")
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
+            if change is None:
+                change = asyncio.ensure_future(changes.get())
+            done, _ = await asyncio.wait(
+                {pending, change}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 await response.write(b": heartbeat\n\n")
                 continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                break  # the app is shutting down
-            pending = None
-            await response.write(_frame(event))
+            if change in done:
+                await response.write(_onboarding_frame(*change.result()))
+                change = None
+            if pending in done:
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    break  # the app is shutting down
+                pending = None
+                await response.write(_frame(event))
     except (ConnectionResetError, SubscriptionOverflowError):
         pass  # the tab went away, or fell too far behind and will reconnect
     finally:
         subscription.unsubscribe()
         streams.discard(subscription)
-        if pending is not None and not pending.done():
-            pending.cancel()
+        request.app[ONBOARDING].unwatch(changes)
+        for future in (pending, change):
+            if future is not None and not future.done():
+                future.cancel()
     return response
 
 
@@ -335,7 +507,9 @@ async def _close_streams(app: web.Application) -> None:
         subscription.unsubscribe()
 
 
-def build_app(manager: ConnectionManager, *, callback_path: str, mode: str) -> web.Application:
+def build_app(
+    manager: ConnectionManager, *, callback_path: str, mode: str, sdk_url: str
+) -> web.Application:
     """
     The partner app on *manager*.
 
@@ -344,11 +518,16 @@ def build_app(manager: ConnectionManager, *, callback_path: str, mode: str) -> w
         callback_path: The path of ``Config.redirect_uri``, where Airwallex
             sends the customer back.
         mode: Which Airwallex this is, shown on the dashboard.
+        sdk_url: Where Airwallex.js embedded components load from (the
+            fake's stand-in, or Airwallex's CDN).
     """
     app = web.Application()
     app[MANAGER] = manager
     app[MODE] = mode
+    app[SDK_URL] = sdk_url
+    app[ONBOARDING] = Onboarding()
     app[STREAMS] = set[Subscription]()
+    manager.subscribe_webhooks(_on_account_active(app), names=["account.active"])
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/", dashboard)
@@ -356,6 +535,11 @@ def build_app(manager: ConnectionManager, *, callback_path: str, mode: str) -> w
     app.router.add_post("/signup", signup)
     app.router.add_get(callback_path, callback)
     app.router.add_post("/connections/{connection_id}/disconnect", disconnect)
+    app.router.add_post("/connections/{connection_id}/reconnect", reconnect)
+    app.router.add_get("/connections/{connection_id}/onboarding", onboarding)
+    app.router.add_post("/connections/{connection_id}/onboarding/code", onboarding_code)
+    app.router.add_get("/connections/{connection_id}/history", history)
+    app.router.add_get("/connections/{connection_id}/events", history_json)
     app.router.add_get("/connections", list_connections)
     app.router.add_get("/connections/{connection_id}", get_connection)
     app.router.add_get("/events", events)

@@ -17,10 +17,14 @@ from ._clock import Clock, SystemClock
 from ._config import Config, Endpoints, Environment, TimingPolicy
 from ._connection import Connection
 from ._crypto import KeyRing
+from ._diagram import mermaid
+from ._embedded import EmbeddedAuthorization
 from ._errors import (
     AuthorizationError,
     AwxConnectionError,
+    BlockingCallError,
     CallbackError,
+    CallTimeoutError,
     ConfigurationError,
     ConnectionExpiredError,
     ConnectionInvalidatedError,
@@ -28,6 +32,7 @@ from ._errors import (
     ConnectionRevokedError,
     ConnectionUnusableError,
     DecryptionError,
+    EmbeddedAuthorizationError,
     IllegalTransitionError,
     InvalidArgumentError,
     InvalidClientError,
@@ -69,9 +74,9 @@ from ._states import (
     ConnectionState,
     Effect,
     Guard,
+    Intent,
     Transition,
     Trigger,
-    mermaid,
 )
 from ._statistics import ManagerStatistics
 from ._store import (
@@ -99,6 +104,8 @@ __all__ = [
     "AuthorizationError",
     "AuthorizationRequest",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "Clock",
     "Config",
@@ -117,6 +124,8 @@ __all__ = [
     "ConnectionUnusableError",
     "DecryptionError",
     "Effect",
+    "EmbeddedAuthorization",
+    "EmbeddedAuthorizationError",
     "Endpoints",
     "Environment",
     "EventCallback",
@@ -125,6 +134,7 @@ __all__ = [
     "Guard",
     "HOLDS_TOKENS",
     "IllegalTransitionError",
+    "Intent",
     "InvalidArgumentError",
     "InvalidClientError",
     "InvalidGrantError",

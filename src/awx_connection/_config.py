@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, final
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ import attrs
 from ._errors import ConfigurationError
 from ._retry import Backoff
 from ._secrets import Secret
+from ._text import is_text
 
 __all__ = ["Config", "Endpoints", "Environment", "TimingPolicy"]
 
@@ -45,6 +46,26 @@ def _is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _kind(owner: str, name: str, value: object, expected: type, what: str, hint: str = "") -> None:
+    """
+    Refuse *value* unless it is an *expected* (a bool is not a number, nor a
+    number a bool), when the value is built: later it would fail as a bare
+    ``AttributeError`` or ``TypeError`` far from the mistake. The message
+    names the type given, never the value (it may be a secret).
+    """
+    wrong_bool = isinstance(value, bool) != (expected is bool)
+    if not isinstance(value, expected) or wrong_bool:
+        msg = f"{owner}.{name} must be {what}, not {type(value).__name__}{hint}"
+        raise ConfigurationError(msg)
+
+
+def _text(owner: str, name: str, value: object) -> None:
+    _kind(owner, name, value, str, "a string")
+    if not is_text(value):  # type: ignore[arg-type]  # a str, checked above
+        msg = f"{owner}.{name} is not valid text (it holds a lone surrogate)"
+        raise ConfigurationError(msg)
 
 
 def _check_url(name: str, url: str, *, allow_insecure: bool) -> None:
@@ -84,7 +105,9 @@ class Endpoints:
     allow_insecure: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
+        _kind("Endpoints", "allow_insecure", self.allow_insecure, bool, "True or False")
         for name in ("authorize_url", "token_url", "api_base_url"):
+            _text("Endpoints", name, getattr(self, name))
             _check_url(name, getattr(self, name), allow_insecure=self.allow_insecure)
 
     @classmethod
@@ -104,7 +127,14 @@ class Endpoints:
 
     @classmethod
     def from_base_url(cls, base_url: str, *, allow_insecure: bool = False) -> Endpoints:
-        """All three URLs on one host, as the fake provider serves them."""
+        """
+        All three URLs on one host, as the fake provider serves them.
+
+        Raises:
+            ConfigurationError: *base_url* is not an absolute http(s) URL
+                (plain http only for a loopback host or with *allow_insecure*).
+        """
+        _text("Endpoints.from_base_url", "base_url", base_url)
         base = base_url.rstrip("/")
         return cls(
             authorize_url=f"{base}/oauth/authorize",
@@ -138,6 +168,18 @@ def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: flo
         raise ConfigurationError(msg)
 
 
+def _optional(
+    check: Callable[[object, attrs.Attribute[Any], Any], None],
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """*check*, or ``None`` (the feature is off)."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return validate
+
+
 def _count(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     _number(attribute, value, whole=True)
     if not value > 0:
@@ -161,7 +203,7 @@ class TimingPolicy:
     The refresh skew is relative to the token's lifetime,
     ``min(skew_max, skew_ratio * lifetime)``: 60 s for Airwallex's 5-minute
     tokens, and never larger than the token itself (a fixed 15-minute margin
-    would refresh on every call; see anchors.md pain point 9).
+    would refresh on every call for tokens that live 5 minutes).
     """
 
     #: Upper bound of the refresh skew.
@@ -211,8 +253,20 @@ class TimingPolicy:
     #: each such failure), so that it settles inside the grace window even
     #: when no caller asks (ConnectionManager(settle=False) turns this off).
     settle_delay: float = attrs.field(default=5.0, validator=_non_negative)
-    #: How long stored events are kept (``ConnectionManager.prune_events``).
-    event_retention: float = attrs.field(default=30 * 86400.0, validator=_positive)
+    #: How long stored events (and handled webhook ids) are kept, on the
+    #: injected clock: older ones are deleted by the manager's retention
+    #: sweep every ``prune_interval`` and by ``ConnectionManager.prune_events()``.
+    #: ``None`` keeps them for ever (no sweep; ``prune_events()`` deletes
+    #: nothing). A durable consumer further behind than this misses what was
+    #: deleted: age decides, not consumers' offsets.
+    event_retention: float | None = attrs.field(
+        default=30 * 86400.0, validator=_optional(_positive)
+    )
+    #: Real seconds between the manager's retention sweeps; the first runs
+    #: at a random moment of the first interval (replicas started together
+    #: spread out, and a service restarted more often than the interval
+    #: still prunes). ``None``: no sweep (``prune_events()`` still works).
+    prune_interval: float | None = attrs.field(default=3600.0, validator=_optional(_positive))
     #: After a refresh failed for good (attempts used up, or a rejection such
     #: as ``invalid_client``), callers get the same error without a new
     #: request for this long (injected clock): no storm against a provider
@@ -337,11 +391,33 @@ def _secrets(values: Iterable[str | Secret]) -> tuple[Secret, ...]:
     if isinstance(values, str | Secret):
         msg = "webhook_secrets must be a sequence of secrets, not one string"
         raise ConfigurationError(msg)
-    return tuple(_to_secret(v) for v in values)
+    try:
+        items = tuple(values)
+    except TypeError:
+        msg = f"Config.webhook_secrets must be a sequence of secrets, not {type(values).__name__}"
+        raise ConfigurationError(msg) from None
+    return tuple(_secret("webhook_secrets", v) for v in items)
+
+
+def _secret(name: str, value: str | Secret) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    _text("Config", name, value)
+    return Secret(value)
 
 
 def _to_secret(value: str | Secret) -> Secret:
-    return value if isinstance(value, Secret) else Secret(value)
+    return _secret("client_secret", value)
+
+
+# None defaults with converters rather than factories, so that help() reads
+# "timing: TimingPolicy | None = None" instead of attrs' "timing = NOTHING".
+def _sandbox_if_none(endpoints: Endpoints | None) -> Endpoints:
+    return Endpoints.for_environment(Environment.SANDBOX) if endpoints is None else endpoints
+
+
+def _default_timing_if_none(timing: TimingPolicy | None) -> TimingPolicy:
+    return TimingPolicy() if timing is None else timing
 
 
 @final
@@ -354,13 +430,16 @@ class Config:
     :class:`~awx_connection.Secret` at once, so it never shows in a repr.
     """
 
+    #: The partner app's OAuth client id.
     client_id: str
+    #: The OAuth client secret (a plain string is wrapped at once).
     client_secret: Secret = attrs.field(converter=_to_secret)
+    #: The redirect URI registered for the client; the callback lands there.
     redirect_uri: str
-    endpoints: Endpoints = attrs.field(
-        factory=lambda: Endpoints.for_environment(Environment.SANDBOX)
-    )
-    timing: TimingPolicy = attrs.field(factory=TimingPolicy)
+    #: Where Airwallex is; ``None`` (the default) means the sandbox.
+    endpoints: Endpoints = attrs.field(default=None, converter=_sandbox_if_none)
+    #: Every duration and limit; ``None`` (the default) means ``TimingPolicy()``.
+    timing: TimingPolicy = attrs.field(default=None, converter=_default_timing_if_none)
     #: Scopes requested when ``begin_authorization()`` is given none.
     default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_scopes)
     #: Use PKCE (S256) unless ``begin_authorization(pkce=...)`` says otherwise.
@@ -370,6 +449,21 @@ class Config:
     webhook_secrets: tuple[Secret, ...] = attrs.field(default=(), converter=_secrets)
 
     def __attrs_post_init__(self) -> None:
+        # Every field's type, here rather than at first use: Config(endpoints=
+        # "https://...") used to be accepted and fail later with AttributeError.
+        _text("Config", "client_id", self.client_id)
+        _text("Config", "redirect_uri", self.redirect_uri)
+        _kind(
+            "Config",
+            "endpoints",
+            self.endpoints,
+            Endpoints,
+            "an Endpoints",
+            "; for one base URL use Endpoints.from_base_url(url), for Airwallex's "
+            "hosts Endpoints.for_environment(Environment.SANDBOX)",
+        )
+        _kind("Config", "timing", self.timing, TimingPolicy, "a TimingPolicy")
+        _kind("Config", "pkce", self.pkce, bool, "True or False")
         if not self.client_id:
             msg = "client_id is empty"
             raise ConfigurationError(msg)

@@ -8,10 +8,12 @@ Every error the library raises, as one tree.
     ├── IllegalTransitionError       a trigger the current state does not allow
     ├── AuthorizationError           the redirect back could not be accepted
     │   ├── CallbackError            malformed callback (no code, no state, ...)
-    │   ├── UnknownStateError        unknown or already used ``state``
-    │   └── StateExpiredError        ``state`` past its lifetime
+    │   ├── UnknownStateError        unknown or already used state
+    │   └── StateExpiredError        state past its lifetime
     ├── RefreshTimeoutError          another process's rotation did not finish in time
-    ├── ManagerClosedError           the manager is closing or closed
+    ├── ManagerClosedError           the manager is closing or closed (or not started)
+    ├── BlockingCallError            a blocking call that cannot work from where it was made
+    ├── CallTimeoutError             a blocking call outlived its timeout (also a TimeoutError)
     ├── ConnectionUnusableError      the connection holds no usable tokens
     │   ├── ConnectionRevokedError
     │   ├── ConnectionInvalidatedError
@@ -19,13 +21,15 @@ Every error the library raises, as one tree.
     ├── ProviderError                the token endpoint failed or said no
     │   ├── InvalidGrantError        code or refresh token rejected
     │   ├── InvalidClientError       client id/secret rejected
-    │   ├── RateLimitedError         429 (``concurrent`` for overlapping refreshes)
+    │   ├── RateLimitedError         429 ("concurrent" for overlapping refreshes)
     │   ├── ProviderUnavailableError 5xx
     │   ├── MalformedResponseError   not JSON, missing fields, absurd values
     │   └── NetworkError             connection failed or response lost
+    ├── EmbeddedAuthorizationError   the embedded-components authorize endpoint said no
     ├── StoreError                   the store failed
     │   ├── StoreUnavailableError    the database is unreachable (retried with backoff)
     │   ├── DecryptionError          a stored secret did not decrypt (wrong key, tampering)
+    │   ├── StoreNotMigratedError    opened with create=False before db migrate
     │   └── VersionConflictError     a compare-and-swap lost to a newer write
     ├── SubscriptionOverflowError    a subscriber fell too far behind
     ├── SinkError                    a relay's sink cannot deliver now (the batch is retried)
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthorizationError",
     "AwxConnectionError",
+    "BlockingCallError",
+    "CallTimeoutError",
     "CallbackError",
     "ConfigurationError",
     "ConnectionExpiredError",
@@ -55,6 +61,7 @@ __all__ = [
     "ConnectionRevokedError",
     "ConnectionUnusableError",
     "DecryptionError",
+    "EmbeddedAuthorizationError",
     "IllegalTransitionError",
     "InvalidArgumentError",
     "InvalidClientError",
@@ -174,10 +181,38 @@ class ManagerClosedError(AwxConnectionError):
     instead of a bare ``CancelledError``: a rotation that may already have
     reached Airwallex is let finish first; one that had not started is
     abandoned, and its journal (if any) is resumed by the next process.
+
+    A `BlockingManager` (`awx_connection.blocking`) raises it too for a
+    call before ``start()`` (the message says so) or after ``close()``.
     """
 
     def __init__(self, message: str = "the connection manager is closed") -> None:
         super().__init__(message)
+
+
+class BlockingCallError(AwxConnectionError, RuntimeError):
+    """
+    A call to `awx_connection.blocking.BlockingManager` that cannot
+    work from where it was made, refused at once instead of hanging.
+
+    From the manager's own event-loop thread (a subscriber callback runs
+    there), the call would wait for the thread that is waiting for it. In a
+    child process forked after ``start()`` (a pre-forking server that loaded
+    the app first), the loop thread did not survive the fork: start a
+    manager in each worker process instead.
+    """
+
+
+class CallTimeoutError(AwxConnectionError, TimeoutError):
+    """
+    A blocking call did not finish within its ``timeout``; it was cancelled.
+
+    Only the caller's part is cancelled: a refresh the call had joined is
+    shared with other callers and goes on (it is shielded), so the next
+    call finds its result. A ``TimeoutError`` too, for code that catches
+    that; a request that timed out on the network raises the plain
+    ``TimeoutError`` instead, so the two stay apart.
+    """
 
 
 class ConnectionUnusableError(AwxConnectionError):
@@ -270,6 +305,27 @@ class NetworkError(ProviderError):
     """The request failed on the network, or its response was lost or timed out."""
 
     retryable = True
+
+
+class EmbeddedAuthorizationError(AwxConnectionError):
+    """
+    ``POST /api/v1/authentication/authorize`` refused to issue an embedded
+    components code (a scope not supported or not enabled, a bad
+    ``x-on-behalf-of``, a 5xx after retries, a body that is not JSON).
+
+    ``status`` is the HTTP status (``None`` when the body was malformed);
+    ``code`` and ``source`` are Airwallex's error fields when it sent them.
+    A 401 that a refresh does not fix is not this error: the connection is
+    revoked and `ConnectionRevokedError` is raised, as for any call.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None, code: str | None, source: str | None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.source = source
+        super().__init__(message)
 
 
 class StoreError(AwxConnectionError):

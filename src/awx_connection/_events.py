@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Self, final
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from typing import Any, Self, final
 
 import attrs
 
-from ._errors import SubscriptionOverflowError
-from ._states import ConnectionState, Trigger
+from ._errors import InvalidArgumentError, SubscriptionOverflowError
+from ._states import INTENTS, ConnectionState, Intent, Trigger
 
 __all__ = [
     "ConnectionEvent",
     "EventBus",
     "EventCallback",
     "Subscription",
+    "event_filter",
 ]
 
 _log = logging.getLogger("awx_connection.events")
@@ -66,6 +68,15 @@ class ConnectionEvent:
     account_id: str | None = None
     external_id: str | None = None
 
+    @property
+    def intent(self) -> Intent:
+        """
+        What the event means to the application (:class:`~awx_connection.Intent`),
+        from its row of the transition table: derived, not stored, so events
+        stored before intents existed have one too.
+        """
+        return INTENTS[self.trigger]
+
 
 #: A subscriber callback: plain function or coroutine function.
 EventCallback = Callable[[ConnectionEvent], Awaitable[None] | None]
@@ -77,14 +88,47 @@ def _check_maxsize(maxsize: int) -> None:
         raise ValueError(msg)
 
 
-def _matcher(
-    triggers: Collection[Trigger] | None, states: Collection[ConnectionState] | None
+def _wanted(
+    name: str, kind: type[enum.Enum], given: Collection[Any] | None
+) -> frozenset[Any] | None:
+    """*given* as a set of *kind* members; ``None`` (everything) stays ``None``."""
+    if given is None:
+        return None
+    if isinstance(given, str | enum.Enum) or not isinstance(given, Iterable):
+        # intents=Intent.CONNECTED (no list) would otherwise fail later, or
+        # iterate a string's letters.
+        msg = f"{name} must be a collection of {kind.__name__} members, got {given!r}"
+        raise InvalidArgumentError(msg)
+    wanted = frozenset(given)
+    strays = [item for item in wanted if not isinstance(item, kind)]
+    if strays:
+        msg = f"{name} must hold {kind.__name__} members only, got {strays[0]!r}"
+        raise InvalidArgumentError(msg)
+    return wanted
+
+
+def event_filter(
+    *,
+    triggers: Collection[Trigger] | None = None,
+    states: Collection[ConnectionState] | None = None,
+    intents: Collection[Intent] | None = None,
 ) -> Callable[[ConnectionEvent], bool]:
-    wanted_triggers = frozenset(triggers) if triggers is not None else None
-    wanted_states = frozenset(states) if states is not None else None
+    """
+    A predicate true for the events matching every filter given (``None``:
+    any); what subscriptions and durable consumers filter with.
+
+    Raises:
+        InvalidArgumentError: A filter is not a collection of its enum's
+            members (a bare member or a string, say).
+    """
+    wanted_triggers = _wanted("triggers", Trigger, triggers)
+    wanted_states = _wanted("states", ConnectionState, states)
+    wanted_intents = _wanted("intents", Intent, intents)
 
     def matches(event: ConnectionEvent) -> bool:
         if wanted_triggers is not None and event.trigger not in wanted_triggers:
+            return False
+        if wanted_intents is not None and INTENTS[event.trigger] not in wanted_intents:
             return False
         return wanted_states is None or event.dest in wanted_states
 
@@ -230,6 +274,7 @@ class EventBus:
         *,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
+        intents: Collection[Intent] | None = None,
         maxsize: int = 10_000,
     ) -> Subscription:
         """
@@ -239,18 +284,21 @@ class EventBus:
             callback: A function or coroutine function taking the event.
             triggers: Only events of these triggers (default: all).
             states: Only events that enter these states (default: all).
+            intents: Only events of these intents (default: all).
             maxsize: Queue bound for an async callback (at least 1).
 
         Raises:
             ValueError: *maxsize* is below 1.
+            InvalidArgumentError: A filter is not a collection of its enum's members.
         """
         _check_maxsize(maxsize)
+        matches = event_filter(triggers=triggers, states=states, intents=intents)
         is_async = inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
             getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
         )
         sub = Subscription(
             self,
-            _matcher(triggers, states),
+            matches,
             callback,
             asyncio.Queue(maxsize=maxsize + 1) if is_async else None,
         )
@@ -262,18 +310,19 @@ class EventBus:
         *,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
+        intents: Collection[Intent] | None = None,
         maxsize: int = 10_000,
     ) -> Subscription:
         """
-        Subscribe for ``async for event in subscription``.
+        Subscribe for ``async for event in subscription``; filters as :meth:`subscribe`.
 
         Raises:
             ValueError: *maxsize* is below 1.
+            InvalidArgumentError: A filter is not a collection of its enum's members.
         """
         _check_maxsize(maxsize)
-        sub = Subscription(
-            self, _matcher(triggers, states), None, asyncio.Queue(maxsize=maxsize + 1)
-        )
+        matches = event_filter(triggers=triggers, states=states, intents=intents)
+        sub = Subscription(self, matches, None, asyncio.Queue(maxsize=maxsize + 1))
         self._subscriptions.append(sub)
         return sub
 

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import final
+from typing import TypeVar, final
 
 import attrs
 
@@ -44,7 +44,9 @@ from ._paging import each_page
 from ._records import ConnectionSummary
 from ._states import ROTATING, USABLE, ConnectionState
 
-__all__ = ["KeepaliveReport", "Sweeps", "due_at"]
+__all__ = ["KeepaliveReport", "Sweeps", "background", "due_at"]
+
+_R = TypeVar("_R")
 
 _log = logging.getLogger("awx_connection")
 
@@ -172,7 +174,7 @@ class Sweeps:
         while True:
             await asyncio.sleep(delay)
             delay = timing.keepalive_interval
-            report = await _background("keep-alive pass", self.keepalive_pass)
+            report = await background("keep-alive pass", self.keepalive_pass)
             if report is not None:
                 _log.info(
                     "keep-alive: %d checked, %d rotated, %d expired, %d failed",
@@ -186,7 +188,7 @@ class Sweeps:
         """Settling scans for ever: at once, then every ``settle_interval``."""
         interval = self.core.config.timing.settle_interval
         while True:
-            report = await _background("settling scan", self.settle_unfinished)
+            report = await background("settling scan", self.settle_unfinished)
             if report is not None and report.checked:
                 _log.info(
                     "settling: %d unfinished, %d settled, %d expired, %d failed",
@@ -198,9 +200,7 @@ class Sweeps:
             await asyncio.sleep(interval)
 
 
-async def _background(
-    what: str, run: Callable[[], Awaitable[KeepaliveReport]]
-) -> KeepaliveReport | None:
+async def background(what: str, run: Callable[[], Awaitable[_R]]) -> _R | None:
     """One run of a background loop's work; a failure is logged, never ends the loop."""
     try:
         return await run()

@@ -163,12 +163,15 @@ class Live:
             self.journal_version = record.version
             self.journal_seen_at = time.monotonic()
         tokens = record.tokens
+        # The token first, then its bound: BlockingManager reads the bound,
+        # then the token, from other threads, so that it never pairs a new
+        # bound with the old token (see _blocking.BlockingManager.access_token).
         if record.state in SERVING and tokens is not None and self.skew is not None:
-            self.fresh_until = tokens.access_expires_at - self.skew(tokens.access_lifetime)
             self.token = tokens.access_token.reveal()
+            self.fresh_until = tokens.access_expires_at - self.skew(tokens.access_lifetime)
         else:
-            self.fresh_until = float("-inf")
             self.token = None
+            self.fresh_until = float("-inf")
 
 
 @final

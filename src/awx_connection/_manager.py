@@ -1,37 +1,19 @@
 """
 Many connections: the API a partner platform embeds.
 
-:class:`ConnectionManager` is a façade. Each of its jobs lives in a module
-of its own, built here once and sharing one :class:`~awx_connection._core.Core`
-(configuration, clock, store, transport, event bus, counters):
-
-========================  =====================================================
-authorization             ``_authorize.Authorizer``: begin, complete (the code
-                          exchange is the action of ``authorized``), reauthorize
-the write spine           ``_writer.Writer``: fire a row, compare-and-swap the
-                          record and its event, adopt, publish
-the cache, single-flight  ``_live.LiveCache``, ``_live.Flights``: one refresh in
-                          flight per connection, joined by every caller
-rotation                  ``_rotator.Rotator`` performing ``_rotation``'s
-                          sans-I/O decisions (journal, lease, grace window)
-keep-alive, settling      ``_keepalive.Sweeps``: the work no caller asks for
-webhooks                  ``_intake.WebhookIntake``: claim, act, record
-API calls                 ``_api.Api``: bearer, one refresh on a 401, retries
-========================  =====================================================
-
-What stays here: the lifecycle (open, the background loops, a graceful
-close), reading connections, and the one hot path a fresh cached token
-takes (``access_token()``: one dict lookup, one comparison, no lock), which
-must not pay for a call into another object.
+:class:`ConnectionManager` is a façade over one-job modules sharing one
+:class:`~awx_connection._core.Core` (docs/architecture.md walks through
+them). What stays here: reading connections, and the hot path of a fresh
+cached token (``access_token()``: one dict lookup, one comparison, no
+lock), which must not pay for a call into another object.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Collection, Coroutine, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Self, final
 
 import aiohttp
@@ -43,14 +25,18 @@ from ._clock import Clock, SystemClock
 from ._config import Config
 from ._connection import Connection
 from ._core import Core
+from ._embedded import Embedded, EmbeddedAuthorization
+from ._errors import InvalidArgumentError
 from ._events import ConnectionEvent, EventBus, EventCallback, Subscription
 from ._gate import RefreshGate
 from ._intake import WebhookIntake
 from ._keepalive import KeepaliveReport, Sweeps
+from ._lifecycle import Lifecycle
 from ._live import Flights, Live, LiveCache
 from ._outbox import EventConsumer
+from ._retention import Retention
 from ._rotator import Rotator
-from ._states import ConnectionState, Trigger
+from ._states import ConnectionState, Intent, Trigger
 from ._statistics import ManagerStatistics, snapshot
 from ._store import Store
 from ._transport import Transport
@@ -59,6 +45,16 @@ from ._writer import Writer
 from .stores import MemoryStore
 
 __all__ = ["ConnectionManager"]
+
+
+# None defaults with converters, not factories: help() then reads
+# "store: Store | None = None" instead of attrs' "store = NOTHING".
+def _store_or_memory(store: Store | None) -> Store:
+    return MemoryStore() if store is None else store
+
+
+def _clock_or_system(clock: Clock | None) -> Clock:
+    return SystemClock() if clock is None else clock
 
 
 @final
@@ -85,29 +81,28 @@ class ConnectionManager:
             with the fake provider in tests.
         session: An :class:`aiohttp.ClientSession` to share; by default the
             manager creates and closes its own.
-        keepalive: Rotate idle connections' refresh tokens before they age
-            out: a pass ``TimingPolicy.keepalive_first_delay`` after
-            :meth:`open`, then every ``keepalive_interval``. On by default:
-            without it an idle connection ends ``expired`` after 60-90 days.
-            Leases keep replicas from rotating twice. Turn it off for
-            one-shot scripts (the CLI does).
-        settle: Settle rotations left unfinished (``refreshing``) without
-            waiting for a caller: one of this process whose retries ran out
-            with its token maybe sent, and any process's (crashed, shut
-            down, cut off from the store) found by a scan at :meth:`open`
-            and every ``TimingPolicy.settle_interval``, inside the grace
-            window. Off only where every flight must be started by the code
-            itself (one-shot scripts, tests that count requests).
+        keepalive: Run :meth:`keepalive_pass` in the background (first
+            ``TimingPolicy.keepalive_first_delay`` after :meth:`open`):
+            without it an idle connection ends ``expired`` after 60-90
+            days. Off for one-shot scripts (the CLI's).
+        settle: Run :meth:`settle_unfinished` at :meth:`open` and every
+            ``TimingPolicy.settle_interval``, and settle this process's own
+            failed rotations. Off only where the code must start every
+            flight itself (one-shot scripts, tests that count requests).
     """
 
     #: Fixed for the manager's life: its transport and caches are built from it.
     config: Config = attrs.field(on_setattr=attrs.setters.frozen)
-    store: Store = attrs.field(factory=MemoryStore, kw_only=True)
-    clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
+    #: Where connections live (``store=None`` gives a :class:`MemoryStore`).
+    store: Store = attrs.field(default=None, converter=_store_or_memory, kw_only=True)
+    #: The time source (``clock=None`` gives the :class:`SystemClock`).
+    clock: Clock = attrs.field(default=None, converter=_clock_or_system, kw_only=True)
     _session: aiohttp.ClientSession | None = attrs.field(
         default=None, kw_only=True, alias="session"
     )
+    #: Whether :meth:`open` starts the keep-alive loop.
     keepalive: bool = attrs.field(default=True, kw_only=True)
+    #: Whether :meth:`open` starts settling.
     settle: bool = attrs.field(default=True, kw_only=True)
     _core: Core = attrs.field(init=False)
     # The live cache's dict itself, read by the hot path without a hop.
@@ -118,12 +113,12 @@ class ConnectionManager:
     _authorizer: Authorizer = attrs.field(init=False)
     _intake: WebhookIntake = attrs.field(init=False)
     _api: Api = attrs.field(init=False)
+    _embedded: Embedded = attrs.field(init=False)
     _sweeps: Sweeps = attrs.field(init=False)
+    _retention: Retention = attrs.field(init=False)
     #: The token-endpoint slots every rotation of this manager queues for.
     _gate: RefreshGate = attrs.field(init=False)
-    #: The background loops (keep-alive, settling), by name.
-    _loops: dict[str, asyncio.Task[None]] = attrs.field(factory=dict, init=False)
-    _closed: asyncio.Event | None = attrs.field(default=None, init=False)
+    _lifecycle: Lifecycle = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         config = self.config
@@ -144,39 +139,36 @@ class ConnectionManager:
         self._authorizer = Authorizer(core, cache, writer)
         self._intake = WebhookIntake(core, cache, writer, self.access_token)
         self._api = Api(core, cache, flights, writer, self.access_token)
+        self._embedded = Embedded(core, self._api)
         self._sweeps = Sweeps(core, cache, flights)
+        self._retention = Retention(core)
+        self._lifecycle = Lifecycle(core, flights, self._live)
 
     def __repr__(self) -> str:
-        # Short on purpose: a repr lands in logs and tracebacks, and the
-        # internals (the live cache holds revealed access tokens) must not.
-        return (
-            f"<ConnectionManager client_id={self.config.client_id!r} "
-            f"store={type(self.store).__name__} connections_cached={len(self._live)}>"
-        )
+        # Short on purpose: the live cache holds revealed access tokens.
+        name = type(self.store).__name__
+        client, held = self.config.client_id, len(self._live)
+        return f"<ConnectionManager client_id={client!r} store={name} connections_cached={held}>"
 
     # -- lifecycle ----------------------------------------------------------
 
     async def open(self) -> None:
         """
         Open the store (creating its schema) and start the background loops
-        (keep-alive, settling) that are on. Idempotent.
+        (keep-alive, settling, event retention) that are on. Idempotent.
 
         Raises:
             ManagerClosedError: The manager was closed; make a new one.
         """
         self._core.check_open()
         await self.store.open()
+        start = self._lifecycle.start
         if self.keepalive:
-            self._start_loop("keepalive", self._sweeps.keepalive_loop())
+            start("keepalive", self._sweeps.keepalive_loop())
         if self.settle:
-            self._start_loop("settle", self._sweeps.settle_loop())
-
-    def _start_loop(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
-        if name in self._loops:
-            loop.close()
-            return
-        task = asyncio.get_running_loop().create_task(loop, name=f"awx-connection-{name}")
-        self._loops[name] = task
+            start("settle", self._sweeps.settle_loop())
+        if self._retention.on:
+            start("retention", self._retention.loop())
 
     async def aclose(self) -> None:
         """
@@ -184,36 +176,13 @@ class ConnectionManager:
         the rest, then close subscriptions, the transport and the store.
         Idempotent; a second call waits for the first.
 
-        A rotation whose refresh token may already be on its way is let
-        finish (its answer stored), for at most
-        ``TimingPolicy.close_timeout``: cancelling it would leave the
-        provider's new tokens unknown and the connection to be rescued by
-        the next process inside the grace window. Flights that had not sent
-        anything are cancelled; their callers, and anyone calling from now
-        on, get :class:`~awx_connection.ManagerClosedError`. A journal left
-        behind (a timeout here, a crash) is resumed by any process that
-        opens the store, without waiting for a caller.
+        A rotation whose refresh token may be on its way finishes (its
+        answer stored) within ``TimingPolicy.close_timeout``; flights that
+        sent nothing are cancelled, and their callers, like every later
+        call, get :class:`~awx_connection.ManagerClosedError`. A journal
+        left behind is resumed by any process that opens the store.
         """
-        if self._closed is not None:
-            await self._closed.wait()
-            return
-        core = self._core
-        core.closing = True
-        self._closed = asyncio.Event()
-        wait = self.config.timing.close_wait
-        try:
-            for task in self._loops.values():
-                task.cancel()
-            await asyncio.gather(*self._loops.values(), return_exceptions=True)
-            await self._flights.drain(wait)
-            await core.bus.aclose(timeout=wait)
-            await core.transport.aclose()
-        finally:
-            self._live.clear()
-            try:
-                await self.store.aclose()
-            finally:
-                self._closed.set()
+        await self._lifecycle.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -228,43 +197,53 @@ class ConnectionManager:
         self,
         callback: EventCallback,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
     ) -> Subscription:
         """
-        Call *callback* (sync or async) for every matching lifecycle event.
-
-        Events of one connection reach each subscriber in sequence order. A
-        callback that raises is logged; other subscribers and the transition
-        are unaffected.
+        Call *callback* (sync or async) for every matching lifecycle event:
+        of one of *intents* (``[Intent.CONNECTED]`` to onboard: a refresh
+        never matches), *triggers* and entering one of *states* (``None``:
+        any). Each subscriber gets a connection's events in sequence order;
+        one that raises is logged, and nothing else is affected.
         """
-        return self._core.bus.subscribe(callback, triggers=triggers, states=states)
+        return self._core.bus.subscribe(callback, triggers=triggers, states=states, intents=intents)
 
     def events(
         self,
         *,
+        intents: Collection[Intent] | None = None,
         triggers: Collection[Trigger] | None = None,
         states: Collection[ConnectionState] | None = None,
         maxsize: int = 10_000,
     ) -> Subscription:
-        """Subscribe for ``async for event in manager.events(...)``."""
-        return self._core.bus.stream(triggers=triggers, states=states, maxsize=maxsize)
+        """``async for event in manager.events(...)``; filters as :meth:`subscribe`."""
+        bus = self._core.bus
+        return bus.stream(triggers=triggers, states=states, intents=intents, maxsize=maxsize)
 
-    def consumer(self, name: str, *, batch: int = 100, poll_interval: float = 1.0) -> EventConsumer:
+    def consumer(
+        self,
+        name: str,
+        *,
+        batch: int = 100,
+        poll_interval: float = 1.0,
+        intents: Collection[Intent] | None = None,
+    ) -> EventConsumer:
         """
-        A durable, at-least-once reader of every connection's events, named
-        *name*; it resumes from its committed position after a restart, in
-        any process sharing the store. See :class:`EventConsumer`.
+        A durable, at-least-once reader named *name* of every connection's
+        events (of *intents* only: the others count as handled), resuming
+        from its committed position in any process. See :class:`EventConsumer`.
         """
         if not name:
             msg = "a consumer needs a name"
             raise ValueError(msg)
-        return EventConsumer(self.store, name, batch=batch, poll_interval=poll_interval)
+        poll = poll_interval
+        return EventConsumer(self.store, name, batch=batch, poll_interval=poll, intents=intents)
 
     async def prune_events(self) -> int:
-        """Delete stored events older than ``TimingPolicy.event_retention``; return how many."""
-        cutoff = self.clock.now() - self.config.timing.event_retention
-        return await self.store.prune_events(before=cutoff)
+        """Delete events older than ``TimingPolicy.event_retention`` now; how many went."""
+        return await self._retention.prune()
 
     async def history(self, connection_id: str) -> list[ConnectionEvent]:
         """Every stored event of *connection_id*, in order."""
@@ -297,6 +276,22 @@ class ConnectionManager:
         )
         return [Connection.from_record(r) for r in records]
 
+    async def find(
+        self, *, external_id: str | None = None, account_id: str | None = None
+    ) -> list[Connection]:
+        """
+        The connections of one customer (your *external_id*) or Airwallex
+        account, newest first, in any state (see :meth:`begin_authorization`).
+
+        Raises:
+            InvalidArgumentError: Neither filter given, or one is not valid text.
+        """
+        if external_id is None and account_id is None:
+            msg = "find() needs external_id= or account_id="
+            raise InvalidArgumentError(msg)
+        found = await self.connections(external_id=external_id, account_id=account_id)
+        return found[::-1]  # the store lists oldest first, by (created_at, id)
+
     async def load(
         self,
         *,
@@ -310,22 +305,13 @@ class ConnectionManager:
         Call it once after :meth:`open` in a process that will use many
         connections (a worker starting up, a replica joining): without it,
         each connection is read from the store on its first use, one round
-        trip each. The store is read a page of *page_size* records at a time
-        (keyset paging on ``(created_at, id)``), so the memory it takes
-        beyond the held connections is one page, whatever the store's size.
+        trip each. The store is read *page_size* records at a time, so the
+        memory it takes beyond the held connections is one page.
 
-        A connection this manager already holds keeps its record unless the
-        stored one is newer (a higher version). A row that does not decrypt
-        or decode is logged (logger ``awx_connection.stores``) and left out,
-        as :meth:`connections` does; its first use then raises
-        :class:`~awx_connection.DecryptionError`. Secrets are decrypted here,
-        not on first use: a tampered row is found now, not mid-request.
-
-        Python's cyclic garbage collector is paused while each page is read
-        and adopted (about 30 ms for 1,000), unless the application turned
-        it off itself: collecting over and over while the heap only grows
-        was a sixth of the time of a large load. Cycles made meanwhile are
-        collected after the page.
+        A held connection keeps its record unless the stored one is newer.
+        A row that does not decrypt is logged and left out (its first use
+        raises :class:`~awx_connection.DecryptionError`): secrets are
+        decrypted here, so a tampered row is found now, not mid-request.
 
         Returns:
             How many connections the manager holds now.
@@ -357,7 +343,9 @@ class ConnectionManager:
             sign_up: Add ``sign_up=true``: Airwallex lets a new customer
                 create an account first, then authorize, in one flow.
             pkce: Use PKCE (S256); ``Config.pkce`` when omitted.
-            external_id: Your key for this connection (e.g. a customer id).
+            external_id: Your label for it (a customer id), not a unique
+                key: each call makes a new connection (:meth:`find` lists a
+                customer's; :meth:`reauthorize` one to keep one).
 
         Raises:
             ConfigurationError: No or invalid scopes.
@@ -379,7 +367,10 @@ class ConnectionManager:
         """
         Move a finished (revoked, invalidated, expired, denied, failed) or
         still pending connection back to ``pending`` with a new authorize URL.
-        The old tokens are dropped; the connection keeps its id and history.
+        The old tokens are dropped; the connection keeps its id, its
+        ``external_id`` and its history. A link still out (pending, or
+        authorized with its exchange unfinished) stops working: its callback
+        raises :class:`~awx_connection.UnknownStateError` and changes nothing.
 
         Raises:
             IllegalTransitionError: The connection is active, refreshing or authorized.
@@ -435,9 +426,8 @@ class ConnectionManager:
         """
         A valid access token for *connection_id*, refreshing if needed.
 
-        The token stays valid for at least the refresh skew
-        (``min(60 s, 20 %)`` of its lifetime by default). Concurrent callers
-        share one refresh.
+        Valid for at least the refresh skew (``min(60 s, 20 %)`` of its
+        lifetime by default); concurrent callers share one refresh.
 
         Raises:
             ConnectionNotFoundError: No such connection.
@@ -456,9 +446,8 @@ class ConnectionManager:
 
     async def refresh(self, connection_id: str) -> Connection:
         """
-        Rotate the tokens of *connection_id* now, whatever their expiry.
-
-        Joins a refresh already in flight instead of starting a second one.
+        Rotate the tokens of *connection_id* now, whatever their expiry
+        (joining a refresh in flight rather than starting a second).
         """
         live = await self._cache.get(connection_id)
         tokens = live.record.tokens
@@ -471,8 +460,7 @@ class ConnectionManager:
     ) -> Connection:
         """
         Mark an ``active`` or ``refreshing`` connection ``revoked`` (your
-        customer disconnected, or a webhook said so). Waits for an in-flight
-        refresh to finish first.
+        customer disconnected), after any refresh in flight.
 
         Raises:
             IllegalTransitionError: The connection is not active or refreshing.
@@ -494,13 +482,11 @@ class ConnectionManager:
         """
         Call the Airwallex API on behalf of *connection_id*.
 
-        *url* is a path (``/api/v1/account/``) or a URL on the configured API
-        host; a bearer token is never sent to any other host. On a 401 the
-        connection is refreshed once and the request retried once; a second
-        401 marks it ``revoked``. Use the response as ``async with`` or call
-        ``release()``. Other keyword arguments go to aiohttp. Each attempt
-        ends within ``TimingPolicy.request_timeout`` unless you pass your
-        own ``timeout=``.
+        *url* is a path (``/api/v1/account/``) or a URL on the API host (a
+        bearer token goes to no other host). A 401 refreshes the connection
+        and retries once; a second 401 marks it ``revoked``. Use the response
+        as ``async with`` or ``release()`` it. Other keyword arguments go to
+        aiohttp; each attempt ends within ``TimingPolicy.request_timeout``.
 
         Args:
             retry: Retry on 502/503/504 and network errors, up to
@@ -519,6 +505,34 @@ class ConnectionManager:
         """
         return await self._api.request(connection_id, method, url, retry, kwargs)
 
+    async def embedded_authorization(
+        self,
+        connection_id: str,
+        *,
+        scopes: Sequence[str] = ("onboarding:write",),
+        identity: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> EmbeddedAuthorization:
+        """
+        A single-use code for Airwallex.js embedded components (KYC, RFI...)
+        of *connection_id*, with its PKCE verifier, for the browser's
+        ``init()`` (``result.init_options(...)``); 401s as in :meth:`request`.
+
+        Args:
+            scopes: Sent as ``scope``, a list (``onboarding:write`` for KYC).
+            identity: Your id for the user (embedded SCA).
+            on_behalf_of: Sent as ``x-on-behalf-of`` (a platform acting
+                for one of its connected accounts).
+
+        Raises:
+            InvalidArgumentError: Bad *scopes*, *identity* or *on_behalf_of*;
+                nothing was sent.
+            EmbeddedAuthorizationError: Airwallex refused (e.g. a scope).
+            ConnectionUnusableError: The connection is not active, or
+                answered 401 again after a refresh (then ``revoked``).
+        """
+        return await self._embedded.authorize(connection_id, scopes, identity, on_behalf_of)
+
     # -- webhooks -------------------------------------------------------------
 
     def subscribe_webhooks(
@@ -527,9 +541,8 @@ class ConnectionManager:
         """
         Call *callback* (sync or async) for every verified webhook event
         whose name matches one of *names* (``fnmatch`` patterns such as
-        ``"account.*"``; all events when omitted, unknown names included).
-        Callbacks run before the delivery is answered; one that raises is
-        logged and the others still run.
+        ``"account.*"``; all when omitted), before the delivery is answered;
+        one that raises is logged and the others still run.
         """
         return self._intake.subscribe(callback, names)
 
@@ -559,11 +572,9 @@ class ConnectionManager:
 
     async def keepalive_pass(self) -> KeepaliveReport:
         """
-        Rotate every active connection whose refresh token is due
-        (:func:`~awx_connection.due_at`), at most
-        ``keepalive_concurrency`` at a time; expire those whose token already
-        ran out; resume rotations left ``refreshing``. Safe to run in every
-        replica: leases make sure one rotates.
+        Rotate every active connection whose refresh token is due, at most
+        ``keepalive_concurrency`` at a time; expire those already run out;
+        resume rotations left ``refreshing``. Leases let every replica run it.
         """
         return await self._sweeps.keepalive_pass()
 
@@ -572,15 +583,12 @@ class ConnectionManager:
         Resume every rotation left unfinished (``refreshing``) in the store,
         by this process or any other, now; report what became of them.
 
-        A process that crashed, shut down or lost the store mid-rotation
-        leaves a journal whose refresh token may have reached Airwallex. It
-        is safe to present that token again only inside the grace window,
-        so it must not wait for a caller. The manager runs this at
-        :meth:`open` and every ``TimingPolicy.settle_interval`` unless
-        ``settle=False``. Each resume takes the connection's lease, so a
-        rotation still in progress in a live replica is waited for, not
-        repeated; past the grace window the journal ends ``invalidated``
-        without sending anything.
+        A crashed, stopped or cut-off process leaves a journal whose token
+        may have reached Airwallex, safe to present again only inside the
+        grace window: it must not wait for a caller. Runs at :meth:`open`
+        and every ``TimingPolicy.settle_interval`` unless ``settle=False``;
+        a rotation in progress in a live replica is waited for (its lease),
+        not repeated.
         """
         return await self._sweeps.settle_unfinished()
 

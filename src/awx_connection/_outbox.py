@@ -15,16 +15,22 @@ delivered again: at-least-once. Make handlers idempotent; dedupe on
 Offsets are committed in batches (after every ``batch`` handled events and
 whenever the consumer goes idle or closes), so a crash re-delivers at most
 one batch.
+
+A consumer may filter (``intents=``, ``triggers=``, ``states=``, as
+subscriptions do): the events it does not want count as handled as soon as
+it reads past them, so its offset still moves and a restart does not read
+them again.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Self, final
 
 import attrs
 
-from ._events import ConnectionEvent
+from ._events import ConnectionEvent, event_filter
+from ._states import ConnectionState, Intent, Trigger
 from ._store import Outbox
 
 __all__ = ["EventConsumer"]
@@ -54,12 +60,25 @@ class EventConsumer:
     batch: int = 100
     #: Real seconds between checks for new events when idle.
     poll_interval: float = 1.0
+    #: Only events of these intents are handed out (``None``: all); the
+    #: others are skipped and count as handled.
+    intents: Collection[Intent] | None = attrs.field(default=None, kw_only=True)
+    #: Likewise, only events of these triggers.
+    triggers: Collection[Trigger] | None = attrs.field(default=None, kw_only=True)
+    #: Likewise, only events entering these states.
+    states: Collection[ConnectionState] | None = attrs.field(default=None, kw_only=True)
+    _matches: Callable[[ConnectionEvent], bool] = attrs.field(init=False)
     _position: int = attrs.field(init=False, default=0)
     _committed: int = attrs.field(init=False, default=0)
     _handled: int = attrs.field(init=False, default=0)
     _in_hand: int | None = attrs.field(init=False, default=None)
     _buffer: list[tuple[int, ConnectionEvent]] = attrs.field(init=False, factory=list)
     _opened: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._matches = event_filter(
+            triggers=self.triggers, states=self.states, intents=self.intents
+        )
 
     async def __aenter__(self) -> Self:
         self._committed = self._handled = self._position = await self.store.get_offset(self.name)
@@ -95,14 +114,20 @@ class EventConsumer:
             self._in_hand = None
             if self._handled - self._committed >= self.batch:
                 await self.commit()
-        while not self._buffer:
-            rows = await self.store.read_outbox(after=self._position, limit=self.batch)
-            if rows:
-                self._buffer = rows
-                break
-            await self.commit()
-            await self.store.wait_for_events(after=self._position, timeout=self.poll_interval)
-        position, event = self._buffer.pop(0)
-        self._position = position
-        self._in_hand = position
-        return event
+        while True:
+            while not self._buffer:
+                rows = await self.store.read_outbox(after=self._position, limit=self.batch)
+                if rows:
+                    self._buffer = rows
+                    break
+                await self.commit()
+                await self.store.wait_for_events(after=self._position, timeout=self.poll_interval)
+            position, event = self._buffer.pop(0)
+            self._position = position
+            if self._matches(event):
+                self._in_hand = position
+                return event
+            # Not wanted: handled by being read past.
+            self._handled = position
+            if self._handled - self._committed >= self.batch:
+                await self.commit()

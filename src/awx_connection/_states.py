@@ -7,10 +7,17 @@ included, names its trigger, the states it leaves, the state it enters, the
 *effects* (the record fields it sets or clears) and the *action* that runs
 once the row is written (the code exchange, the rotation). The runtime
 machine (:mod:`awx_connection._machine`) is built from it and is the only
-thing that applies it; the docs draw it (:func:`mermaid`, and the table in
-docs/architecture.md); the tests read it. The state groups below are the
-only place a set of states is written down: code elsewhere asks "is the
-state *usable*", never "is it active or refreshing".
+thing that applies it; the docs draw it (:func:`~awx_connection.mermaid` on
+docs/state-machine.md, the table on docs/architecture.md); the tests read
+it. The state groups below are the only place a set of states is written
+down: code elsewhere asks "is the state *usable*", never "is it active or
+refreshing".
+
+Each row also names its :class:`Intent`: what the event it produces means
+to the application (the connection became usable; the customer must
+reconnect; a link is out; nothing to act on). Subscribers filter on it
+instead of on states, because a state alone cannot say it: ``active`` is
+entered both by a first connection and by every refresh.
 
     pending --code_received--> authorized --exchanged--> active <--> refreshing
        |                           |                        |           |
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTHORIZING",
     "HOLDS_TOKENS",
+    "INTENTS",
     "ROTATING",
     "SERVING",
     "TERMINAL_STATES",
@@ -52,9 +60,9 @@ __all__ = [
     "ConnectionState",
     "Effect",
     "Guard",
+    "Intent",
     "Transition",
     "Trigger",
-    "mermaid",
     "unusable",
 ]
 
@@ -113,26 +121,72 @@ class Trigger(enum.Enum):
         return self.value
 
 
+class Intent(enum.Enum):
+    """
+    What an event means to the application: the name to subscribe to.
+
+    Each row of :data:`TRANSITIONS` names one, so every event has exactly
+    one (``event.intent``). ``states=[ConnectionState.ACTIVE]`` would also
+    match every ``refreshing -> active``; ``intents=[Intent.CONNECTED]``
+    matches only the moments worth acting on.
+    """
+
+    #: The connection became usable from a state that was not: the code
+    #: exchange of a first authorization or of a reauthorization returned
+    #: tokens. Never a refresh. Start onboarding here.
+    CONNECTED = "connected"
+    #: The connection ended in a state only the customer can fix, by
+    #: authorizing again (``reauthorize()``): revoked, invalidated, expired
+    #: (it was usable and is gone), denied or failed (the attempt did not
+    #: work). Stop using it; ask the customer to reconnect.
+    NEEDS_CUSTOMER = "needs_customer"
+    #: An authorize link is out (``begin_authorization()`` or
+    #: ``reauthorize()``): the connection waits for the customer's redirect.
+    AWAITING_CUSTOMER = "awaiting_customer"
+    #: Bookkeeping with nothing to act on: a code arrived, a refresh started,
+    #: finished or was abandoned. The connection's usability did not change.
+    ROUTINE = "routine"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 _S = ConnectionState
 _T = Trigger
+_I = Intent
 
 # --- the state groups: every set of states the library reasons about, once ------------
 
+# Spelled ConnectionState.X, not _S.X: the API reference shows these values.
 #: A caller can get tokens: at once, or after the rotation in progress.
-USABLE: frozenset[ConnectionState] = frozenset({_S.ACTIVE, _S.REFRESHING})
+USABLE: frozenset[ConnectionState] = frozenset({ConnectionState.ACTIVE, ConnectionState.REFRESHING})
 #: The stored tokens are current: no rotation is journaled.
-SERVING: frozenset[ConnectionState] = frozenset({_S.ACTIVE})
+SERVING: frozenset[ConnectionState] = frozenset({ConnectionState.ACTIVE})
 #: A rotation is journaled and not yet finished (in flight, or its outcome unknown).
-ROTATING: frozenset[ConnectionState] = frozenset({_S.REFRESHING})
+ROTATING: frozenset[ConnectionState] = frozenset({ConnectionState.REFRESHING})
 #: The record may hold tokens (usable ones, or the last ones of a connection that ended).
 HOLDS_TOKENS: frozenset[ConnectionState] = frozenset(
-    {_S.ACTIVE, _S.REFRESHING, _S.REVOKED, _S.INVALIDATED, _S.EXPIRED}
+    {
+        ConnectionState.ACTIVE,
+        ConnectionState.REFRESHING,
+        ConnectionState.REVOKED,
+        ConnectionState.INVALIDATED,
+        ConnectionState.EXPIRED,
+    }
 )
 #: The customer is on their way: an authorize URL is out, or its code is being exchanged.
-AUTHORIZING: frozenset[ConnectionState] = frozenset({_S.PENDING, _S.AUTHORIZED})
+AUTHORIZING: frozenset[ConnectionState] = frozenset(
+    {ConnectionState.PENDING, ConnectionState.AUTHORIZED}
+)
 #: States a connection only leaves through ``reauthorize``: the customer must act.
 TERMINAL_STATES: frozenset[ConnectionState] = frozenset(
-    {_S.REVOKED, _S.INVALIDATED, _S.EXPIRED, _S.DENIED, _S.FAILED}
+    {
+        ConnectionState.REVOKED,
+        ConnectionState.INVALIDATED,
+        ConnectionState.EXPIRED,
+        ConnectionState.DENIED,
+        ConnectionState.FAILED,
+    }
 )
 
 
@@ -252,6 +306,8 @@ class Transition:
     dest: ConnectionState
     #: What the row means, shown in the docs.
     doc: str
+    #: What the row's event means to the application (``event.intent``).
+    intent: Intent = Intent.ROUTINE
     guard: Guard | None = None
     effects: tuple[FieldEffect, ...] = ()
     action: Action = Action.NONE
@@ -263,12 +319,15 @@ def _sorted(states: frozenset[ConnectionState]) -> tuple[ConnectionState, ...]:
 
 _SET, _MAY, _CLEAR = Effect.SET, Effect.MAY_SET, Effect.CLEAR
 
+#: The machine: one row per trigger and destination, ``begin`` first. The
+#: runtime machine is built from it; :func:`~awx_connection.mermaid` draws it.
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         _T.BEGIN,
         (),
         _S.PENDING,
         "begin_authorization() created the connection",
+        intent=_I.AWAITING_CUSTOMER,
         effects=(
             ("id", _SET),
             ("authorization", _SET),
@@ -281,6 +340,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.PENDING,),
         _S.AUTHORIZED,
         "the redirect carried a code",
+        intent=_I.ROUTINE,
         guard=AWAITING_CALLBACK,
         effects=(("authorization", _SET), ("code", _SET)),
         action=Action.EXCHANGE,
@@ -290,6 +350,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.PENDING,),
         _S.DENIED,
         "the redirect carried an error",
+        intent=_I.NEEDS_CUSTOMER,
         guard=AWAITING_CALLBACK,
         effects=(("authorization", _CLEAR),),
     ),
@@ -298,6 +359,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.AUTHORIZED,),
         _S.ACTIVE,
         "the code exchange returned tokens",
+        intent=_I.CONNECTED,
         guard=CODE_HELD,
         effects=(
             ("tokens", _SET),
@@ -312,6 +374,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (_S.AUTHORIZED,),
         _S.FAILED,
         "the provider rejected the code",
+        intent=_I.NEEDS_CUSTOMER,
         guard=CODE_HELD,
         effects=(("code", _CLEAR), ("authorization", _CLEAR)),
     ),
@@ -320,6 +383,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(SERVING),
         _S.REFRESHING,
         "journaled, about to rotate",
+        intent=_I.ROUTINE,
         guard=REFRESH_TOKEN_ALIVE,
         effects=(("journal", _SET),),
         action=Action.ROTATE,
@@ -329,6 +393,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(ROTATING),
         _S.ACTIVE,
         "new tokens stored",
+        intent=_I.ROUTINE,
         guard=JOURNALED,
         effects=(("tokens", _SET), ("account_id", _MAY), ("journal", _CLEAR)),
     ),
@@ -337,6 +402,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(ROTATING),
         _S.ACTIVE,
         "the provider certainly did not rotate; old tokens kept",
+        intent=_I.ROUTINE,
         guard=JOURNALED,
         effects=(("journal", _CLEAR),),
     ),
@@ -345,6 +411,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(USABLE),
         _S.REVOKED,
         "invalid_grant, 401 after a refresh, or a disconnect",
+        intent=_I.NEEDS_CUSTOMER,
         effects=(("journal", _CLEAR),),
     ),
     Transition(
@@ -352,6 +419,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(ROTATING),
         _S.INVALIDATED,
         "grace window lost; stopped",
+        intent=_I.NEEDS_CUSTOMER,
         guard=JOURNALED,
         effects=(("journal", _CLEAR),),
     ),
@@ -360,6 +428,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         _sorted(USABLE),
         _S.EXPIRED,
         "the refresh token aged out",
+        intent=_I.NEEDS_CUSTOMER,
         guard=REFRESH_TOKEN_AGED_OUT,
         effects=(("journal", _CLEAR),),
     ),
@@ -368,6 +437,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         (*_sorted(AUTHORIZING), *_sorted(TERMINAL_STATES)),
         _S.PENDING,
         "a new authorize URL for the same connection",
+        intent=_I.AWAITING_CUSTOMER,
         effects=(
             ("authorization", _SET),
             ("scopes", _SET),
@@ -379,28 +449,5 @@ TRANSITIONS: tuple[Transition, ...] = (
 )
 
 
-def mermaid() -> str:
-    """
-    Render :data:`TRANSITIONS` as a Mermaid ``stateDiagram-v2``.
-
-    A row with more than two sources (``reauthorize`` has seven) is drawn
-    through one join: short unlabelled arrows into it, one labelled arrow
-    out, instead of seven long labelled arrows crossing the picture. The
-    docs embed this output and a test checks they are in sync, so the
-    picture can never drift from the code.
-    """
-    lines = ["stateDiagram-v2"]
-    for row in TRANSITIONS:
-        label = row.trigger.value
-        if not row.sources:
-            lines.append(f"    [*] --> {row.dest.value}: {label}")
-        elif len(row.sources) > 2:
-            join = f"{label}_from"
-            lines.append(f"    state {join} <<join>>")
-            lines.extend(f"    {source.value} --> {join}" for source in row.sources)
-            lines.append(f"    {join} --> {row.dest.value}: {label}")
-        else:
-            lines.extend(
-                f"    {source.value} --> {row.dest.value}: {label}" for source in row.sources
-            )
-    return "\n".join(lines) + "\n"
+#: The intent of each trigger's event, read off :data:`TRANSITIONS` (one row per trigger).
+INTENTS: dict[Trigger, Intent] = {row.trigger: row.intent for row in TRANSITIONS}

@@ -81,6 +81,11 @@ class WebhookClaim(enum.Enum):
     BUSY = "busy"
 
 
+def _empty_if_none(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    # Not factory=dict: help() would show attrs' "data = NOTHING".
+    return {} if data is None else data
+
+
 @final
 @attrs.frozen
 class WebhookEvent:
@@ -97,7 +102,7 @@ class WebhookEvent:
     account_ids: tuple[str, ...]
     created_at: float
     connection_ids: tuple[str, ...] = ()
-    data: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    data: Mapping[str, Any] = attrs.field(default=None, converter=_empty_if_none, repr=False)
 
 
 @final

@@ -4,7 +4,7 @@ in a fresh schema per case, with a fresh key ring.
 
 Needs the real server (``postgres_dsn`` in ``tests/conftest.py``: skipped
 without one, failed under ``CI=true``); deselect with ``-m "not postgres"``.
-What only several replicas can show is in ``tests/test_postgres.py``.
+What only several replicas can show is in ``tests/integration/test_postgres.py``.
 """
 
 from __future__ import annotations

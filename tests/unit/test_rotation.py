@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from awx_connection import (
+    ConnectionRecord,
     ConnectionState,
     InvalidClientError,
     InvalidGrantError,
@@ -19,12 +20,12 @@ from awx_connection import (
     NetworkError,
     ProviderUnavailableError,
     RateLimitedError,
+    RotationJournal,
     Secret,
     TimingPolicy,
+    TokenSet,
 )
 from awx_connection import _rotation as r
-from awx_connection._records import ConnectionRecord, RotationJournal
-from awx_connection._tokens import TokenSet
 
 S = ConnectionState
 NOW = 10_000.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._states import mermaid
+from .._diagram import mermaid
 from ._exits import EXIT_OK
 from ._output import emit_json
 

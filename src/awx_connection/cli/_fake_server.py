@@ -9,9 +9,14 @@ client secret* it accepts: they are the fake's test credentials (given by
 process, and whoever starts it needs them. This is the one command that
 prints a client secret, and never a real one.
 
+With ``--webhook-url`` and ``--webhook-secret`` it posts signed webhooks
+there, as Airwallex does: ``connection.disconnected`` when an account is
+disconnected (``POST /_fake/disconnect``), so a service's webhook route can
+be tried end to end.
+
 Its mistakes are one line each, like every other command's: a ``--port``
 that is not a TCP port or is taken (exit 2 and 1), a ``--redirect-uri``
-that OAuth forbids (exit 2).
+that OAuth forbids, a ``--webhook-url`` without its secret (exit 2).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import errno
 import os
 import signal
+from urllib.parse import urlsplit
 
 from .._clock import ManualClock, SystemClock
 from .._errors import ConfigurationError
@@ -66,7 +72,23 @@ def _build(args: argparse.Namespace) -> FakeAirwallex:
             fake.register_redirect_uri(uri)
         except ValueError as exc:  # what OAuth forbids: not absolute http(s), a #fragment
             raise ConfigurationError(f"--redirect-uri: {exc}") from None
+    _set_webhook(args, fake)
     return fake
+
+
+def _set_webhook(args: argparse.Namespace, fake: FakeAirwallex) -> None:
+    """``--webhook-url`` and ``--webhook-secret``, both or neither."""
+    url, secret = args.webhook_url, args.webhook_secret
+    if url is None and secret is None:
+        return
+    if url is None or not secret:
+        msg = "--webhook-url and --webhook-secret go together: give both, the secret not empty"
+        raise ConfigurationError(msg)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        msg = f"--webhook-url must be an absolute http(s) URL, got {url!r}"
+        raise ConfigurationError(msg)
+    fake.set_webhook(url, secret)
 
 
 async def _serve(args: argparse.Namespace, fake: FakeAirwallex) -> int:
@@ -101,6 +123,7 @@ def _announce(args: argparse.Namespace, fake: FakeAirwallex) -> None:
                 "client_id": fake.client_id,
                 "client_secret": fake.client_secret,
                 "redirect_uris": redirect_uris,
+                "webhook_url": args.webhook_url,
                 "manual_clock": args.manual_clock,
             }
         )
@@ -112,6 +135,8 @@ def _announce(args: argparse.Namespace, fake: FakeAirwallex) -> None:
     )
     emit(f"  token endpoint {fake.token_url}; admin under {fake.base_url}/_fake/")
     emit(f"  redirect URIs: {' '.join(redirect_uris)}")
+    if args.webhook_url is not None:
+        emit(f"  webhooks to {args.webhook_url}, signed with --webhook-secret")
     emit(
         f"  use it: AWX_BASE_URL={fake.base_url} AWX_CLIENT_ID={fake.client_id} "
         f"AWX_CLIENT_SECRET={fake.client_secret}"

@@ -81,9 +81,10 @@ def connection_json(connection: Connection) -> dict[str, Any]:
 
 
 def event_json(event: ConnectionEvent) -> dict[str, Any]:
-    """The JSON form of an event; trigger and states as their values."""
+    """The JSON form of an event; trigger, intent and states as their values."""
     data = attrs.asdict(event)
     data["trigger"] = event.trigger.value
+    data["intent"] = event.intent.value
     data["source"] = None if event.source is None else event.source.value
     data["dest"] = event.dest.value
     return data

@@ -407,6 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--redirect-uri", action="append", help="a registered redirect URI (repeatable)"
     )
     fake.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="post signed webhooks here (connection.disconnected when an account disconnects)",
+    )
+    fake.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        help="the secret the webhooks are signed with (a test secret; needs --webhook-url)",
+    )
+    fake.add_argument(
         "--manual-clock",
         action="store_true",
         help="simulated time, moved by POST /_fake/clock/advance",

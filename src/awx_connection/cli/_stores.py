@@ -22,6 +22,8 @@ import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 
+import attrs
+
 from .._config import Config, Endpoints
 from .._connection import Connection
 from .._crypto import KeyRing
@@ -160,10 +162,12 @@ async def offline_manager(args: argparse.Namespace) -> AsyncIterator[ConnectionM
 
 def one_shot_manager(config: Config, store: Store) -> ConnectionManager:
     """
-    A manager for one command: no keep-alive pass, and no settling of other
-    connections behind the back of the one the command is about.
+    A manager for one command: no keep-alive pass, no settling of other
+    connections behind the back of the one the command is about, and no
+    retention sweep (a command that reads must not delete).
     """
-    return ConnectionManager(config, store=store, keepalive=False, settle=False)
+    quiet = attrs.evolve(config, timing=attrs.evolve(config.timing, prune_interval=None))
+    return ConnectionManager(quiet, store=store, keepalive=False, settle=False)
 
 
 class _RowReports(logging.Handler):

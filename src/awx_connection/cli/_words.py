@@ -8,7 +8,7 @@ environment variables, so :func:`in_cli_words` rewrites those names before
 ``main()`` prints a message: a leading parameter name becomes its flag or
 variable, and the few sentences that advise a Python call are replaced by
 the CLI's advice. Each rewrite is exercised by running the command that
-triggers it (tests/test_cli_surprises.py), so a library message that
+triggers it (tests/system/test_cli_surprises.py), so a library message that
 changes its wording fails a test instead of leaking a Python name.
 """
 

@@ -34,12 +34,23 @@ __all__ = ["MemoryStore", "PostgresStore", "SQLiteStore", "open_store"]
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
+#: How to get asyncpg: it is an extra, so that a service on SQLite installs no
+#: PostgreSQL driver (and its compiled wheel).
+_POSTGRES_INSTALL = "install it with: pip install 'awx-connection[postgres]'"
+
 
 def __getattr__(name: str) -> object:
     """Import :class:`PostgresStore` and :class:`SQLiteStore` (and their drivers) on first use."""
     if name == "PostgresStore":
-        from ._postgres import PostgresStore
-
+        try:
+            from ._postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            # Still an ImportError (``from ... import PostgresStore`` fails as
+            # usual), with the extra to install in its message.
+            msg = f"PostgresStore needs the asyncpg driver; {_POSTGRES_INSTALL}"
+            raise ModuleNotFoundError(msg, name="asyncpg") from exc
         return PostgresStore
     if name == "SQLiteStore":
         from ._sqlite import SQLiteStore
@@ -61,7 +72,8 @@ def open_store(
       :class:`SQLiteStore` on that file (SQLAlchemy's spelling: the path is
       what follows the third slash).
     * ``postgresql://...`` or ``postgres://...``: a :class:`PostgresStore`
-      on that DSN (needs ``asyncpg``).
+      on that DSN (needs the ``postgres`` extra,
+      ``pip install 'awx-connection[postgres]'``, which brings ``asyncpg``).
 
     Durable stores seal secrets with *keys*. Without keys they refuse to
     open unless *allow_plaintext* (tokens would be written in plaintext; see
@@ -75,7 +87,8 @@ def open_store(
 
     Raises:
         ConfigurationError: Any other URL, a malformed PostgreSQL URL, a
-            PostgreSQL URL without ``asyncpg``, or a durable store without
+            PostgreSQL URL without ``asyncpg`` (the message names the
+            extra to install), or a durable store without
             *keys* or *allow_plaintext*. The message never shows the URL
             beyond its scheme, since a database URL may carry a password.
     """
@@ -92,7 +105,7 @@ def open_store(
         except ImportError as exc:
             msg = (
                 "a PostgreSQL store URL needs the asyncpg driver "
-                f"({type(exc).__name__}); install it with 'pip install asyncpg'"
+                f"({type(exc).__name__}); {_POSTGRES_INSTALL}"
             )
             raise ConfigurationError(msg) from exc
         return PostgresStore(url, keys=keys, allow_plaintext=allow_plaintext, create=create)

@@ -73,7 +73,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 from collections.abc import (
     AsyncGenerator,
@@ -92,6 +91,7 @@ import orjson
 from .._crypto import KeyRing
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError, VersionConflictError
 from .._records import dump_event, dump_record
+from .._retry import Backoff, Retries
 from .._webhooks import WebhookClaim
 from ._common import StoredRow, check_keys, load_page, load_stored_record
 from ._postgres_errors import dsn_problem, translate
@@ -185,7 +185,8 @@ class PostgresStore(SQLStore):
             raises :class:`~awx_connection.StoreNotMigratedError` otherwise
             (for tools that must not set up a store by accident;
             :meth:`migrate` still migrates).
-        min_size, max_size: The pool's bounds.
+        min_size: The fewest connections the pool keeps open.
+        max_size: The most connections the pool opens.
         retry_attempts: Tries of an idempotent operation (and of ``open``)
             before :class:`~awx_connection.StoreUnavailableError`.
         retry_base: The first backoff ceiling in seconds; it doubles per try
@@ -601,8 +602,7 @@ class PostgresStore(SQLStore):
         retry: bool | Callable[[BaseException], bool],
         write: bool,
     ) -> _T:
-        tries = 1
-        while True:
+        async for attempt in Retries(Backoff(self.retry_base), limit=self.retry_attempts):
             try:
                 return await once()
             except Exception as exc:
@@ -610,18 +610,12 @@ class PostgresStore(SQLStore):
                 if error is None:
                     raise
                 again = retry(exc) if callable(retry) else retry
-                if (
-                    isinstance(error, StoreUnavailableError)
-                    and again
-                    and tries < self.retry_attempts
-                ):
-                    ceiling = self.retry_base * 2 ** (tries - 1)
-                    await asyncio.sleep(random.uniform(0, ceiling))  # jitter, not crypto
-                    tries += 1
+                if isinstance(error, StoreUnavailableError) and again and not attempt.last:
                     continue
                 if isinstance(error, StoreUnavailableError):
                     raise error from exc
                 raise error from None  # the server's DETAIL may quote row values
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     # --- internals: rows ------------------------------------------------------------------
 

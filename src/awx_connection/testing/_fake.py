@@ -6,7 +6,10 @@ The fake is three layers, one module each:
 * ``_fake_types``: the values tests hand in or read out (:class:`Fault`,
   :class:`FaultKind`, :class:`FakeCounters`, :class:`FakeProviderError`);
 * ``_fake_state``: the provider's memory and rules, synchronous and I/O-free;
-* ``_fake_app``: the aiohttp handlers that put those rules on HTTP.
+* ``_fake_app``: the aiohttp handlers that put those rules on HTTP;
+* ``_fake_embedded`` and ``_fake_embedded_app``: embedded components (the
+  code endpoint, a stand-in Airwallex.js, a KYC form that ends in
+  ``account.active``), rules and HTTP.
 
 This module is the public face: configuration, the server's lifecycle, and
 the "user" actions (consent, refusal, disconnect) that a test performs
@@ -26,6 +29,8 @@ from aiohttp import web
 
 from .._clock import SystemClock
 from ._fake_app import build_app
+from ._fake_embedded import DEFAULT_SCOPES, EmbeddedRules
+from ._fake_embedded_app import SDK_PATH
 from ._fake_state import AUTHORIZE_PATH, FakeState
 from ._fake_webhooks import WebhookSender
 
@@ -47,7 +52,7 @@ class FakeAirwallex:
     """
     A fake Airwallex OAuth provider: authorize, token endpoint, API, admin.
 
-    It enforces the rules of DESIGN.md section 1 exactly: access tokens live
+    It enforces Airwallex's documented token rules exactly: access tokens live
     ``access_token_ttl``; every refresh rotates the refresh token; the
     previous refresh token keeps working for ``grace`` seconds (and only
     re-issues, never extends that window); any older token invalidates the
@@ -55,6 +60,20 @@ class FakeAirwallex:
     time is read from *clock*, so share a
     :class:`~awx_connection.testing.ManualClock` with the library under test
     and ``advance()`` it instead of sleeping.
+
+    Embedded components: ``POST /api/v1/authentication/authorize`` takes a
+    live bearer token and a JSON body (``code_challenge`` S256, ``scope`` a
+    list, optional ``identity``; ``x-on-behalf-of`` must name the token's own
+    account) and answers ``201 {"authorization_code": ...}``: a code bound to
+    that challenge and connection, single-use, living ``embedded_code_ttl``
+    seconds of the clock. Bad input gets Airwallex's ``{code, source,
+    message, details}`` (400 ``invalid_argument``, 403 ``forbidden``), a
+    dead token 401. `sdk_url` serves a stand-in Airwallex.js whose
+    ``init()`` redeems the code with its verifier from the browser and
+    whose KYC form's submit sends ``account.active``. Confirmed by
+    Airwallex's docs: the path, the body, the error shape, the 30-second
+    code; assumed: the response's other fields (none), the error codes,
+    the browser side (see ``_fake_embedded``'s docstring).
 
     Use it as an async context manager::
 
@@ -74,11 +93,16 @@ class FakeAirwallex:
         send_expires_in: ``False`` omits ``expires_in`` and
             ``refresh_token_expires_in`` from token responses, to test the
             library's fallbacks.
+        embedded_code_ttl: Seconds an embedded-components code can be
+            redeemed (Airwallex.js documents 30).
+        embedded_scopes: Scopes ``POST /api/v1/authentication/authorize``
+            accepts (the documented ``onboarding:write`` by default); any
+            other is refused with 400, ``source: scope``.
         host: Interface to listen on.
         port: Port to listen on; 0 picks a free one.
     """
 
-    __slots__ = ("_host", "_port", "_runner", "_state", "_webhooks")
+    __slots__ = ("_embedded", "_host", "_port", "_runner", "_state", "_webhooks")
 
     def __init__(
         self,
@@ -92,6 +116,8 @@ class FakeAirwallex:
         grace: float = 60.0,
         code_ttl: float = 600.0,
         send_expires_in: bool = True,
+        embedded_code_ttl: float = 30.0,
+        embedded_scopes: Iterable[str] = DEFAULT_SCOPES,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -99,6 +125,7 @@ class FakeAirwallex:
             ("access_token_ttl", access_token_ttl),
             ("refresh_token_ttl", refresh_token_ttl),
             ("code_ttl", code_ttl),
+            ("embedded_code_ttl", embedded_code_ttl),
         ):
             if not value > 0:
                 msg = f"{name} must be positive, got {value!r}"
@@ -121,6 +148,9 @@ class FakeAirwallex:
         )
         for uri in redirect_uris:
             self._state.register_redirect_uri(uri)
+        self._embedded = EmbeddedRules(
+            self._state, code_ttl=embedded_code_ttl, scopes=frozenset(embedded_scopes)
+        )
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -187,7 +217,7 @@ class FakeAirwallex:
         in your own server or ``aiohttp.test_utils.TestServer``. Every app made
         shares the same accounts, tokens, faults and counters.
         """
-        return build_app(self._state)
+        return build_app(self._state, self._embedded)
 
     async def start(self) -> None:
         """
@@ -252,6 +282,16 @@ class FakeAirwallex:
     def token_url(self) -> str:
         """The token endpoint."""
         return self.base_url + "/oauth/token"
+
+    @property
+    def sdk_url(self) -> str:
+        """
+        The stand-in for Airwallex.js embedded components (load it with a
+        ``<script>`` tag where ``https://static.airwallex.com/components/sdk/v1/index.js``
+        would go): ``window.AirwallexComponentsSDK.init()`` redeems the code
+        with this fake, ``createElement("kyc")`` renders a small KYC form.
+        """
+        return self.base_url + SDK_PATH
 
     # -- setup -----------------------------------------------------------------------
 
@@ -363,6 +403,7 @@ class FakeAirwallex:
         sender = WebhookSender(self._state.clock, url, secret, partner_events=partner_events)
         self._webhooks = sender
         self._state.on_connection_lost = sender.connection_lost
+        self._state.on_account_event = sender.account_event
 
     def send_webhook(
         self,
@@ -403,6 +444,17 @@ class FakeAirwallex:
             msg = "call set_webhook(url, secret) first"
             raise RuntimeError(msg)
         return self._webhooks
+
+    # -- embedded components -----------------------------------------------------------
+
+    def onboarded(self) -> dict[str, dict[str, str]]:
+        """
+        The accounts whose KYC form was submitted, with the fields sent (a copy).
+
+        Submitting marks the account onboarded and sends ``account.active``
+        (to the `set_webhook()` endpoint, if any) the first time.
+        """
+        return {account: dict(fields) for account, fields in self._embedded.onboarded.items()}
 
     # -- assertions --------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ Routes, grouped by who calls them:
 * the user's browser: ``GET /oauth/authorize`` (consent page) and
   ``POST /oauth/authorize/decision`` (302 back to the client);
 * the library: ``POST /oauth/token`` and anything under ``/api/v1/``;
+* embedded components (``_fake_embedded_app``): the authorize endpoint, the
+  stand-in Airwallex.js and what it calls from the browser;
 * tests in another process: ``/_fake/...`` (JSON admin endpoints).
 
 Handlers parse and serialize; the decisions are made by ``FakeState``. The
@@ -25,11 +27,14 @@ import attrs
 import orjson
 from aiohttp import web
 
+from ._fake_embedded_app import add_embedded_routes
 from ._fake_state import AUTHORIZE_PATH, FakeState, TokenReply, error_body
 from ._fake_types import GRANT_TYPES, FakeProviderError, Fault, FaultKind
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from ._fake_embedded import EmbeddedRules
 
 __all__ = ["MAX_TOKEN_BODY", "build_app"]
 
@@ -47,15 +52,16 @@ _UNAUTHORIZED: Final = {
 }
 
 
-def build_app(state: FakeState) -> web.Application:
+def build_app(state: FakeState, embedded: EmbeddedRules) -> web.Application:
     """
-    Return a new application serving *state*; each call is independent.
+    Return a new application serving *state* and *embedded*; each call is independent.
     """
     routes = _Routes(state)
     app = web.Application()
     app.router.add_get(AUTHORIZE_PATH, routes.authorize_page)
     app.router.add_post(AUTHORIZE_PATH + "/decision", routes.authorize_decision)
     app.router.add_post("/oauth/token", routes.token)
+    add_embedded_routes(app, state, embedded)
     app.router.add_route("*", "/api/v1/{tail:.*}", routes.api)
     app.router.add_get("/_fake/counters", routes.admin_counters)
     app.router.add_get("/_fake/clock", routes.admin_clock)

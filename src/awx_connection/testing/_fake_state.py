@@ -1,7 +1,7 @@
 """
 The fake provider's memory and rules, without any I/O.
 
-Everything Airwallex decides (DESIGN.md section 1) is decided here, in plain
+Everything Airwallex decides (its documented token rules) is decided here, in plain
 synchronous methods: which authorize URLs are acceptable, which codes and
 refresh tokens are still good, when a rotation is a legitimate retry inside
 the grace window and when it is reuse that invalidates the connection. The
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .._clock import Clock
 
-__all__ = ["AUTHORIZE_PATH", "FakeState", "TokenReply", "error_body"]
+__all__ = ["AUTHORIZE_PATH", "FakeState", "Grant", "TokenReply", "check_verifier", "error_body"]
 
 #: Where the authorize endpoint lives, on every host.
 AUTHORIZE_PATH: Final = "/oauth/authorize"
@@ -114,7 +114,7 @@ class _Code:
 
 @final
 @attrs.define(eq=False)
-class _Grant:
+class Grant:
     """
     One connection: an account's consent to this client, and its token chain.
     """
@@ -136,7 +136,7 @@ class _Issued:
     An access or refresh token: whose it is and when it dies on its own.
     """
 
-    grant: _Grant
+    grant: Grant
     expires_at: float
 
 
@@ -167,7 +167,7 @@ class FakeState:
     _accounts: dict[str, _Account] = attrs.field(init=False, factory=dict)
     _default_account: str | None = attrs.field(init=False, default=None)
     _codes: dict[str, _Code] = attrs.field(init=False, factory=dict)
-    _grants: list[_Grant] = attrs.field(init=False, factory=list)
+    _grants: list[Grant] = attrs.field(init=False, factory=list)
     _refresh_tokens: dict[str, _Issued] = attrs.field(init=False, factory=dict)
     _access_tokens: dict[str, _Issued] = attrs.field(init=False, factory=dict)
     _issued: set[str] = attrs.field(init=False, factory=set)
@@ -177,6 +177,11 @@ class FakeState:
     #: provider's side (user disconnect, reuse invalidation); the webhook
     #: sender hangs off it.
     on_connection_lost: Callable[[str, str], None] | None = attrs.field(init=False, default=None)
+    #: Called with ``(name, account_id, data)`` for an account event the
+    #: provider announces (``account.active`` once KYC is done).
+    on_account_event: Callable[[str, str, dict[str, object]], None] | None = attrs.field(
+        init=False, default=None
+    )
     #: Opened by ``release_held()``; held responses wait on it.
     hold_gate: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
 
@@ -411,11 +416,11 @@ class FakeState:
             return self._invalid_grant("authorization code was issued to another client")
         if body.get("redirect_uri") != request.redirect_uri:
             return self._invalid_grant("redirect_uri does not match the authorization request")
-        failure = _check_verifier(request.code_challenge, body.get("code_verifier"))
+        failure = check_verifier(request.code_challenge, body.get("code_verifier"))
         if failure is not None:
             return self._invalid_grant(failure)
 
-        grant = _Grant(record.account_id, request.client_id, request.scopes)
+        grant = Grant(record.account_id, request.client_id, request.scopes)
         self._grants.append(grant)
         self.counters.exchanges += 1
         return self._issue_tokens(grant, now)
@@ -468,7 +473,7 @@ class FakeState:
             self.on_connection_lost(grant.account_id, "token_reuse")
         return self._invalid_grant("refresh token reuse detected; connection invalidated")
 
-    def _issue_tokens(self, grant: _Grant, now: float) -> TokenReply:
+    def _issue_tokens(self, grant: Grant, now: float) -> TokenReply:
         access_token = _new_secret("awx_at_")
         refresh_token = _new_secret("awx_rt_")
         self._access_tokens[access_token] = _Issued(grant, now + self.access_token_ttl)
@@ -492,9 +497,11 @@ class FakeState:
 
     # -- the resource server ---------------------------------------------------
 
-    def authorize_api_call(self, authorization: str | None) -> tuple[str, str] | None:
+    def bearer_grant(self, authorization: str | None) -> Grant | None:
         """
-        Check an ``Authorization`` header; return ``(account_id, business_name)`` or ``None``.
+        The live grant an ``Authorization: Bearer`` header speaks for, or
+        ``None`` (unknown, expired, or its connection revoked or invalidated).
+        Counts the call in ``api_calls`` (and ``api_unauthorized``).
         """
         self.counters.api_calls += 1
         scheme, _, token = (authorization or "").partition(" ")
@@ -506,8 +513,25 @@ class FakeState:
         ):
             self.counters.api_unauthorized += 1
             return None
-        account = self._accounts[issued.grant.account_id]
+        return issued.grant
+
+    def authorize_api_call(self, authorization: str | None) -> tuple[str, str] | None:
+        """
+        Check an ``Authorization`` header; return ``(account_id, business_name)`` or ``None``.
+        """
+        grant = self.bearer_grant(authorization)
+        if grant is None:
+            return None
+        account = self._accounts[grant.account_id]
         return account.account_id, account.business_name
+
+    def business_name(self, account_id: str) -> str:
+        """The business name of *account_id* (which must exist)."""
+        return self._accounts[account_id].business_name
+
+    def remember_issued(self, secret: str) -> None:
+        """Add *secret* to what :meth:`issued_secrets` reports (for leak checks)."""
+        self._issued.add(secret)
 
     # -- the user, and introspection -------------------------------------------
 
@@ -549,7 +573,7 @@ def _invalid_request(reason: str) -> TokenReply:
     return TokenReply(400, error_body("invalid_request", reason))
 
 
-def _check_verifier(challenge: str | None, verifier: object) -> str | None:
+def check_verifier(challenge: str | None, verifier: object) -> str | None:
     """
     Return why the PKCE proof fails, or ``None`` when it holds.
     """

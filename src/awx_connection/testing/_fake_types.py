@@ -130,6 +130,11 @@ class FakeCounters:
         api_calls: Every request under ``/api/v1/``.
         api_unauthorized: API requests answered 401.
         disconnects: Calls to ``disconnect()`` (the user unlinking the app).
+        embedded_codes_issued: Embedded-components codes issued
+            (``POST /api/v1/authentication/authorize``).
+        embedded_codes_redeemed: Codes the browser's exchange accepted.
+        embedded_codes_refused: Exchanges refused (reused, expired, wrong
+            verifier, revoked connection...).
     """
 
     token_requests: int = 0
@@ -147,6 +152,9 @@ class FakeCounters:
     api_calls: int = 0
     api_unauthorized: int = 0
     disconnects: int = 0
+    embedded_codes_issued: int = 0
+    embedded_codes_redeemed: int = 0
+    embedded_codes_refused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """

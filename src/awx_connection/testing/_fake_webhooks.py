@@ -81,6 +81,10 @@ class WebhookSender:
             payload = self.event("connection.disconnected", account_id, {"reason": reason})
         self.post(payload)
 
+    def account_event(self, name: str, account_id: str, data: dict[str, Any]) -> None:
+        """Announce an account event such as ``account.active`` (hooked to the provider)."""
+        self.post(self.event(name, account_id, data))
+
     def post(self, payload: dict[str, Any]) -> None:
         """Deliver *payload* in the background (needs a running event loop)."""
         self.sent.append(payload)

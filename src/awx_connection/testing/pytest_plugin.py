@@ -5,9 +5,13 @@ Enable them in your ``conftest.py``::
 
     pytest_plugins = ["awx_connection.testing.pytest_plugin"]
 
-They need an asyncio pytest plugin (pytest-asyncio in auto mode, or
-``@pytest.mark.asyncio`` on each test). Opt-in rather than an entry point,
-so installing awx-connection never changes someone else's test session.
+They need pytest-asyncio (``pip install 'awx-connection[testing]'``). The
+asynchronous ones are ``pytest_asyncio`` fixtures, so they work in its
+default strict mode (mark each test ``@pytest.mark.asyncio``) and in auto
+mode alike; set ``asyncio_default_fixture_loop_scope = "function"``, or
+pytest-asyncio warns (the testing docs page shows the whole configuration,
+and a test runs it). Opt-in rather than an entry point, so installing
+awx-connection never changes someone else's test session.
 
 Fixtures:
 
