@@ -11,7 +11,7 @@ Each line: ``name``, ``value``, ``unit``, ``target``, ``ok`` and, where a
 baseline is measured in the same run, ``baseline`` and ``ratio``; extra
 fields give the raw figures behind a ratio, where the time goes, and the
 correctness counters. A benchmark that could not run has ``value: null`` and
-``error`` (it broke) or ``skipped`` (PostgreSQL unreachable outside CI,
+``error`` (it broke) or ``skipped`` (PostgreSQL or NATS unreachable outside CI,
 Authlib not installed, or left out by ``--quick``). Timings are medians of
 interleaved batches; compare ratios, not absolute numbers, since the
 machines are noisy. docs/performance.md explains every measurement.
@@ -57,6 +57,7 @@ from _processes import (
     bench_pg_event_latency,
     bench_scale,
 )
+from _relay import bench_relay_latency, bench_relay_throughput, nats_unreachable
 from _storage import bench_event_storage
 
 from awx_connection.testing import FakeAirwallex, ManualClock
@@ -72,6 +73,8 @@ class Spec:
     lines: tuple[tuple[str, str, str], ...]
     run: Callable[[], Awaitable[Lines]]
     postgres: bool = False
+    #: Needs the NATS JetStream server (AWX_TEST_NATS, default nats://127.0.0.1:4222).
+    nats: bool = False
     #: Why this mode leaves the benchmark out (it still prints its lines).
     skip: str | None = None
 
@@ -176,21 +179,47 @@ def specs(bench: Bench, sizes: Sizes, tmp: Path) -> list[Spec]:
         storage("sqlite"),
         storage("postgres"),
         Spec("import", (("cold_import_ms", "ms", "<= 1.5x aiohttp"),), lambda: bench_import(sizes)),
+        Spec(
+            "relay_throughput",
+            (("relay_throughput_ratio", "x", ">= 0.5"),),
+            lambda: bench_relay_throughput(sizes, tmp),
+            nats=True,
+        ),
+        Spec(
+            "relay_latency",
+            (("relay_latency_ms_p50", "ms", "<= 50"),),
+            lambda: bench_relay_latency(sizes, "sqlite", tmp),
+            nats=True,
+        ),
+        Spec(
+            "relay_latency_postgres",
+            (("relay_latency_ms_p50_postgres", "ms", "<= 50"),),
+            lambda: bench_relay_latency(sizes, "postgres", tmp),
+            postgres=True,
+            nats=True,
+        ),
     ]
 
 
 async def run_spec(
-    spec: Spec, postgres_problem: str | None, profile: Path | None = None
+    spec: Spec,
+    postgres_problem: str | None,
+    profile: Path | None = None,
+    nats_problem: str | None = None,
 ) -> list[dict[str, Any]]:
     if spec.skip is not None:
         return [failed(*line, skipped=spec.skip) for line in spec.lines]
-    if spec.postgres and postgres_problem is not None:
-        if os.environ.get("CI") == "true":
-            return [
-                failed(*line, error=f"CI=true requires PostgreSQL: {postgres_problem}")
-                for line in spec.lines
-            ]
-        return [failed(*line, skipped=postgres_problem) for line in spec.lines]
+    for needed, problem, server in (
+        (spec.postgres, postgres_problem, "PostgreSQL"),
+        (spec.nats, nats_problem, "NATS JetStream"),
+    ):
+        if needed and problem is not None:
+            if os.environ.get("CI") == "true":
+                return [
+                    failed(*line, error=f"CI=true requires {server}: {problem}")
+                    for line in spec.lines
+                ]
+            return [failed(*line, skipped=problem) for line in spec.lines]
     started = time.perf_counter()
     profiler = cProfile.Profile() if profile is not None else None
     try:
@@ -271,8 +300,11 @@ async def main(argv: list[str]) -> int:
             postgres_problem = None
             if any(s.postgres and s.skip is None for s in chosen):
                 postgres_problem = await postgres_unreachable()
+            nats_problem = None
+            if any(s.nats and s.skip is None for s in chosen):
+                nats_problem = await nats_unreachable()
             for spec in chosen:
-                for line in await run_spec(spec, postgres_problem, args.profile):
+                for line in await run_spec(spec, postgres_problem, args.profile, nats_problem):
                     lines.append(line)
                     if args.json:
                         print(orjson.dumps(line).decode(), flush=True)

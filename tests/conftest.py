@@ -11,6 +11,7 @@ never pass by skipping them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -104,3 +105,52 @@ async def postgres_schema(postgres_dsn: str) -> AsyncIterator[str]:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await connection.close()
+
+
+NATS_URL = os.environ.get("AWX_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+def _nats_unreachable_reason() -> str | None:
+    try:
+        import nats
+    except ImportError as exc:  # pragma: no cover - nats-py is a test dependency
+        return f"nats-py is not installed ({exc})"
+
+    async def probe() -> None:
+        nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"NATS JetStream is not reachable at {NATS_URL}: {type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The URL of a reachable NATS server with JetStream; skips (fails under CI=true) otherwise."""
+    reason = _nats_unreachable_reason()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires NATS JetStream: {reason}")
+        pytest.skip(reason)
+    return NATS_URL
+
+
+@pytest_asyncio.fixture
+async def jetstream_stream(nats_url: str) -> AsyncIterator[tuple[str, str]]:
+    """A fresh ``(stream name, subject prefix)`` for one test; the stream is deleted afterwards."""
+    import nats
+
+    token = secrets.token_hex(6)
+    yield f"AWX_TEST_{token}", f"awx_test_{token}"
+    nc = await nats.connect(nats_url)
+    try:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(f"AWX_TEST_{token}")
+    finally:
+        await nc.close()

@@ -44,6 +44,7 @@ from ._errors import (
     ProviderUnavailableError,
     RateLimitedError,
     RefreshTimeoutError,
+    SinkError,
     StateExpiredError,
     StoreError,
     StoreNotMigratedError,
@@ -78,7 +79,15 @@ from ._states import (
     Trigger,
 )
 from ._statistics import ManagerStatistics
-from ._store import ConnectionStore, EventLog, LeaseStore, Outbox, Store, WebhookLedger
+from ._store import (
+    ConnectionStore,
+    EventLog,
+    LeaseStore,
+    Outbox,
+    RelayLedger,
+    Store,
+    WebhookLedger,
+)
 from ._tokens import TokenSet
 from ._webhooks import (
     WebhookCallback,
@@ -143,9 +152,11 @@ __all__ = [
     "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "RelayLedger",
     "RotationJournal",
     "SERVING",
     "Secret",
+    "SinkError",
     "StateExpiredError",
     "Store",
     "StoreError",

@@ -32,6 +32,7 @@ Every error the library raises, as one tree.
     │   ├── StoreNotMigratedError    opened with create=False before db migrate
     │   └── VersionConflictError     a compare-and-swap lost to a newer write
     ├── SubscriptionOverflowError    a subscriber fell too far behind
+    ├── SinkError                    a relay's sink cannot deliver now (the batch is retried)
     └── WebhookError                 a webhook delivery was refused
         ├── WebhookSignatureError    missing, stale or wrong signature
         └── WebhookPayloadError      a body that is not a webhook event
@@ -74,6 +75,7 @@ __all__ = [
     "RefreshTimeoutError",
     "StateExpiredError",
     "StoreError",
+    "SinkError",
     "StoreUnavailableError",
     "SubscriptionOverflowError",
     "UnknownStateError",
@@ -371,6 +373,15 @@ class DecryptionError(StoreError):
 
 class SubscriptionOverflowError(AwxConnectionError):
     """A subscriber fell too far behind; its subscription was closed."""
+
+
+class SinkError(AwxConnectionError):
+    """
+    A relay's sink cannot deliver anything now (the broker is unreachable,
+    a publish was not acknowledged in time). The relay keeps its position
+    and tries the batch again after a backoff: nothing is dead-lettered for
+    an outage of the sink itself.
+    """
 
 
 class WebhookError(AwxConnectionError):

@@ -18,6 +18,8 @@ own, written once, docstrings included (the implementations inherit them):
 * :class:`EventLog`: one connection's history, in order.
 * :class:`WebhookLedger`: the claims that make Airwallex's at-least-once
   webhook deliveries act once.
+* :class:`RelayLedger`: what the relays of the outbox share (leases on
+  their partitions of the outbox, and the events a sink gave up on).
 * :class:`Store`: all of them, plus what concerns the store as a whole:
   :meth:`~Store.open`, :meth:`~Store.aclose`, :meth:`~Store.schema_version`,
   and the maintenance that spans the roles, :meth:`~Store.prune_events`
@@ -27,7 +29,7 @@ own, written once, docstrings included (the implementations inherit them):
 The manager takes a :class:`Store`; code that needs one role takes that
 role, so a test double or a partial backend implements only it.
 
-The eight promises the manager relies on, each checked for every
+The nine promises the manager relies on, each checked for every
 implementation by the contract suite, :mod:`awx_connection.testing.store_contract`
 (also for a store of your own):
 
@@ -65,7 +67,11 @@ implementation by the contract suite, :mod:`awx_connection.testing.store_contrac
    atomically before it acts, and marks it handled after (or releases the
    claim if handling failed), so Airwallex's at-least-once deliveries,
    concurrent ones included, are acted on once, in any replica.
-8. **Bad text is one typed error** (every role). Every text argument (ids,
+8. **Relay leases and dead letters** (:class:`RelayLedger`).
+   :meth:`~RelayLedger.acquire_relay_lease` grants a named lease of a relay
+   to one owner at a time until a deadline, as connection leases are; dead
+   letters are kept by ``(relay, position)`` until deleted.
+9. **Bad text is one typed error** (every role). Every text argument (ids,
    owners, consumer names, filters) and every text field of a record or
    event written must be a ``str`` that encodes as UTF-8; otherwise the
    store raises :class:`~awx_connection.InvalidArgumentError` before
@@ -82,12 +88,21 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
+from ._delivery import DeadLetter
 from ._events import ConnectionEvent
 from ._records import ConnectionRecord, ConnectionSummary
 from ._states import ConnectionState
 from ._webhooks import WebhookClaim
 
-__all__ = ["ConnectionStore", "EventLog", "LeaseStore", "Outbox", "Store", "WebhookLedger"]
+__all__ = [
+    "ConnectionStore",
+    "EventLog",
+    "LeaseStore",
+    "Outbox",
+    "RelayLedger",
+    "Store",
+    "WebhookLedger",
+]
 
 
 class ConnectionStore(Protocol):
@@ -382,7 +397,67 @@ class WebhookLedger(Protocol):
         ...
 
 
-class Store(ConnectionStore, LeaseStore, Outbox, EventLog, WebhookLedger, Protocol):
+class RelayLedger(Protocol):
+    """
+    **Protocol:** what the relays of the outbox share: named leases (which
+    relay process works on which part of the outbox) and dead letters.
+
+    Apart from :class:`LeaseStore` because those leases are on connection
+    rows; a relay's are on parts of the outbox, keyed ``(relay, name)``.
+    """
+
+    __slots__ = ()
+
+    async def acquire_relay_lease(
+        self, relay: str, name: str, owner: str, *, until: float, now: float
+    ) -> bool:
+        """
+        Take or renew lease *name* of *relay* for *owner* until *until*.
+
+        Granted when nobody holds it, when the holder's term ended
+        (``until <= now``), or when *owner* holds it already. Of concurrent
+        requests, in any process, one wins.
+
+        Returns:
+            Whether *owner* holds the lease now.
+
+        Raises:
+            InvalidArgumentError: *relay*, *name* or *owner* is not valid text.
+        """
+        ...
+
+    async def release_relay_lease(self, relay: str, name: str, owner: str) -> None:
+        """Give lease *name* of *relay* up if *owner* holds it; otherwise do nothing."""
+        ...
+
+    async def relay_leases(self, relay: str, *, now: float) -> list[tuple[str, str]]:
+        """Every lease of *relay* still running at *now*, as ``(name, owner)``, by name."""
+        ...
+
+    async def put_dead_letter(self, letter: DeadLetter) -> None:
+        """
+        Keep *letter* under ``(letter.relay, letter.position)``, replacing
+        one kept there already (a re-sent event that failed again).
+        """
+        ...
+
+    async def dead_letters(
+        self, relay: str, *, after: int = 0, limit: int = 1000
+    ) -> list[DeadLetter]:
+        """
+        *relay*'s dead letters with ``position > after``, by position, at most *limit*.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+        """
+        ...
+
+    async def delete_dead_letter(self, relay: str, position: int) -> bool:
+        """Forget *relay*'s dead letter at *position* (replayed); whether there was one."""
+        ...
+
+
+class Store(ConnectionStore, LeaseStore, Outbox, EventLog, WebhookLedger, RelayLedger, Protocol):
     """
     **Protocol:** where connections and their events live; every role, and
     what concerns the store as a whole.

@@ -507,6 +507,7 @@ async def test_records_written_as_jsonb_survive_migration_3(
     await raw.execute(
         f"ALTER TABLE {s}.connections ALTER COLUMN data TYPE JSONB USING data::jsonb;"
         f"ALTER TABLE {s}.webhooks DROP COLUMN claimed_by, DROP COLUMN claimed_until;"
+        f"DROP TABLE {s}.relay_leases, {s}.dead_letters;"
         f"UPDATE {s}.schema_version SET version = 2"
     )
     again = PostgresStore(postgres_dsn, keys=keys, schema=postgres_schema)

@@ -42,12 +42,16 @@ NAMES = {
     "event_fanout_ratio",
     "pg_event_latency_ms_p50",
     "cold_import_ms",
+    "relay_throughput_ratio",
+    "relay_latency_ms_p50",
+    "relay_latency_ms_p50_postgres",
     "event_bytes_per_conn_day_sqlite",
     "event_bytes_per_conn_day_postgres",
     "event_growth_with_retention_ratio_sqlite",
     "event_growth_with_retention_ratio_postgres",
 }
 POSTGRES_NAMES = {name for name in NAMES if "postgres" in name or name.startswith("pg_")}
+NATS_NAMES = {name for name in NAMES if name.startswith("relay_")}
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -55,7 +59,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         [sys.executable, str(RUN), *args],
         capture_output=True,
         env=dict(os.environ) if env is None else env,
-        timeout=50,
+        timeout=90,
         check=False,
     )
 
@@ -95,7 +99,7 @@ def test_only_missing_tools_may_skip(smoke: dict[str, dict[str, Any]]) -> None:
     skipped = {name for name, line in smoke.items() if line.get("skipped")}
     allowed = set()
     if os.environ.get("CI") != "true":
-        allowed |= POSTGRES_NAMES
+        allowed |= POSTGRES_NAMES | NATS_NAMES
     if importlib.util.find_spec("authlib") is None or importlib.util.find_spec("httpx") is None:
         allowed.add("hot_path_vs_authlib")
     assert skipped <= allowed, {name: smoke[name]["skipped"] for name in skipped - allowed}
@@ -163,6 +167,16 @@ def test_events_are_delivered(smoke: dict[str, dict[str, Any]]) -> None:
     assert ran(smoke, "transition_us")["events_delivered"] > 0
     assert 10 == ran(smoke, "event_fanout_ratio")["subscribers"]
     assert ran(smoke, "pg_event_latency_ms_p50")["samples"] > 0
+
+
+def test_relay_benchmarks_deliver_everything(smoke: dict[str, dict[str, Any]]) -> None:
+    """The relay stored every event (checked by the benchmark) and the consumer saw them."""
+    throughput = ran(smoke, "relay_throughput_ratio")
+    assert throughput["events"] > 0
+    assert throughput["relay_events_per_s"] > 0
+    assert throughput["bare_publish_events_per_s"] > 0
+    assert ran(smoke, "relay_latency_ms_p50")["samples"] > 0
+    assert ran(smoke, "relay_latency_ms_p50_postgres")["samples"] > 0
 
 
 def test_table_output() -> None:

@@ -55,7 +55,7 @@ def test_the_base_install_has_no_postgresql_driver() -> None:
 def test_the_test_extra_holds_every_extra_ci_needs() -> None:
     """CI installs [test] only: it must bring what every extra the docs name brings."""
     test = requirements("test")
-    for extra in ("postgres", "fastapi", "flask", "testing"):
+    for extra in ("postgres", "fastapi", "flask", "testing", "nats", "webhooks"):
         assert requirements(extra) <= test, extra
 
 

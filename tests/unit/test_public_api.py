@@ -8,6 +8,7 @@ from pathlib import Path
 import awx_connection
 import awx_connection.blocking
 import awx_connection.instrumentation
+import awx_connection.relay
 import awx_connection.stores
 import awx_connection.testing
 import awx_connection.testing.store_contract
@@ -66,9 +67,11 @@ EXPECTED = {
     "ROTATING",
     "RateLimitedError",
     "RefreshTimeoutError",
+    "RelayLedger",
     "RotationJournal",
     "SERVING",
     "Secret",
+    "SinkError",
     "StateExpiredError",
     "Store",
     "StoreError",
@@ -113,6 +116,7 @@ def test_all_is_sorted() -> None:
         awx_connection,
         awx_connection.blocking,
         awx_connection.instrumentation,
+        awx_connection.relay,
         awx_connection.stores,
         awx_connection.testing,
         awx_connection.testing.store_contract,

@@ -111,6 +111,18 @@ def _run(args: argparse.Namespace) -> int:
             from ._events import tail
 
             return asyncio.run(tail(args))
+        case "events relay":
+            from ._relay import relay
+
+            return asyncio.run(relay(args))
+        case "events dead-letters list":
+            from ._relay import dead_letters_list
+
+            return asyncio.run(dead_letters_list(args))
+        case "events dead-letters replay":
+            from ._relay import dead_letters_replay
+
+            return asyncio.run(dead_letters_replay(args))
         case "authorize":
             from ._authorize import authorize
 

@@ -26,6 +26,7 @@ environment:
   AWX_ALLOW_PLAINTEXT  1: use a durable store without keys, secrets in plaintext
   AWX_CLIENT_ID, AWX_CLIENT_SECRET, AWX_REDIRECT_URI, AWX_ENVIRONMENT, AWX_BASE_URL,
   AWX_SCOPES           credentials and endpoints; read by refresh, reauthorize, authorize
+  AWX_RELAY_WEBHOOK_SECRET  whsec_ secret of events relay --to https://...
 
 exit codes:
   0 ok, 1 operation failed, 2 usage or configuration error, 3 connection not found,
@@ -187,6 +188,141 @@ def _add_events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="with --follow, longest wait between checks for new events (default 1)",
     )
     tail.set_defaults(handler="events tail")
+    _add_relay(commands)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"must be a positive whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _sink_options() -> argparse.ArgumentParser:
+    """--to and what configures each sink: for ``events relay`` and ``dead-letters replay``."""
+    sink = argparse.ArgumentParser(add_help=False)
+    sink.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="nats://HOST:PORT (JetStream) or http(s)://... (signed webhooks; the whsec_ "
+        "secret is read from $AWX_RELAY_WEBHOOK_SECRET)",
+    )
+    sink.add_argument(
+        "--name",
+        default="relay",
+        help="relay name: relays of one name share the work (default relay)",
+    )
+    nats = sink.add_argument_group("JetStream (--to nats://...)")
+    nats.add_argument(
+        "--stream", default="AWX_CONNECTION_EVENTS", help="stream name (default %(default)s)"
+    )
+    nats.add_argument(
+        "--subject-prefix",
+        default="awx.connection",
+        metavar="PREFIX",
+        help="events go to PREFIX.<trigger> (default %(default)s)",
+    )
+    nats.add_argument(
+        "--no-create-stream",
+        action="store_true",
+        help="fail if the stream does not exist instead of creating it over PREFIX.>",
+    )
+    hooks = sink.add_argument_group("webhooks (--to https://...)")
+    hooks.add_argument(
+        "--attempts",
+        type=_positive_int,
+        default=5,
+        help="tries per event before it becomes a dead letter (default 5)",
+    )
+    hooks.add_argument(
+        "--retry-base",
+        type=_positive_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="backoff ceiling before the first retry, doubling after (default 0.5)",
+    )
+    hooks.add_argument(
+        "--retry-cap",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest backoff between two tries (default 30)",
+    )
+    hooks.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest one try may take (default 10)",
+    )
+    return sink
+
+
+def _add_relay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    relay = commands.add_parser(
+        "relay",
+        parents=[
+            _common(json_help="print the start and stop lines as JSON objects"),
+            _sink_options(),
+        ],
+        help="deliver every event to JetStream or a webhook endpoint until stopped",
+        description="Read the store's outbox and deliver each event, in order per "
+        "connection, at least once, to --to, until SIGINT or SIGTERM (exit 0). Relays "
+        "of one --name share the work through leases; a relay killed mid-batch loses "
+        "nothing (the batch is sent again, with the same ids). Needs no credentials "
+        "and decrypts nothing.",
+    )
+    relay.add_argument(
+        "--batch", type=_positive_int, default=500, help="events per batch (default 500)"
+    )
+    relay.add_argument(
+        "--lease-term",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a dead relay's partitions stay held before others take them (default 10)",
+    )
+    relay.add_argument(
+        "--poll-interval",
+        type=_positive_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="longest wait between checks for new events when idle (default 0.5)",
+    )
+    relay.add_argument(
+        "--owner", metavar="ID", help="this relay's id in the leases (default host-pid-random)"
+    )
+    relay.set_defaults(handler="events relay")
+
+    dead = commands.add_parser("dead-letters", help="events a webhook relay gave up on")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="COMMAND")
+    listing = dead_commands.add_parser(
+        "list",
+        parents=[_common(json_help="print one JSON object per dead letter")],
+        help="the dead letters of relay --name, by position",
+    )
+    listing.add_argument("--name", default="relay", help="relay name (default relay)")
+    listing.set_defaults(handler="events dead-letters list")
+    replay = dead_commands.add_parser(
+        "replay",
+        parents=[
+            _common(json_help='print {"replayed": N, "still_dead": M}'),
+            _sink_options(),
+        ],
+        help="send dead letters to --to again; delivered ones are forgotten",
+        description="Send the dead letters of relay --name (all, or those at POSITION) "
+        "to --to again, in position order, with their original ids. Delivered ones are "
+        "deleted; the others stay, their attempts added up (exit 1 if any stay).",
+    )
+    replay.add_argument(
+        "positions", nargs="*", type=_positive_int, metavar="POSITION", help="only these"
+    )
+    replay.set_defaults(handler="events dead-letters replay")
 
 
 def _add_authorize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

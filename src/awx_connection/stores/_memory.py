@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, final
 
 import attrs
 
+from .._delivery import DeadLetter
 from .._errors import StoreError, VersionConflictError
 from .._records import ConnectionSummary
 from .._store import Store
@@ -86,6 +87,10 @@ class MemoryStore(Store):
     _webhooks: dict[str, tuple[float, str | None, float | None]] = attrs.field(
         factory=dict, init=False
     )
+    #: ``(relay, name)`` -> ``(owner, until)`` of a relay lease.
+    _relay_leases: dict[tuple[str, str], tuple[str, float]] = attrs.field(factory=dict, init=False)
+    #: ``(relay, position)`` -> dead letter.
+    _dead_letters: dict[tuple[str, int], DeadLetter] = attrs.field(factory=dict, init=False)
     #: Futures of the coroutines in wait_for_*; every write resolves them all.
     _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
 
@@ -293,6 +298,60 @@ class MemoryStore(Store):
         held = self._webhooks.get(event_id)
         if held is not None and held[1] == owner and held[2] is not None:
             del self._webhooks[event_id]
+
+    async def acquire_relay_lease(
+        self, relay: str, name: str, owner: str, *, until: float, now: float
+    ) -> bool:
+        check_text("relay", relay)
+        check_text("name", name)
+        check_text("owner", owner)
+        held = self._relay_leases.get((relay, name))
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._relay_leases[relay, name] = (owner, until)
+        return True
+
+    async def release_relay_lease(self, relay: str, name: str, owner: str) -> None:
+        check_text("relay", relay)
+        check_text("name", name)
+        check_text("owner", owner)
+        held = self._relay_leases.get((relay, name))
+        if held is not None and held[0] == owner:
+            del self._relay_leases[relay, name]
+
+    async def relay_leases(self, relay: str, *, now: float) -> list[tuple[str, str]]:
+        check_text("relay", relay)
+        return sorted(
+            (name, owner)
+            for (held_by, name), (owner, until) in self._relay_leases.items()
+            if held_by == relay and until > now
+        )
+
+    async def put_dead_letter(self, letter: DeadLetter) -> None:
+        check_text("relay", letter.relay)
+        check_text("error", letter.error)
+        check_text("connection_id", letter.event.connection_id)
+        check_text("reason", letter.event.reason)
+        self._dead_letters[letter.relay, letter.position] = letter
+
+    async def dead_letters(
+        self, relay: str, *, after: int = 0, limit: int = 1000
+    ) -> list[DeadLetter]:
+        check_text("relay", relay)
+        check_limit(limit)
+        letters = sorted(
+            (
+                letter
+                for (held_by, position), letter in self._dead_letters.items()
+                if held_by == relay and position > after
+            ),
+            key=lambda letter: letter.position,
+        )
+        return letters[:limit]
+
+    async def delete_dead_letter(self, relay: str, position: int) -> bool:
+        check_text("relay", relay)
+        return self._dead_letters.pop((relay, position), None) is not None
 
     async def rotate_keys(self, *, seal_plaintext: bool = False) -> int:
         """0, whatever *seal_plaintext*: nothing is encrypted in memory (nor needs to be)."""

@@ -89,6 +89,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE {schema}.webhooks ADD COLUMN claimed_by TEXT;
     ALTER TABLE {schema}.webhooks ADD COLUMN claimed_until DOUBLE PRECISION;
     """,
+    # 5: what the relays of the outbox share (awx_connection.relay): leases
+    # on their partitions, and the events a sink gave up on.
+    """
+    CREATE TABLE {schema}.relay_leases (
+        relay TEXT NOT NULL,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (relay, name)
+    );
+    CREATE TABLE {schema}.dead_letters (
+        relay TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        connection_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (relay, position)
+    );
+    """,
 )
 
 
@@ -245,6 +266,34 @@ class PostgresStatements(Statements):
             f"UPDATE {s}.connections SET data = $3 WHERE id = $1 AND version = $2 RETURNING 1"
         )
         self.schema_version = f"SELECT version FROM {s}.schema_version"
+        self.acquire_relay_lease = f"""
+            INSERT INTO {s}.relay_leases AS l (relay, name, owner, until) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (relay, name) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
+                WHERE l.until <= $5 OR l.owner = $3
+            RETURNING 1
+        """
+        self.release_relay_lease = (
+            f"DELETE FROM {s}.relay_leases WHERE relay = $1 AND name = $2 AND owner = $3"
+        )
+        self.relay_leases = (
+            f"SELECT name, owner FROM {s}.relay_leases WHERE relay = $1 AND until > $2 "
+            "ORDER BY name"
+        )
+        self.put_dead_letter = f"""
+            INSERT INTO {s}.dead_letters
+                (relay, position, connection_id, attempts, error, at, data)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (relay, position) DO UPDATE
+                SET attempts = EXCLUDED.attempts, error = EXCLUDED.error, at = EXCLUDED.at,
+                    data = EXCLUDED.data
+        """
+        self.dead_letters = (
+            f"SELECT position, connection_id, attempts, error, at, data FROM {s}.dead_letters "
+            "WHERE relay = $1 AND position > $2 ORDER BY position LIMIT $3"
+        )
+        self.delete_dead_letter = (
+            f"DELETE FROM {s}.dead_letters WHERE relay = $1 AND position = $2 RETURNING 1"
+        )
 
 
 async def schema_version(connection: Any, sql: PostgresStatements) -> int:

@@ -31,9 +31,12 @@ from abc import abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
 from typing import Any, ClassVar, Literal, TypeVar
 
+import orjson
+
 from .._crypto import KeyRing
+from .._delivery import DeadLetter
 from .._events import ConnectionEvent
-from .._records import ConnectionRecord, ConnectionSummary
+from .._records import ConnectionRecord, ConnectionSummary, dump_event
 from .._states import ConnectionState
 from .._store import Store
 from .._webhooks import WebhookClaim
@@ -70,14 +73,20 @@ class Statements:
 
     __slots__ = (
         "acquire_lease",
+        "acquire_relay_lease",
         "commit_offset",
+        "dead_letters",
+        "delete_dead_letter",
         "find",
         "finish_webhook",
         "get",
         "get_offset",
+        "put_dead_letter",
         "read_events",
         "read_outbox",
+        "relay_leases",
         "release_lease",
+        "release_relay_lease",
         "release_webhook",
         "rotate_row",
     )
@@ -104,6 +113,18 @@ class Statements:
     release_webhook: str
     #: ``(id)`` -> ``version, data``.
     rotate_row: str
+    #: ``(relay, name, owner, until, now)``, granting -> one row; no row when refused.
+    acquire_relay_lease: str
+    #: ``(relay, name, owner)``.
+    release_relay_lease: str
+    #: ``(relay, now)`` -> ``name, owner``, by name.
+    relay_leases: str
+    #: ``(relay, position, connection_id, attempts, error, at, data)``, an upsert.
+    put_dead_letter: str
+    #: ``(relay, after, limit)`` -> ``position, connection_id, attempts, error, at, data``.
+    dead_letters: str
+    #: ``(relay, position)`` -> one row if there was one.
+    delete_dead_letter: str
 
 
 class SQLStore(Store):
@@ -298,6 +319,89 @@ class SQLStore(Store):
         check_text("event_id", event_id)
         check_text("owner", owner)
         await self._execute("release_webhook", self._sql.release_webhook, (event_id, owner))
+
+    # --- relays -----------------------------------------------------------------------------
+
+    async def acquire_relay_lease(
+        self, relay: str, name: str, owner: str, *, until: float, now: float
+    ) -> bool:
+        check_text("relay", relay)
+        check_text("name", name)
+        check_text("owner", owner)
+        row = await self._one(
+            f"acquire_relay_lease {name!r} of relay {relay!r}",
+            self._sql.acquire_relay_lease,
+            (relay, name, owner, until, now),
+            write=True,
+        )
+        return row is not None
+
+    async def release_relay_lease(self, relay: str, name: str, owner: str) -> None:
+        check_text("relay", relay)
+        check_text("name", name)
+        check_text("owner", owner)
+        await self._execute(
+            f"release_relay_lease {name!r} of relay {relay!r}",
+            self._sql.release_relay_lease,
+            (relay, name, owner),
+        )
+
+    async def relay_leases(self, relay: str, *, now: float) -> list[tuple[str, str]]:
+        check_text("relay", relay)
+        rows = await self._all(
+            f"relay_leases of relay {relay!r}", self._sql.relay_leases, (relay, now)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def put_dead_letter(self, letter: DeadLetter) -> None:
+        check_text("relay", letter.relay)
+        check_text("error", letter.error)
+        event = letter.event
+        check_text("connection_id", event.connection_id)
+        check_text("reason", event.reason)
+        await self._execute(
+            f"put_dead_letter {letter.position} of relay {letter.relay!r}",
+            self._sql.put_dead_letter,
+            (
+                letter.relay,
+                letter.position,
+                event.connection_id,
+                letter.attempts,
+                letter.error,
+                letter.at,
+                orjson.dumps(dump_event(event)).decode(),
+            ),
+        )
+
+    async def dead_letters(
+        self, relay: str, *, after: int = 0, limit: int = 1000
+    ) -> list[DeadLetter]:
+        check_text("relay", relay)
+        check_limit(limit)
+        rows = await self._all(
+            f"dead_letters of relay {relay!r}", self._sql.dead_letters, (relay, after, limit)
+        )
+        return [
+            DeadLetter(
+                relay=relay,
+                position=int(row[0]),
+                event=load_stored_event(row[1], row[5]),
+                attempts=int(row[2]),
+                error=row[3],
+                at=float(row[4]),
+            )
+            for row in rows
+        ]
+
+    async def delete_dead_letter(self, relay: str, position: int) -> bool:
+        check_text("relay", relay)
+        row = await self._one(
+            f"delete_dead_letter {position} of relay {relay!r}",
+            self._sql.delete_dead_letter,
+            (relay, position),
+            write=True,
+        )
+        return row is not None
 
     # --- keys -------------------------------------------------------------------------------
 

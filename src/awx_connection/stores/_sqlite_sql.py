@@ -108,6 +108,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE webhooks ADD COLUMN claimed_by TEXT;
     ALTER TABLE webhooks ADD COLUMN claimed_until REAL;
     """,
+    # 6: what the relays of the outbox share (awx_connection.relay): leases
+    # on their partitions, and the events a sink gave up on.
+    """
+    CREATE TABLE relay_leases (
+        relay TEXT NOT NULL,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (relay, name)
+    );
+    CREATE TABLE dead_letters (
+        relay TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        connection_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        at REAL NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (relay, position)
+    );
+    """,
 )
 
 # Run after busy_timeout, by _enable_wal. secure_delete: a replaced row's old
@@ -193,6 +214,32 @@ class _SQLiteStatements(Statements):
             "DELETE FROM webhooks WHERE id = ?1 AND claimed_by = ?2 AND claimed_until IS NOT NULL"
         )
         self.rotate_row = "SELECT version, data FROM connections WHERE id = ?1"
+        self.acquire_relay_lease = """
+            INSERT INTO relay_leases (relay, name, owner, until) VALUES (?1, ?2, ?3, ?4)
+            ON CONFLICT (relay, name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                WHERE relay_leases.until <= ?5 OR relay_leases.owner = ?3
+            RETURNING 1
+        """
+        self.release_relay_lease = (
+            "DELETE FROM relay_leases WHERE relay = ?1 AND name = ?2 AND owner = ?3"
+        )
+        self.relay_leases = (
+            "SELECT name, owner FROM relay_leases WHERE relay = ?1 AND until > ?2 ORDER BY name"
+        )
+        self.put_dead_letter = """
+            INSERT INTO dead_letters (relay, position, connection_id, attempts, error, at, data)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            ON CONFLICT (relay, position) DO UPDATE
+                SET attempts = excluded.attempts, error = excluded.error, at = excluded.at,
+                    data = excluded.data
+        """
+        self.dead_letters = (
+            "SELECT position, connection_id, attempts, error, at, data FROM dead_letters "
+            "WHERE relay = ?1 AND position > ?2 ORDER BY position LIMIT ?3"
+        )
+        self.delete_dead_letter = (
+            "DELETE FROM dead_letters WHERE relay = ?1 AND position = ?2 RETURNING 1"
+        )
 
 
 #: The statements of :class:`~._sql.SQLStore`, in SQLite's dialect.

@@ -61,6 +61,7 @@ from ._data import (
 from ._encryption import EncryptionCases
 from ._leases import LeaseCases
 from ._outbox import OutboxCases
+from ._relays import RelayCases
 from ._text import TextCases
 from ._webhooks import WebhookCases
 
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 
-class StoreContract(ConnectionCases, LeaseCases, OutboxCases, WebhookCases, TextCases):
+class StoreContract(ConnectionCases, LeaseCases, OutboxCases, WebhookCases, RelayCases, TextCases):
     """
     Every promise of the :class:`~awx_connection.Store` contract, as pytest
     cases run against the ``store`` fixture.
@@ -92,7 +93,8 @@ class StoreContract(ConnectionCases, LeaseCases, OutboxCases, WebhookCases, Text
 
     A store passes only if each case passes: the records come back equal,
     compare-and-swap has one winner among concurrent writers, leases,
-    outbox positions, offsets, waits and webhook claims behave as
+    outbox positions, offsets, waits, webhook claims, relay leases and
+    dead letters behave as
     documented, and bad text is refused alike.
     """
 
