@@ -624,11 +624,15 @@ async def test_a_token_that_may_have_reached_the_provider_is_sent_before_fresh_r
     trace.on_request_chunk_sent.append(on_chunk)
     async with (
         aiohttp.ClientSession(trace_configs=[trace]) as session,
+        # settle=False: Z's flight must be the queued refresh below. A settle
+        # scan at open would start it first, and under load it could reach the
+        # token endpoint before X occupied the only slot.
         ConnectionManager(
             one_slot(awx_config),
             store=SQLiteStore(path, keys=keys),
             clock=awx_clock,
             session=session,
+            settle=False,
         ) as a,
     ):
         tokens = {}
