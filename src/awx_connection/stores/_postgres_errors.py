@@ -136,4 +136,9 @@ def _describe_server_error(exc: Any) -> str:
             return "its state hash belongs to another connection"
         if constraint == "events_connection_id_sequence_key":
             return "the event sequence exists"
-    return f"{type(exc).__name__} {getattr(exc, 'sqlstate', '?')}: {_primary_message(exc)}"
+    name, sqlstate = type(exc).__name__, getattr(exc, "sqlstate", "?")
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        # Class 22 (data exceptions): the primary message itself quotes the
+        # value that did not fit ('invalid input syntax for type json: "..."').
+        return f"{name} {sqlstate}: a value the database refused"
+    return f"{name} {sqlstate}: {_primary_message(exc)}"
