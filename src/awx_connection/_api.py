@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._core import Core
 from ._errors import ManagerClosedError
@@ -169,7 +170,7 @@ class Api:
                 raise exc.with_traceback(None) from None
         else:
             if response.status not in _RETRY_STATUSES or attempts == 1:
-                return response
+                return _redacted(response)
             response.release()
         async for attempt in Retries(timing.retry_backoff, limit=attempts, first=2):
             try:
@@ -179,6 +180,30 @@ class Api:
                     raise exc.with_traceback(None) from None
             else:
                 if response.status not in _RETRY_STATUSES or attempt.last:
-                    return response
+                    return _redacted(response)
                 response.release()
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns
+
+
+def _redacted(response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    """
+    *response*, its ``request_info`` without the bearer token.
+
+    ``raise_for_status()``, ``json()`` on a wrong content type and the rest
+    of aiohttp's errors carry the response's ``request_info``, whose repr
+    shows every request header: a logged ``ClientResponseError`` would print
+    the access token. The caller's response keeps everything else.
+    """
+    # aiohttp has no public setter (request_info is a cached property over
+    # _request_info); tests/integration/test_lifecycle.py guards this
+    # against a release that renames them.
+    info = response._request_info
+    if "Authorization" not in info.headers:
+        return response
+    headers = CIMultiDict(info.headers)
+    headers["Authorization"] = "Bearer ********"
+    response._request_info = aiohttp.RequestInfo(
+        info.url, info.method, CIMultiDictProxy(headers), info.real_url
+    )
+    response._cache.pop("request_info", None)
+    return response

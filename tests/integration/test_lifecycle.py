@@ -639,6 +639,28 @@ async def test_request_keeps_the_callers_headers_but_sets_its_own_bearer(
             assert "not-the-token" not in response.request_info.headers["Authorization"]
 
 
+async def test_a_response_error_never_shows_the_bearer_token(
+    awx_manager: ConnectionManager, awx_connect: Connect
+) -> None:
+    """
+    aiohttp's ClientResponseError (raise_for_status, a wrong content type)
+    carries the response's request_info, whose repr lists the request
+    headers: the token is redacted there, and was sent all the same.
+    """
+    connection = await awx_connect()
+    token = await awx_manager.access_token(connection.id)
+    async with await awx_manager.request(connection.id, "GET", "/api/v1/account/") as ok:
+        assert 200 == ok.status  # the real bearer went out
+        assert token not in repr(ok.request_info)
+    async with await awx_manager.request(connection.id, "GET", "/no-such") as missing:
+        with pytest.raises(aiohttp.ClientResponseError) as caught:
+            missing.raise_for_status()
+    assert 404 == caught.value.status
+    assert token not in repr(caught.value)
+    assert token not in str(caught.value)
+    assert "Bearer ********" == caught.value.request_info.headers["Authorization"]
+
+
 async def test_each_caller_gets_its_own_error_during_a_cooldown(
     awx_manager: ConnectionManager, awx_fake: FakeAirwallex, awx_clock: ManualClock
 ) -> None:
