@@ -101,6 +101,9 @@ def build_config(settings: dict[str, Any]) -> Config:
     journal that another replica left while the soak moved the clock 21 s
     waits that long first. A rotation left maybe-sent is settled after
     0.05 s real instead of 5 s, inside the soak's few real seconds of settling.
+    The retention sweep is off: the soak checks every event of the run for
+    gaps, and its months of simulated time would have the sweep delete the
+    older ones (tests/integration/test_retention.py covers the sweep).
     Everything else keeps the library's defaults, so
     the grace margin, lease TTL and cooldowns under test are the shipped ones.
     """
@@ -110,7 +113,11 @@ def build_config(settings: dict[str, Any]) -> Config:
         redirect_uri=settings["redirect"],
         endpoints=Endpoints.from_base_url(settings["base_url"]),
         timing=TimingPolicy(
-            backoff_base=0.005, backoff_max=0.05, request_timeout=1.0, settle_delay=0.05
+            backoff_base=0.005,
+            backoff_max=0.05,
+            request_timeout=1.0,
+            settle_delay=0.05,
+            prune_interval=None,
         ),
         default_scopes=("account_details:read",),
     )
