@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -37,6 +36,8 @@ from urllib.parse import urljoin
 import aiohttp
 import pytest
 import pytest_asyncio
+
+from awx_connection.testing import consent_form
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "examples" / "flask_app.py"
@@ -52,27 +53,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-class ConsentForm(HTMLParser):
-    """The fake's consent page, read as a browser reads it: the Allow form."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.fields: dict[str, str] = {}
-        self._form: str | None = None
-        self._hidden: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
-        if tag == "form":
-            self._form, self._hidden = values["action"], {}
-        elif tag == "input" and values.get("type") == "hidden":
-            self._hidden[values["name"]] = values["value"]
-        elif tag == "button" and values.get("value") == "allow":
-            self.action = self._form
-            self.fields = {**self._hidden, values["name"]: "allow"}
 
 
 def page_state(html: str, tenant: str) -> str | None:
@@ -220,9 +200,7 @@ async def connect(app: App, fake: Fake, http: aiohttp.ClientSession) -> dict[str
     assert authorize_url.startswith(fake.authorize_url)
     async with http.get(authorize_url) as response:
         assert 200 == response.status
-        form = ConsentForm()
-        form.feed(await response.text())
-    assert form.action is not None
+        form = consent_form(await response.text())
     async with http.post(
         urljoin(authorize_url, form.action), data=form.fields, allow_redirects=False
     ) as response:

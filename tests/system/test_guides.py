@@ -29,12 +29,13 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+
+from awx_connection.testing import consent_form
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCS = ROOT / "docs"
@@ -149,27 +150,6 @@ def contents(log: Path) -> str:
     return log.read_text()
 
 
-class ConsentForm(HTMLParser):
-    """The fake's consent page, read as a browser reads it: the Allow form."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.fields: dict[str, str] = {}
-        self._form: str | None = None
-        self._hidden: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
-        if tag == "form":
-            self._form, self._hidden = values["action"], {}
-        elif tag == "input" and values.get("type") == "hidden":
-            self._hidden[values["name"]] = values["value"]
-        elif tag == "button" and values.get("value") == "allow":
-            self.action = self._form
-            self.fields = {**self._hidden, values["name"]: "allow"}
-
-
 def localized(script: str, app_port: int, fake_port: int) -> str:
     """The page's commands on free ports: 8000 (the service) and 8765 (the fake) replaced."""
     assert "8000" in script or "8765" in script
@@ -212,9 +192,7 @@ async def test_guide_service_runs_against_the_fake(framework: str, tmp_path: Pat
             # The browser follows it, and the customer clicks Allow.
             async with http.get(authorize) as response:
                 assert 200 == response.status
-                form = ConsentForm()
-                form.feed(await response.text())
-            assert form.action is not None
+                form = consent_form(await response.text())
             async with http.post(
                 fake + form.action, data=form.fields, allow_redirects=False
             ) as response:
